@@ -1,0 +1,3 @@
+from ftvar.cli import main
+
+main()

@@ -1,0 +1,244 @@
+"""The `ftvar` command line: a thin layer over the library, with no logic of its own.
+
+Every user-facing error (FtvarError) becomes one line on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ftvar import __version__
+from ftvar.config import Study, load_study
+from ftvar.errors import FtvarError
+from ftvar.trial import StudyPaths, expand, find_trial
+
+app = typer.Typer(
+    help="ftvar: fine-tuning variability studies. Plan a hyperparameter grid, run it (locally or as a SLURM "
+    "job array), collect the JSON records and fit the regressions.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+StudyArg = Annotated[str, typer.Argument(help="A study TOML file, or a built-in study: smoke, paper.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a study key in dotted TOML form, e.g. --set grid.seed=[0,1]. Repeatable.",
+    ),
+]
+OutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="Output root; the study's files go to OUT/<name>/.")
+]
+DEFAULT_OUT = Path("outputs")
+
+
+def handle_errors(func: F) -> F:
+    """Turn FtvarError into `ftvar: error: …` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FtvarError as exc:
+            message = " ".join(str(exc).split())
+            print(f"ftvar: error: {message}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("ftvar: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ftvar {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """ftvar: fine-tuning variability studies on GPU clusters."""
+    if ctx.invoked_subcommand != "prefetch":
+        # only `prefetch` downloads; everything else (and every trial) works from the local HF cache
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load(study: str, overrides: list[str] | None) -> Study:
+    return load_study(study, overrides or [])
+
+
+@app.command()
+@handle_errors
+def plan(
+    study: StudyArg,
+    set_: SetOpt = None,
+    out: OutOpt = DEFAULT_OUT,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Show a study's trials and which of them already have records.
+
+    Example: `ftvar plan smoke --set grid.seed=[0,1,2]`
+    """
+    from ftvar.launch import trial_statuses
+
+    s = _load(study, set_)
+    paths = StudyPaths.of(out, s.name)
+    trials = expand(s)
+    statuses = trial_statuses(s, paths, trials)
+    if as_json:
+        rows = [{"trial_id": t.trial_id, **t.params(), "status": statuses[t.trial_id]} for t in trials]
+        print(json.dumps({"study": s.name, "hash": s.hash, "out": str(paths.root), "trials": rows}, indent=1))
+        return
+    table = Table(title=f"study {s.name} (hash {s.hash}) · {len(trials)} trials · {paths.root}")
+    for col in ("trial", "learning rate", "batch size", "epochs", "seed", "record"):
+        table.add_column(col, justify="left" if col in ("trial", "record") else "right")
+    for t in trials:
+        lr = "–" if t.learning_rate is None else f"{t.learning_rate:g}"
+        table.add_row(
+            t.trial_id,
+            lr,
+            str(t.batch_size or "–"),
+            str(t.epochs),
+            str(t.seed),
+            statuses[t.trial_id] or "[dim]none[/dim]",
+        )
+    console.print(table)
+    source = s.data.source if s.data.source != "hub" else f"hub {s.data.hub}"
+    model = "tiny random-init DistilBERT" if s.model.tiny else s.model.name_or_path
+    console.print(f"model: {model} · data: {source} · from {s.source}")
+
+
+@app.command("run-trial")
+@handle_errors
+def run_trial_cmd(
+    study: StudyArg,
+    trial: Annotated[str, typer.Option("--trial", "-t", help="Trial id (see plan).")],
+    set_: SetOpt = None,
+    out: OutOpt = DEFAULT_OUT,
+) -> None:
+    """Run one trial here and write its record (tokenizes the data first if needed).
+
+    Example: `ftvar run-trial smoke --trial baseline`
+    """
+    from ftvar.launch import check_no_mixing
+    from ftvar.train import run_trial
+
+    s = _load(study, set_)
+    paths = StudyPaths.of(out, s.name)
+    t = find_trial(s, trial)
+    check_no_mixing(s, paths)
+    record = run_trial(s, t, paths, prepare_if_missing=True)
+    m = record["metrics"]
+    console.print(
+        f"{t.trial_id}: {record['status']} accuracy={m['accuracy']} f1={m['f1']} "
+        f"eval_loss={m['eval_loss']} → {paths.record(t.trial_id)}"
+    )
+    if record["status"] != "ok":
+        console.print(f"[red]{record['error']}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def launch(
+    study: StudyArg,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="auto (slurm when sbatch is on PATH, else local) | local | debug (in this process) | slurm"
+        ),
+    ] = "auto",
+    out: OutOpt = DEFAULT_OUT,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="local: processes at once (default: one per GPU, else up to 4 CPU processes)."
+        ),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run every trial that has no `ok` record yet, then print a table.
+
+    Example: `ftvar launch smoke` or `ftvar launch study.toml --executor local --max-parallel 2`.
+    Exit code 0 when every trial is ok, 1 otherwise.
+    """
+    from ftvar import launch as L
+
+    s = _load(study, set_)
+    kind = L.resolve_executor(executor)
+    paths = StudyPaths.of(out, s.name)
+    L.check_no_mixing(s, paths)
+    todo, done = L.pending(s, paths)
+    if not todo:
+        console.print(f"all {len(done)} trials of {s.name} already have ok records: nothing to run")
+        console.print(L.summary_table(s, paths, expand(s)))
+        return
+    if kind == "slurm":
+        raise FtvarError("the slurm executor is not available yet; use --executor local")
+    L.prepare_study(s, paths, console)
+    console.print(f"{s.name}: running {len(todo)} trial(s), skipping {len(done)} with ok records")
+    if kind == "debug":
+        errors, job_ids = L.run_in_process(s, paths, todo, console), ["in-process"]
+    else:
+        job_ids, errors = L.run_local(s, paths, todo, max_parallel, console)
+    L.append_launch(paths, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]})
+    trials = expand(s)
+    console.print(L.summary_table(s, paths, trials))
+    for line in errors:
+        err_console.print(f"[red]{line}[/red]")
+    statuses = L.trial_statuses(s, paths, trials)
+    bad = [tid for tid, st in statuses.items() if st != "ok"]
+    console.print(f"records: {paths.records}")
+    if bad or errors:
+        console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def prefetch(study: StudyArg, set_: SetOpt = None) -> None:
+    """Download the study's model, tokenizer and Hub dataset into the Hugging Face cache.
+
+    Run it on a login node with internet access; trials never download. Example: `ftvar prefetch paper`
+    """
+    from ftvar.train import prefetch as do_prefetch
+
+    s = _load(study, set_)
+    try:
+        fetched = do_prefetch(s)
+    except OSError as exc:
+        raise FtvarError(f"prefetch failed (is the Hugging Face Hub reachable from here?): {exc}") from None
+    for item in fetched:
+        console.print(f"cached {item}")
+    if not fetched:
+        console.print(f"{s.name} needs nothing from the Hub (local or synthetic data, trained tokenizer)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,268 @@
+"""Launching a study: which trials still need to run, and the executors that run them.
+
+`local` runs trials in subprocesses through submitit's LocalExecutor (one process per GPU, or several CPU
+processes sharing the cores), `debug` runs them in this process. Both skip trials that already have an `ok`
+record. The training code is imported lazily, inside the job: this module itself needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ftvar.config import Study
+from ftvar.errors import FtvarError
+from ftvar.record import read_status, study_hashes, utc_now
+from ftvar.trial import StudyPaths, Trial, expand
+
+EXECUTORS = ("auto", "local", "debug", "slurm")
+
+
+@dataclass
+class LaunchResult:
+    total: int
+    skipped: int
+    submitted: int
+    statuses: dict[str, str | None] = field(default_factory=dict)  # trial id → status after the run
+    job_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # jobs that died without writing records
+
+    @property
+    def all_ok(self) -> bool:
+        return all(s == "ok" for s in self.statuses.values()) and not self.errors
+
+
+def trial_statuses(
+    study: Study, paths: StudyPaths, trials: Sequence[Trial] | None = None
+) -> dict[str, str | None]:
+    """Trial id → status of its record (None: no record yet)."""
+    return {t.trial_id: read_status(paths.record(t.trial_id)) for t in (trials or expand(study))}
+
+
+def check_no_mixing(study: Study, paths: StudyPaths) -> None:
+    """Refuse to add records of this study next to records of a different study hash."""
+    foreign = {h: n for h, n in study_hashes(paths.records).items() if h != study.hash}
+    if foreign:
+        h, n = next(iter(foreign.items()))
+        raise FtvarError(
+            f"{paths.records} holds {n} record(s) of another version of study {study.name!r} "
+            f"(hash {h}; this one is {study.hash}): its model, data or training settings changed. "
+            "Use another name or --out, or move the old records away"
+        )
+
+
+def pending(study: Study, paths: StudyPaths) -> tuple[list[Trial], list[Trial]]:
+    """(trials to run, trials skipped because they already have an ok record)."""
+    todo: list[Trial] = []
+    done: list[Trial] = []
+    for trial in expand(study):
+        (done if read_status(paths.record(trial.trial_id)) == "ok" else todo).append(trial)
+    return todo, done
+
+
+def resolve_executor(name: str) -> str:
+    if name not in EXECUTORS:
+        raise FtvarError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return name
+
+
+def visible_gpus() -> list[int]:
+    """GPU indices this machine offers, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return list(range(len([x for x in env.split(",") if x.strip()])))
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
+
+
+def trial_cost(trial: Trial) -> float:
+    """Relative cost for load balancing: steps × a per-step overhead that shrinks with the batch."""
+    if trial.is_baseline or trial.batch_size is None:
+        return 0.1
+    return trial.epochs * (1.0 + 8.0 / trial.batch_size)
+
+
+def split_work(trials: Sequence[Trial], n: int) -> list[list[Trial]]:
+    """Longest-processing-time-first: trials sorted by cost, each to the least loaded of n groups."""
+    groups: list[list[Trial]] = [[] for _ in range(max(1, min(n, len(trials))))]
+    loads = [0.0] * len(groups)
+    for trial in sorted(trials, key=trial_cost, reverse=True):
+        i = loads.index(min(loads))
+        groups[i].append(trial)
+        loads[i] += trial_cost(trial)
+    return groups
+
+
+def job_main(study: Study, trials: list[Trial], paths: StudyPaths) -> dict[str, str]:
+    """What runs inside a job: each trial in turn; one trial's crash does not stop the others."""
+    from ftvar.train import run_trial  # lazily: torch is only imported inside the job
+
+    statuses = {}
+    for trial in trials:
+        record = run_trial(study, trial, paths)
+        statuses[trial.trial_id] = str(record["status"])
+    return statuses
+
+
+def append_launch(paths: StudyPaths, entry: dict[str, Any]) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with paths.launches.open("a") as fh:
+        fh.write(json.dumps({"at": utc_now(), **entry}) + "\n")
+
+
+def prepare_study(study: Study, paths: StudyPaths, console: Console) -> None:
+    """Validate the model/data sources and tokenize once, before any trial runs."""
+    from ftvar.train import prepare
+
+    with console.status(f"preparing {study.name}: loading and tokenizing the data once"):
+        built = prepare(study, paths)
+    console.print(f"[dim]data cache {'built' if built else 'up to date'}: {paths.cache}[/dim]")
+
+
+def run_in_process(study: Study, paths: StudyPaths, todo: list[Trial], console: Console) -> list[str]:
+    from ftvar.train import run_trial
+
+    with _progress(console) as progress:
+        task = progress.add_task("trials", total=len(todo))
+        for trial in todo:
+            progress.update(task, description=trial.label())
+            run_trial(study, trial, paths)
+            progress.advance(task)
+    return []
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def run_local(
+    study: Study, paths: StudyPaths, todo: list[Trial], max_parallel: int | None, console: Console
+) -> tuple[list[str], list[str]]:
+    """Run the trials in parallel subprocesses with submitit's LocalExecutor; poll records for progress."""
+    import submitit
+
+    gpus = visible_gpus()
+    n_jobs = max_parallel or (len(gpus) if gpus else max(1, min(4, (os.cpu_count() or 1))))
+    groups = split_work(todo, n_jobs)
+    threads = max(1, (os.cpu_count() or 1) // len(groups))
+    executor = submitit.LocalExecutor(folder=str(paths.submitit / "%j"))
+    jobs = []
+    for i, group in enumerate(groups):
+        params: dict[str, Any] = {"timeout_min": 7 * 24 * 60, "setup": [f"export FTVAR_THREADS={threads}"]}
+        if gpus:
+            params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
+        executor.update_parameters(**params)
+        jobs.append(executor.submit(job_main, study, group, paths))
+    console.print(
+        f"[dim]{len(todo)} trial(s) in {len(jobs)} local process(es), "
+        f"{'1 GPU each' if gpus else f'{threads} CPU thread(s) each'}; logs: {paths.submitit}[/dim]"
+    )
+    try:
+        _watch(jobs, todo, paths, console)
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.cancel(check=False)
+        raise
+    errors = []
+    for job, group in zip(jobs, groups, strict=True):
+        exc = job.exception()
+        if exc is not None:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            errors.append(f"job {job.job_id} ({len(group)} trial(s)) died: {first}; log: {job.paths.stderr}")
+    return [str(j.job_id) for j in jobs], errors
+
+
+def _watch(jobs: list[Any], todo: list[Trial], paths: StudyPaths, console: Console) -> None:
+    """Progress from the records folder: a trial is done when its record appears or is rewritten."""
+    before = {t.trial_id: _mtime(paths.record(t.trial_id)) for t in todo}
+    with _progress(console) as progress:
+        task = progress.add_task("trials", total=len(todo))
+        while True:
+            finished = all(job.done() for job in jobs)
+            now = {tid: _mtime(paths.record(tid)) for tid in before}
+            progress.update(
+                task, completed=sum(1 for tid, m in now.items() if m is not None and m != before[tid])
+            )
+            if finished:
+                break
+            time.sleep(0.5)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
+    table = Table(title=f"{study.name}: {len(trials)} trial(s)")
+    for col in ("trial", "lr", "batch", "epochs", "seed", "status", "accuracy", "f1", "eval loss", "seconds"):
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+    for t in trials:
+        rec = _read_json(paths.record(t.trial_id))
+        m = rec.get("metrics", {}) if rec else {}
+        status = rec.get("status", "missing") if rec else "missing"
+        style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
+        table.add_row(
+            t.trial_id,
+            _fmt(t.learning_rate, "g"),
+            _fmt(t.batch_size),
+            str(t.epochs),
+            str(t.seed),
+            f"[{style}]{status}[/{style}]",
+            _fmt(m.get("accuracy"), ".4f"),
+            _fmt(m.get("f1"), ".4f"),
+            _fmt(m.get("eval_loss"), ".4f"),
+            _fmt(rec.get("timings", {}).get("total") if rec else None, ".1f"),
+        )
+    return table
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,339 @@
+"""Data for a study: load (Hub, local files or synthetic), map labels, tokenize once into an Arrow cache.
+
+`prepare()` runs once per study, before any trial (on the login node for SLURM). It writes
+`<out>/<study>/cache/` atomically: everything is built in a temp folder beside it and renamed into place, so
+trials either see a complete cache or none. Trials only memory-map it with `load_prepared()`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from ftvar import synthetic
+from ftvar.config import DataConfig, Study
+from ftvar.errors import FtvarError
+from ftvar.record import utc_now
+from ftvar.trial import StudyPaths
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a trial needs: the tokenized splits, the tokenizer folder and the label names."""
+
+    folder: Path
+    label_names: list[str]
+    n_train: int
+    n_eval: int
+    vocab_size: int
+    pad_token_id: int
+    train: Dataset
+    eval: Dataset
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder / "tokenizer"
+
+
+def prefetch_hint(study: Study) -> str:
+    name = study.source.removeprefix("builtin:")
+    return f"run `ftvar prefetch {name}` on a machine with internet access (HF_HOME={hf_home()})"
+
+
+def hf_home() -> str:
+    return os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _load_files(d: DataConfig, train: str, evaluation: str, cache_dir: Path) -> DatasetDict:
+    fmt = d.file_format(train)
+    kwargs: dict[str, Any] = {}
+    if fmt in ("tsv", "csv"):
+        builder = "csv"
+        kwargs["delimiter"] = "\t" if fmt == "tsv" else ","
+        if fmt == "tsv":
+            kwargs["quoting"] = csv.QUOTE_NONE
+        if not d.header:
+            kwargs["header"] = None
+    else:
+        builder = {"jsonl": "json", "parquet": "parquet"}[fmt]
+    try:
+        loaded = datasets.load_dataset(
+            builder, data_files={"train": train, "eval": evaluation}, cache_dir=str(cache_dir), **kwargs
+        )
+    except Exception as exc:  # a parser error from pandas/pyarrow: report it with the file name
+        raise FtvarError(f"cannot read {train} / {evaluation} as {fmt}: {exc}") from None
+    assert isinstance(loaded, DatasetDict)
+    return loaded
+
+
+def _load_hub(study: Study) -> DatasetDict:
+    d = study.data
+    name, config = d.hub_id_and_config()
+    try:
+        parts = {
+            split: datasets.load_dataset(name, config, split=hub_split)
+            for split, hub_split in (("train", d.train_split), ("eval", d.eval_split))
+        }
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as exc:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FtvarError(
+                f"dataset {d.hub} is not in the Hugging Face cache: {prefetch_hint(study)}"
+            ) from None
+        raise FtvarError(f"cannot load dataset {d.hub}: {exc}") from None
+    return DatasetDict({k: v for k, v in parts.items() if isinstance(v, Dataset)})
+
+
+def load_raw(study: Study, work: Path) -> DatasetDict:
+    """The train and eval splits with two columns, `text` (str) and `label` (as in the source)."""
+    d = study.data
+    if d.source == "synthetic":
+        assert d.synthetic is not None
+        s = d.synthetic
+        train, evaluation = synthetic.write_splits(work / "synthetic", s.train, s.eval, s.seed, s.label_noise)
+        raw = _load_files(DataConfig(format="tsv"), str(train), str(evaluation), work / "hf")
+    elif d.source == "files":
+        assert d.train is not None and d.eval is not None
+        raw = _load_files(d, d.train, d.eval, work / "hf")
+    else:
+        raw = _load_hub(study)
+    text_col, label_col = (str(c) for c in (d.text_column, d.label_column))
+    if d.source == "synthetic":
+        text_col, label_col = "sentence", "label"
+    if text_col == label_col:
+        raise FtvarError(f"data.text_column and data.label_column are both {text_col!r}")
+    for split in ("train", "eval"):
+        columns = raw[split].column_names
+        for key, col in (("text_column", text_col), ("label_column", label_col)):
+            if col not in columns:
+                raise FtvarError(
+                    f"data.{key} = {col!r} is not a column of the {split} split; "
+                    f"columns: {', '.join(columns)}"
+                )
+        renames = {c: n for c, n in ((text_col, "text"), (label_col, "label")) if c != n}
+        renamed = raw[split].select_columns([text_col, label_col]).rename_columns(renames)
+        raw[split] = renamed.filter(lambda row: row["text"] is not None and row["label"] is not None)
+    return raw
+
+
+def _limit(ds: Dataset, limit: int, seed: int) -> Dataset:
+    if limit <= 0 or limit >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def map_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
+    """Labels → ids 0..K-1 in sorted order of the train split's values; eval labels must all be known."""
+    train_values = set(raw["train"].unique("label"))
+    eval_values = set(raw["eval"].unique("label"))
+    unknown = eval_values - train_values
+    if unknown:
+        shown = ", ".join(sorted(map(str, unknown))[:5])
+        raise FtvarError(f"the eval split has labels the train split lacks: {shown}")
+    if len(train_values) < 2:
+        raise FtvarError(f"the train split has {len(train_values)} label value(s); a classifier needs ≥ 2")
+    ordered = sorted(train_values, key=lambda v: (isinstance(v, str), v))
+    index = {v: i for i, v in enumerate(ordered)}
+    mapped = raw.map(lambda batch: {"label": [index[v] for v in batch["label"]]}, batched=True)
+    mapped = mapped.cast_column("label", datasets.Value("int64"))
+    return mapped, [str(v) for v in ordered]
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: Iterator[list[str]], vocab_size: int) -> Any:
+    """A lower-cased BERT-style WordPiece tokenizer trained on the given texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    tok.train_from_iterator(texts, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(study: Study, train: Dataset) -> Any:
+    from transformers import AutoTokenizer
+
+    m = study.model
+    if m.tokenizer == "train":
+        batches = (train[i : i + 1000]["text"] for i in range(0, len(train), 1000))
+        return train_tokenizer(batches, m.vocab_size)
+    source = m.tokenizer or m.name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FtvarError(
+                f"tokenizer {source} is not in the Hugging Face cache: {prefetch_hint(study)}"
+            ) from None
+        raise FtvarError(f"cannot load tokenizer {source}: {exc}") from None
+
+
+def check_model_available(study: Study) -> None:
+    """Fail fast, before tokenizing, when a Hub model is not cached (trials never download)."""
+    if study.model.tiny is not None:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(study.model.name_or_path)
+    except (OSError, ValueError) as exc:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FtvarError(
+                f"model {study.model.name_or_path} is not in the Hugging Face cache: {prefetch_hint(study)}"
+            ) from None
+        raise FtvarError(f"cannot load model {study.model.name_or_path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta
+
+
+def is_prepared(study: Study, paths: StudyPaths) -> bool:
+    meta = _read_meta(paths.cache)
+    return meta is not None and meta.get("key") == study.hash and meta.get("version") == CACHE_VERSION
+
+
+def prepare(study: Study, paths: StudyPaths) -> bool:
+    """Build the study's tokenized cache unless an up-to-date one exists. Returns True when it built one."""
+    if is_prepared(study, paths):
+        return False
+    check_model_available(study)
+    out_existed = paths.root.parent.exists()
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
+    try:
+        _build_cache(study, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if not out_existed:
+            shutil.rmtree(paths.root.parent, ignore_errors=True)
+        raise
+    try:
+        paths.root.mkdir(exist_ok=True)
+        if paths.cache.exists():
+            stale = paths.root / f".cache-stale-{os.getpid()}"
+            paths.cache.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        (work / "out").rename(paths.cache)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
+def _build_cache(study: Study, work: Path) -> None:
+    d = study.data
+    raw = load_raw(study, work)
+    raw = DatasetDict(
+        {
+            "train": _limit(raw["train"], d.train_limit, d.data_seed),
+            "eval": _limit(raw["eval"], d.eval_limit, d.data_seed),
+        }
+    )
+    raw, label_names = map_labels(raw)
+    tokenizer = load_tokenizer(study, raw["train"])
+    out = work / "out"
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        enc = tokenizer(batch["text"], truncation=True, max_length=d.max_length)
+        return {"input_ids": enc["input_ids"]}
+
+    tokenized = raw.map(encode, batched=True, batch_size=1000, remove_columns=["text"])
+    for split in ("train", "eval"):
+        tokenized[split].save_to_disk(str(out / split))
+    lengths = [len(x) for x in tokenized["train"]["input_ids"]]
+    meta = {
+        "version": CACHE_VERSION,
+        "key": study.hash,
+        "label_names": label_names,
+        "n_train": len(tokenized["train"]),
+        "n_eval": len(tokenized["eval"]),
+        "mean_train_tokens": sum(lengths) / max(1, len(lengths)),
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "created_at": utc_now(),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_prepared(study: Study, paths: StudyPaths) -> Prepared:
+    """Memory-map the tokenized splits. Raises when the cache is missing or belongs to another study hash."""
+    if not is_prepared(study, paths):
+        raise FtvarError(
+            f"no tokenized cache for study {study.name} (hash {study.hash}) in {paths.cache}: "
+            "`ftvar launch` builds it before any trial runs"
+        )
+    meta = _read_meta(paths.cache)
+    assert meta is not None
+    return Prepared(
+        folder=paths.cache,
+        label_names=list(meta["label_names"]),
+        n_train=int(meta["n_train"]),
+        n_eval=int(meta["n_eval"]),
+        vocab_size=int(meta["vocab_size"]),
+        pad_token_id=int(meta["pad_token_id"] or 0),
+        train=Dataset.load_from_disk(str(paths.cache / "train")),
+        eval=Dataset.load_from_disk(str(paths.cache / "eval")),
+    )
+
+
+def prefetch(study: Study) -> list[str]:
+    """Download model, tokenizer and Hub dataset into the HF cache. Returns what was fetched."""
+    fetched = []
+    if study.model.tiny is None:
+        from transformers import AutoModelForSequenceClassification
+
+        AutoModelForSequenceClassification.from_pretrained(study.model.name_or_path)
+        fetched.append(f"model {study.model.name_or_path}")
+    if study.model.tokenizer not in (None, "train") or study.model.tiny is None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(study.model.tokenizer or study.model.name_or_path)
+        fetched.append(f"tokenizer {study.model.tokenizer or study.model.name_or_path}")
+    if study.data.source == "hub":
+        _load_hub(study)
+        fetched.append(f"dataset {study.data.hub}")
+    return fetched
