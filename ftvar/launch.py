@@ -234,25 +234,16 @@ def _mtime(path: Path) -> float | None:
 
 def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
     table = Table(title=f"{study.name}: {len(trials)} trial(s)")
-    for col in ("trial", "lr", "batch", "epochs", "seed", "status", "accuracy", "f1", "eval loss", "seconds"):
-        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+    for col in ("trial", "lr", "bs", "ep", "seed", "status", "acc", "f1", "loss", "sec"):
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
     for t in trials:
-        rec = _read_json(paths.record(t.trial_id))
-        m = rec.get("metrics", {}) if rec else {}
-        status = rec.get("status", "missing") if rec else "missing"
+        rec = _read_json(paths.record(t.trial_id)) or {}
+        m = rec.get("metrics", {})
+        status = rec.get("status", "missing")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
-        table.add_row(
-            t.trial_id,
-            _fmt(t.learning_rate, "g"),
-            _fmt(t.batch_size),
-            str(t.epochs),
-            str(t.seed),
-            f"[{style}]{status}[/{style}]",
-            _fmt(m.get("accuracy"), ".4f"),
-            _fmt(m.get("f1"), ".4f"),
-            _fmt(m.get("eval_loss"), ".4f"),
-            _fmt(rec.get("timings", {}).get("total") if rec else None, ".1f"),
-        )
+        table.add_row(t.trial_id, _fmt(t.learning_rate, "g"), _fmt(t.batch_size), str(t.epochs), str(t.seed),
+                      f"[{style}]{status}[/{style}]", _fmt(m.get("accuracy"), ".3f"), _fmt(m.get("f1"), ".3f"),
+                      _fmt(m.get("eval_loss"), ".3f"), _fmt(rec.get("timings", {}).get("total"), ".1f"))
     return table
 
 

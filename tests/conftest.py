@@ -1,0 +1,54 @@
+"""Shared fixtures: the reference data in ../shared/data and tiny study files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def sst2() -> Path:
+    folder = SHARED_DATA / "sst2"
+    if not (folder / "train.tsv").is_file():
+        pytest.skip(f"reference data not found in {folder} (see ../shared/data/README.md)")
+    return folder
+
+
+TINY_STUDY = """
+name = "{name}"
+[model]
+tokenizer = "train"
+tiny = {{ dim = 32, layers = 1, heads = 2 }}
+vocab_size = 500
+[data]
+synthetic = {{ train = 300, eval = 100 }}
+max_length = 32
+[grid]
+learning_rate = [1e-3]
+batch_size = [32]
+epochs = [1]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[..., Path]:
+    """Write a study TOML (default: a tiny synthetic study of 2 trials + baseline) and return its path."""
+
+    def write(text: str | None = None, name: str = "tiny", filename: str = "study.toml") -> Path:
+        path = tmp_path / filename
+        path.write_text(textwrap.dedent(text) if text is not None else TINY_STUDY.format(name=name))
+        return path
+
+    return write

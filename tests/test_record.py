@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from ftvar import record
+from ftvar.errors import RecordError
+
+
+def make_record(**changes: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "schema_version": 1,
+        "study": {"name": "s", "hash": "0123456789ab", "source": "builtin:smoke", "config": {}},
+        "trial_id": "0123456789",
+        "kind": "trial",
+        "params": {"learning_rate": 2e-5, "batch_size": 16, "epochs": 2, "seed": 0},
+        "status": "ok",
+        "error": None,
+        "metrics": {"accuracy": 0.9, "f1": 0.91, "eval_loss": 0.3, "train_loss": 0.2},
+        "n_train": 100, "n_eval": 50, "label_names": ["0", "1"], "steps": 14,
+        "timings": {"load": 0.1, "train": 1.0, "eval": 0.2, "total": 1.4},
+        "throughput": {"train_samples_per_s": 200.0, "train_tokens_per_s": 4000.0},
+        "resume": {"requeues": 0, "resumed_from_step": None},
+        "environment": record.environment("cpu", "2.13.0", "5.0"),
+        "started_at": "2026-11-27T03:00:00.000+00:00",
+        "finished_at": "2026-11-27T03:00:01.400+00:00",
+    }
+    rec.update(changes)
+    return rec
+
+
+def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
+    schema = record.schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = make_record()
+    jsonschema.validate(good, schema)
+    record.validate(good)
+    bad_cases = [
+        make_record(status="done"),
+        make_record(status="ok", error="boom"),
+        make_record(status="failed", error=None),
+        make_record(metrics={"accuracy": 1.5, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0.1}),
+        make_record(metrics={"accuracy": None, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0.1}),
+        make_record(trial_id="../etc"),
+        make_record(schema_version=2),
+        {k: v for k, v in make_record().items() if k != "timings"},
+    ]
+    for bad in bad_cases:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(RecordError):
+            record.validate(bad)
+
+
+def test_failed_and_baseline_records_are_valid() -> None:
+    nulls = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+    record.validate(make_record(status="diverged", error="non-finite loss", metrics=nulls))
+    base = make_record(trial_id="baseline", kind="baseline",
+                       params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0})
+    record.validate(base)
+    with pytest.raises(RecordError):  # a fine-tuning trial must have its params
+        record.validate(make_record(params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0}))
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    rec = make_record()
+    path = tmp_path / "records" / "0123456789.json"
+    record.write_record(path, rec)
+    assert record.read_record(path) == rec
+    assert record.read_status(path) == "ok"
+    assert record.study_hashes(path.parent) == {"0123456789ab": 1}
+
+
+def test_invalid_records_are_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "0123456789.json"
+    with pytest.raises(RecordError):
+        record.write_record(path, make_record(status="weird"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_record_reasons(tmp_path: Path) -> None:
+    (tmp_path / "0123456789.json").write_text('{"schema_version": 1, "trial_id": "0123')
+    with pytest.raises(RecordError, match="not JSON"):
+        record.read_record(tmp_path / "0123456789.json")
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    with pytest.raises(RecordError, match="not an ftvar record"):
+        record.read_record(tmp_path / "other.json")
+    (tmp_path / "abcdefabcd.json").write_text(json.dumps(make_record()))
+    with pytest.raises(RecordError, match="does not match trial_id"):
+        record.read_record(tmp_path / "abcdefabcd.json")
+
+
+def test_non_finite_numbers_become_null() -> None:
+    assert record.finite_or_none(float("nan")) is None
+    assert record.finite_or_none(float("inf")) is None
+    assert record.finite_or_none(0.5) == 0.5
+    with pytest.raises(ValueError):
+        record.write_atomic(Path("/nonexistent-never-created/x.json"), {"x": float("nan")})
+
+
+def test_atomic_write_never_shows_a_partial_file(tmp_path: Path) -> None:
+    """A reader polling the file while a writer rewrites it with large payloads sees only whole JSON."""
+    path = tmp_path / "r.json"
+    payloads = [{"n": i, "blob": "x" * (200_000 + i * 1000)} for i in range(40)]
+    record.write_atomic(path, payloads[0])
+    stop = threading.Event()
+    seen: list[int] = []
+    broken: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(json.loads(path.read_text())["n"])
+            except json.JSONDecodeError as exc:
+                broken.append(str(exc))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for p in payloads:
+        record.write_atomic(path, p)
+    stop.set()
+    thread.join()
+    assert not broken
+    assert len(seen) > 0
+    assert not list(tmp_path.glob("*.part"))  # no temp files left behind

