@@ -60,7 +60,7 @@ def handle_errors(func: F) -> F:
         except FtvarError as exc:
             message = " ".join(str(exc).split())
             print(f"ftvar: error: {message}", file=sys.stderr)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             print("ftvar: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -238,6 +238,51 @@ def prefetch(study: StudyArg, set_: SetOpt = None) -> None:
         console.print(f"cached {item}")
     if not fetched:
         console.print(f"{s.name} needs nothing from the Hub (local or synthetic data, trained tokenizer)")
+
+
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Any corrupt, foreign or wrong-study record file "
+        "is an error (exit code 1) instead of a skipped file.",
+    ),
+]
+
+
+@app.command()
+@handle_errors
+def collect(
+    study: StudyArg, set_: SetOpt = None, out: OutOpt = DEFAULT_OUT, strict: StrictOpt = False
+) -> None:
+    """Gather the study's JSON records into results.parquet and results.csv (no torch needed).
+
+    Keeps the newest ok record per trial; lists skipped files on stderr.
+    Example: `ftvar collect smoke --strict`
+    """
+    from ftvar.analysis import collect as do_collect
+
+    s = _load(study, set_)
+    result = do_collect(s, out, strict=strict)
+    console.print(result.summary())
+    for path, reason in result.skipped:
+        err_console.print(f"skipped {path}: {reason}", highlight=False)
+    console.print(f"wrote {result.parquet} and {result.csv}")
+
+
+@app.command()
+@handle_errors
+def report(
+    study: StudyArg, set_: SetOpt = None, out: OutOpt = DEFAULT_OUT, strict: StrictOpt = False
+) -> None:
+    """Collect the records, fit the regressions (absolute, relative, paired) and write OUT/<study>/report/.
+
+    Writes report.json, report.md, a self-contained report.html and PNG plots. Example: `ftvar report smoke`
+    """
+    from ftvar.report import build_report
+
+    s = _load(study, set_)
+    build_report(s, out, console=console, strict=strict)
 
 
 def main() -> None:

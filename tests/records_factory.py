@@ -1,0 +1,196 @@
+"""Build valid ftvar records (and whole synthetic studies) without training anything."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ftvar.config import AnalysisConfig, GridConfig, Study
+from ftvar.record import validate
+from ftvar.trial import BASELINE_ID, StudyPaths, trial_id
+
+Truth = Callable[[float, float, float], float]  # (coded lr, coded bs, epochs) → metric
+
+
+def make_study(
+    name: str = "synth",
+    lr: list[float] | None = None,
+    bs: list[int] | None = None,
+    ep: list[int] | None = None,
+    seeds: list[int] | None = None,
+    **analysis: Any,
+) -> Study:
+    grid = GridConfig(
+        learning_rate=lr if lr is not None else [1e-5, 2e-5, 5e-5, 1e-4],
+        batch_size=bs if bs is not None else [8, 16, 32, 64],
+        epochs=ep if ep is not None else [1, 2, 3],
+        seed=seeds if seeds is not None else [0, 1, 2],
+    )
+    return Study(name=name, grid=grid, analysis=AnalysisConfig(**analysis))
+
+
+def make_record(
+    study: Study,
+    *,
+    learning_rate: float | None,
+    batch_size: int | None,
+    epochs: int,
+    seed: int,
+    status: str = "ok",
+    metrics: dict[str, float | None] | None = None,
+    finished_at: str = "2024-05-01T12:00:00.000+00:00",
+    tid: str | None = None,
+) -> dict[str, Any]:
+    """A record dict that passes the schema (checked with record.validate before it is returned)."""
+    baseline = learning_rate is None
+    if tid is None:
+        tid = BASELINE_ID if baseline else trial_id(study.hash, learning_rate, batch_size, epochs, seed)  # type: ignore[arg-type]
+    if status == "ok":
+        m = {"accuracy": 0.8, "f1": 0.8, "eval_loss": 0.5, "train_loss": 0.4, **(metrics or {})}
+    else:
+        m = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+    rec = {
+        "schema_version": 1,
+        "study": {"name": study.name, "hash": study.hash, "source": "test"},
+        "trial_id": tid,
+        "kind": "baseline" if baseline else "trial",
+        "params": {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs, "seed": seed},
+        "status": status,
+        "error": None if status == "ok" else "RuntimeError: boom",
+        "metrics": m,
+        "n_train": 2000,
+        "n_eval": 500,
+        "label_names": ["negative", "positive"],
+        "steps": 100,
+        "timings": {"load": 1.0, "train": 10.0, "eval": 1.0, "total": 12.0},
+        "throughput": {"train_samples_per_s": 200.0, "train_tokens_per_s": 20000.0},
+        "resume": {"requeues": 0, "resumed_from_step": None},
+        "environment": {
+            "host": "node1",
+            "device": "cpu",
+            "torch": "2.3.0",
+            "transformers": "4.41.0",
+            "ftvar": "0.1.0",
+            "python": "3.11.9",
+        },
+        "started_at": "2024-05-01T11:59:00.000+00:00",
+        "finished_at": finished_at,
+    }
+    validate(rec)
+    return rec
+
+
+def write(records_dir: Path, rec: dict[str, Any], name: str | None = None) -> Path:
+    records_dir.mkdir(parents=True, exist_ok=True)
+    path = records_dir / (name or f"{rec['trial_id']}.json")
+    path.write_text(json.dumps(rec, indent=1))
+    return path
+
+
+def code(lr: float, bs: float, ep: float) -> tuple[float, float, float]:
+    return math.log10(lr), math.log2(bs), float(ep)
+
+
+def synth_study(
+    out: Path,
+    study: Study,
+    truth: Truth,
+    noise: float = 0.01,
+    seed_sd: float = 0.0,
+    rng: np.random.Generator | None = None,
+    baseline: float | None = 0.5,
+) -> dict[str, float]:
+    """Write one ok record per grid point: accuracy = truth(coded) + seed effect + noise,
+    f1 = accuracy − 0.01, eval_loss = 1 − accuracy. Returns the seed effects."""
+    rng = rng or np.random.default_rng(0)
+    g = study.grid
+    records = StudyPaths.of(out, study.name).records
+    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.seed}
+    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.seed):
+        y = truth(*code(lr, bs, ep)) + seed_fx[s] + float(rng.normal(0, noise))
+        y = min(max(y, 0.02), 0.98)
+        write(
+            records,
+            make_record(
+                study,
+                learning_rate=lr,
+                batch_size=bs,
+                epochs=ep,
+                seed=s,
+                metrics={"accuracy": y, "f1": y - 0.01, "eval_loss": 1 - y},
+            ),
+        )
+    if baseline is not None:
+        write(
+            records,
+            make_record(
+                study,
+                learning_rate=None,
+                batch_size=None,
+                epochs=0,
+                seed=g.seed[0],
+                metrics={"accuracy": baseline, "f1": baseline, "eval_loss": 0.7},
+            ),
+        )
+    return seed_fx
+
+
+def synth_table(
+    study: Study,
+    truth: Truth,
+    noise: float = 0.01,
+    seed_sd: float = 0.0,
+    rng: np.random.Generator | None = None,
+    baseline: float | None = 0.5,
+) -> pd.DataFrame:
+    """The table `collect` would build from `synth_study`'s records, made in memory (for simulations)."""
+    rng = rng or np.random.default_rng(0)
+    g = study.grid
+    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.seed}
+    rows = []
+    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.seed):
+        y = truth(*code(lr, bs, ep)) + seed_fx[s] + float(rng.normal(0, noise))
+        rows.append(
+            {
+                "trial_id": trial_id(study.hash, lr, bs, ep, s),
+                "kind": "trial",
+                "status": "ok",
+                "learning_rate": lr,
+                "batch_size": bs,
+                "epochs": ep,
+                "seed": s,
+                "accuracy": y,
+                "f1": y - 0.01,
+                "eval_loss": 1 - y,
+                "train_loss": 0.4,
+                "in_grid": True,
+            }
+        )
+    if baseline is not None:
+        rows.append(
+            {
+                "trial_id": BASELINE_ID,
+                "kind": "baseline",
+                "status": "ok",
+                "learning_rate": None,
+                "batch_size": None,
+                "epochs": 0,
+                "seed": g.seed[0],
+                "accuracy": baseline,
+                "f1": baseline,
+                "eval_loss": 0.7,
+                "train_loss": None,
+                "in_grid": True,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["batch_size"] = df["batch_size"].astype("Int64")
+    df["learning_rate"] = df["learning_rate"].astype("float64")
+    return df
