@@ -241,9 +241,18 @@ def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> T
         m = rec.get("metrics", {})
         status = rec.get("status", "missing")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
-        table.add_row(t.trial_id, _fmt(t.learning_rate, "g"), _fmt(t.batch_size), str(t.epochs), str(t.seed),
-                      f"[{style}]{status}[/{style}]", _fmt(m.get("accuracy"), ".3f"), _fmt(m.get("f1"), ".3f"),
-                      _fmt(m.get("eval_loss"), ".3f"), _fmt(rec.get("timings", {}).get("total"), ".1f"))
+        table.add_row(
+            t.trial_id,
+            _fmt(t.learning_rate, "g"),
+            _fmt(t.batch_size),
+            str(t.epochs),
+            str(t.seed),
+            f"[{style}]{status}[/{style}]",
+            _fmt(m.get("accuracy"), ".3f"),
+            _fmt(m.get("f1"), ".3f"),
+            _fmt(m.get("eval_loss"), ".3f"),
+            _fmt(rec.get("timings", {}).get("total"), ".1f"),
+        )
     return table
 
 
