@@ -164,6 +164,10 @@ def run_trial_cmd(
         raise typer.Exit(1)
 
 
+SlurmOpt = typer.Option  # options of the slurm executor; each may also sit in the study's [cluster] table
+SLURM = "SLURM (also in the study's [cluster] table; the CLI wins)"
+
+
 @app.command()
 @handle_errors
 def launch(
@@ -182,42 +186,81 @@ def launch(
         ),
     ] = None,
     set_: SetOpt = None,
+    partition: Annotated[str | None, SlurmOpt(help="SLURM partition.", rich_help_panel=SLURM)] = None,
+    account: Annotated[str | None, SlurmOpt(help="SLURM account.", rich_help_panel=SLURM)] = None,
+    qos: Annotated[str | None, SlurmOpt(help="SLURM QOS.", rich_help_panel=SLURM)] = None,
+    time: Annotated[
+        int | None, SlurmOpt(min=1, help="Minutes per task (default 60).", rich_help_panel=SLURM)
+    ] = None,
+    gpus_per_task: Annotated[
+        int | None, SlurmOpt(min=0, help="GPUs per task (default 1).", rich_help_panel=SLURM)
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None, SlurmOpt(min=1, help="CPUs per task.", rich_help_panel=SLURM)
+    ] = None,
+    mem: Annotated[str | None, SlurmOpt(help="Memory per task, e.g. 32G.", rich_help_panel=SLURM)] = None,
+    constraint: Annotated[
+        str | None, SlurmOpt(help="Node features, e.g. a100.", rich_help_panel=SLURM)
+    ] = None,
+    array_parallelism: Annotated[
+        int | None, SlurmOpt(min=1, help="Tasks running at once (SLURM's %N).", rich_help_panel=SLURM)
+    ] = None,
+    container: Annotated[
+        str | None,
+        SlurmOpt(
+            help="Run each task in an image: apptainer:PATH.sif, docker:IMAGE or podman:IMAGE.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
+    slurm_arg: Annotated[
+        list[str] | None,
+        SlurmOpt(
+            metavar="KEY=VALUE",
+            help="Any other sbatch option (submitit's slurm_additional_parameters). Repeatable.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        SlurmOpt(
+            help="Print the sbatch script submitit would submit; submit nothing.", rich_help_panel=SLURM
+        ),
+    ] = False,
+    report_after: Annotated[
+        bool,
+        SlurmOpt(
+            help="Also submit a CPU job that runs collect and report once the array has finished (afterany).",
+            rich_help_panel=SLURM,
+        ),
+    ] = False,
 ) -> None:
-    """Run every trial that has no `ok` record yet, then print a table.
+    """Run every trial that has no `ok` record yet.
 
-    Example: `ftvar launch smoke` or `ftvar launch study.toml --executor local --max-parallel 2`.
-    Exit code 0 when every trial is ok, 1 otherwise.
+    Locally it waits and prints a table (exit code 0 when every trial is ok, 1 otherwise); on SLURM it submits
+    one job array and returns at once. Examples: `ftvar launch smoke`,
+    `ftvar launch study.toml --partition gpu --time 120 --container apptainer:ftvar.sif`.
     """
-    from ftvar import launch as L
+    from ftvar.launch import launch_study
+    from ftvar.slurm import parse_slurm_args
 
-    s = _load(study, set_)
-    kind = L.resolve_executor(executor)
-    paths = StudyPaths.of(out, s.name)
-    L.check_no_mixing(s, paths)
-    todo, done = L.pending(s, paths)
-    if not todo:
-        console.print(f"all {len(done)} trials of {s.name} already have ok records: nothing to run")
-        console.print(L.summary_table(s, paths, expand(s)))
-        return
-    if kind == "slurm":
-        raise FtvarError("the slurm executor is not available yet; use --executor local")
-    L.prepare_study(s, paths, console)
-    console.print(f"{s.name}: running {len(todo)} trial(s), skipping {len(done)} with ok records")
-    if kind == "debug":
-        errors, job_ids = L.run_in_process(s, paths, todo, console), ["in-process"]
-    else:
-        job_ids, errors = L.run_local(s, paths, todo, max_parallel, console)
-    L.append_launch(paths, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]})
-    trials = expand(s)
-    console.print(L.summary_table(s, paths, trials))
-    for line in errors:
-        err_console.print(f"[red]{line}[/red]")
-    statuses = L.trial_statuses(s, paths, trials)
-    bad = [tid for tid, st in statuses.items() if st != "ok"]
-    console.print(f"records: {paths.records}")
-    if bad or errors:
-        console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
-        raise typer.Exit(1)
+    cluster = {
+        "partition": partition,
+        "account": account,
+        "qos": qos,
+        "time": time,
+        "gpus_per_task": gpus_per_task,
+        "cpus_per_task": cpus_per_task,
+        "mem": mem,
+        "constraint": constraint,
+        "array_parallelism": array_parallelism,
+        "container": container,
+        "slurm_args": parse_slurm_args(slurm_arg or []),
+    }
+    code = launch_study(
+        _load(study, set_), out, executor, max_parallel, cluster, dry_run, report_after, console
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -238,6 +281,37 @@ def prefetch(study: StudyArg, set_: SetOpt = None) -> None:
         console.print(f"cached {item}")
     if not fetched:
         console.print(f"{s.name} needs nothing from the Hub (local or synthetic data, trained tokenizer)")
+
+
+@app.command()
+@handle_errors
+def status(
+    study: StudyArg,
+    set_: SetOpt = None,
+    out: OutOpt = DEFAULT_OUT,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", help="Show a live progress bar until no trial is pending or running, then the tables."
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between polls with --watch.")] = 10.0,
+    lines: Annotated[int, typer.Option(min=0, help="Log lines shown per failed trial.")] = 8,
+) -> None:
+    """Show each array's pending / running / ok / failed / diverged trials (records plus sacct).
+
+    Failed trials come with the last lines of their SLURM log.
+    Exit code 0 when every trial is ok, 1 otherwise.
+    Example: `ftvar status smoke --watch`
+    """
+    from ftvar import status as S
+
+    s = _load(study, set_)
+    paths = StudyPaths.of(out, s.name)
+    states = S.watch(s, paths, console, interval) if watch else S.trial_states(s, paths)
+    console.print(S.render(s, paths, states, lines))
+    if any(st.state != "ok" for st in states):
+        raise typer.Exit(1)
 
 
 StrictOpt = Annotated[

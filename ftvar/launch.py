@@ -13,10 +13,10 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import submitit
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,20 +34,6 @@ from ftvar.record import read_status, study_hashes, utc_now
 from ftvar.trial import StudyPaths, Trial, expand
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
-
-
-@dataclass
-class LaunchResult:
-    total: int
-    skipped: int
-    submitted: int
-    statuses: dict[str, str | None] = field(default_factory=dict)  # trial id → status after the run
-    job_ids: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # jobs that died without writing records
-
-    @property
-    def all_ok(self) -> bool:
-        return all(s == "ok" for s in self.statuses.values()) and not self.errors
 
 
 def trial_statuses(
@@ -129,6 +115,105 @@ def job_main(study: Study, trials: list[Trial], paths: StudyPaths) -> dict[str, 
         record = run_trial(study, trial, paths)
         statuses[trial.trial_id] = str(record["status"])
     return statuses
+
+
+class TrialTask(submitit.helpers.Checkpointable):
+    """One SLURM array task: a resumable trial. submitit calls `checkpoint()` before a time limit."""
+
+    def __init__(self) -> None:
+        self.resumable: Any = None  # set by the running task: where and what to save
+
+    def __call__(self, study: Study, trial: Trial, paths: StudyPaths) -> str:
+        from ftvar.train.runner import run_task
+
+        return run_task(self, study, trial, paths)
+
+    def checkpoint(self, study: Study, trial: Trial, paths: StudyPaths) -> submitit.helpers.DelayedSubmission:
+        if self.resumable is not None:
+            self.resumable.save()
+        return submitit.helpers.DelayedSubmission(TrialTask(), study, trial, paths)
+
+
+def report_main(study: Study, out: Path) -> str:
+    """The dependent job of `launch --report-after`: collect and report once the arrays have finished."""
+    from ftvar.report import build_report
+
+    result = build_report(study, out, console=Console())
+    return str(result.html)
+
+
+def run_slurm(
+    study: Study, paths: StudyPaths, todo: list[Trial], cluster: Any, report_after: bool, console: Console
+) -> list[str]:
+    """Submit the trials that are not already pending or running as arrays; returns the array job ids."""
+    from ftvar import slurm
+
+    active = slurm.active_trials(paths)
+    submit = [t for t in todo if t.trial_id not in active]
+    if active:
+        console.print(
+            f"{len(todo) - len(submit)} trial(s) still pending or running in earlier arrays: not resubmitted"
+        )
+    if not submit:
+        return []
+    executor = slurm.make_executor(cluster, study, paths)
+    arrays = slurm.submit_arrays(executor, study, paths, submit, slurm.max_array_size())
+    for array_id, group in arrays:
+        append_launch(
+            paths, {"executor": "slurm", "array_id": array_id, "trials": [t.trial_id for t in group]}
+        )
+        console.print(f"submitted array job {array_id}: {len(group)} task(s)")
+    if report_after:
+        job_id = slurm.submit_report(cluster, study, paths, [a for a, _ in arrays])
+        console.print(f"submitted report job {job_id} (runs after arrays {', '.join(a for a, _ in arrays)})")
+    return [a for a, _ in arrays]
+
+
+def launch_study(
+    study: Study,
+    out: Path,
+    executor: str,
+    max_parallel: int | None,
+    cluster_cli: dict[str, Any],
+    dry_run: bool,
+    report_after: bool,
+    console: Console,
+) -> int:
+    """`ftvar launch`: returns the exit code (0: all ok or submitted, 1: some trials not ok)."""
+    from ftvar import slurm
+
+    kind = resolve_executor(executor)
+    paths = StudyPaths.of(out, study.name)
+    cluster = slurm.merge_options(study.cluster, cluster_cli)
+    check_no_mixing(study, paths)
+    todo, done = pending(study, paths)
+    if dry_run:
+        print(slurm.dry_run_script(cluster, study, paths, len(todo)))
+        return 0
+    if not todo:
+        console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
+        console.print(summary_table(study, paths, expand(study)))
+        return 0
+    prepare_study(study, paths, console)
+    console.print(f"{study.name}: running {len(todo)} trial(s), skipping {len(done)} with ok records")
+    if kind == "slurm":
+        run_slurm(study, paths, todo, cluster, report_after, console)
+        console.print(f"records will appear in {paths.records}; follow them with `ftvar status`")
+        return 0
+    if kind == "debug":
+        job_ids, errors = ["in-process"], run_in_process(study, paths, todo, console)
+    else:
+        job_ids, errors = run_local(study, paths, todo, max_parallel, console)
+    append_launch(paths, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]})
+    console.print(summary_table(study, paths, expand(study)))
+    for line in errors:
+        console.print(f"[red]{line}[/red]")
+    bad = [tid for tid, st in trial_statuses(study, paths).items() if st != "ok"]
+    console.print(f"records: {paths.records}")
+    if bad or errors:
+        console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
+        return 1
+    return 0
 
 
 def append_launch(paths: StudyPaths, entry: dict[str, Any]) -> None:

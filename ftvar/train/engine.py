@@ -7,6 +7,8 @@ Faster engines (CUDA graphs, several trials per GPU) plug in beside it under ano
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 
 from ftvar.config import TrainConfig
+from ftvar.train.checkpoint import Snapshot, StepGuard, set_rng_state
 from ftvar.trial import Trial
 
 
@@ -31,9 +34,10 @@ class FitJob:
     device: torch.device
     pad_id: int
     num_labels: int
-    # called every `checkpoint_every` optimizer steps with the live training state (for preemption)
-    on_step: Callable[[dict[str, Any]], None] | None = None
-    resume_state: dict[str, Any] | None = None
+    # preemption: called once with a function that snapshots the live state (at a step boundary)
+    on_checkpointable: Callable[[Snapshot], None] | None = None
+    guard: StepGuard | None = None
+    resume_state: dict[str, Any] | None = None  # a loaded checkpoint to continue from
 
 
 @dataclass
@@ -138,6 +142,16 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr)
 
 
+@dataclass
+class LoopState:
+    """What a checkpoint must hold beyond the model, optimizer and scheduler."""
+
+    step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    samples: int = 0
+    tokens: int = 0
+
+
 class PlainEngine:
     """One trial, one device, a plain loop."""
 
@@ -146,81 +160,84 @@ class PlainEngine:
     def fit(self, job: FitJob) -> FitResult:
         from transformers import get_scheduler
 
-        trial, s, model, device = job.trial, job.settings, job.model, job.device
+        trial, s, model = job.trial, job.settings, job.model
         assert trial.learning_rate is not None and trial.batch_size is not None
-        model.to(device)
-        dtype = autocast_dtype(s.precision, device)
-        steps_per_epoch = math.ceil(len(job.train) / trial.batch_size)
-        total = steps_per_epoch * trial.epochs
+        model.to(job.device)
+        total = math.ceil(len(job.train) / trial.batch_size) * trial.epochs
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay)
-        scheduler = get_scheduler(
-            s.scheduler,
-            optimizer,
-            num_warmup_steps=math.ceil(s.warmup_ratio * total),
-            num_training_steps=total,
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        step, result = 0, FitResult(metrics={})
-        epoch_losses: list[float] = []
+        warmup = math.ceil(s.warmup_ratio * total)
+        scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        state, result = LoopState(), FitResult(metrics={})
         if job.resume_state is not None:  # continue a preempted run where its checkpoint left off
             model.load_state_dict(job.resume_state["model"])
             optimizer.load_state_dict(job.resume_state["optimizer"])
             scheduler.load_state_dict(job.resume_state["scheduler"])
-            step = result.resumed_from_step = int(job.resume_state["step"])
-            epoch_losses = list(job.resume_state["epoch_losses"])
-            result.samples, result.tokens = job.resume_state["samples"], job.resume_state["tokens"]
+            state = LoopState(**job.resume_state["loop"])
+            result.resumed_from_step = state.step
+            set_rng_state(job.resume_state["rng"])
+        if job.on_checkpointable is not None:
+            job.on_checkpointable(
+                lambda: {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": state.step,
+                    "loop": dataclasses.asdict(state),
+                }
+            )
         t0 = time.perf_counter()
-        model.train()
-        while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if offset == 0:
-                epoch_losses = []
-            order = epoch_order(len(job.train), trial.seed, epoch)[offset * trial.batch_size :]
-            for rows in batches(job.train, trial.batch_size, order):
-                batch = collate(rows, job.pad_id, device)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    result.diverged = f"non-finite training loss at step {step + 1} of {total}"
-                    break
-                scaler.scale(loss).backward()
-                if s.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                epoch_losses.append(loss.item())
-                result.samples += len(rows["label"])
-                result.tokens += int(batch["attention_mask"].sum().item())
-                if job.on_step is not None:
-                    job.on_step(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "step": step,
-                            "epoch_losses": epoch_losses,
-                            "samples": result.samples,
-                            "tokens": result.tokens,
-                        }
-                    )
-            if result.diverged:
-                break
-        result.steps, result.train_time = step, time.perf_counter() - t0
-        train_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
+        result.diverged = self._train(job, optimizer, scheduler, state, total)
+        result.steps, result.train_time = state.step, time.perf_counter() - t0
+        result.samples, result.tokens = state.samples, state.tokens
         if result.diverged:  # a model with NaN weights has no meaningful metrics
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
             return result
         t1 = time.perf_counter()
-        metrics = evaluate(model, job.eval, s.eval_batch_size, job.pad_id, device, job.num_labels, dtype)
+        dtype = autocast_dtype(s.precision, job.device)
+        metrics = evaluate(model, job.eval, s.eval_batch_size, job.pad_id, job.device, job.num_labels, dtype)
         result.eval_time = time.perf_counter() - t1
-        result.metrics = {**metrics, "train_loss": train_loss}
+        losses = state.epoch_losses
+        result.metrics = {**metrics, "train_loss": sum(losses) / len(losses) if losses else None}
         if result.metrics["eval_loss"] is None:
             result.diverged = "non-finite evaluation loss"
         return result
+
+    def _train(
+        self, job: FitJob, optimizer: torch.optim.Optimizer, scheduler: Any, state: LoopState, total: int
+    ) -> str | None:
+        """The loop. Each step runs under the job's StepGuard. Returns why training diverged, if it did."""
+        trial, s, model, device = job.trial, job.settings, job.model, job.device
+        assert trial.batch_size is not None
+        dtype = autocast_dtype(s.precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        steps_per_epoch = math.ceil(len(job.train) / trial.batch_size)
+        guard = job.guard.step if job.guard is not None else contextlib.nullcontext
+        model.train()
+        while state.step < total:
+            epoch, offset = divmod(state.step, steps_per_epoch)
+            if offset == 0:
+                state.epoch_losses = []
+            order = epoch_order(len(job.train), trial.seed, epoch)[offset * trial.batch_size :]
+            for rows in batches(job.train, trial.batch_size, order):
+                batch = collate(rows, job.pad_id, device)
+                with guard():
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        return f"non-finite training loss at step {state.step + 1} of {total}"
+                    scaler.scale(loss).backward()
+                    if s.max_grad_norm > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    state.epoch_losses.append(loss.item())
+                    state.samples += len(rows["label"])
+                    state.tokens += int(batch["attention_mask"].sum().item())
+        return None
 
 
 ENGINES: dict[str, Callable[[], Engine]] = {"plain": PlainEngine}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 import traceback
 from typing import Any
@@ -14,7 +15,9 @@ import transformers
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
-from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, utc_now, write_record
+from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, read_status, utc_now, write_record
+from ftvar.train import checkpoint
+from ftvar.train.checkpoint import Resumable
 from ftvar.train.data import Prepared, load_prepared, prefetch_hint, prepare
 from ftvar.train.engine import ENGINES, FitJob, FitResult, autocast_dtype, evaluate
 from ftvar.trial import StudyPaths, Trial
@@ -134,8 +137,7 @@ def _fit(
     trial: Trial,
     prepared: Prepared,
     device: torch.device,
-    resume_state: dict[str, Any] | None,
-    on_step: Any,
+    resumable: Resumable | None,
 ) -> FitResult:
     model = build_model(study, prepared, trial.seed)
     pad_id = prepared.pad_token_id
@@ -158,9 +160,10 @@ def _fit(
         device=device,
         pad_id=pad_id,
         num_labels=num_labels,
-        on_step=on_step,
-        resume_state=resume_state,
     )
+    if resumable is not None:
+        job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
+        job.resume_state = checkpoint.load(resumable.folder)
     return engine.fit(job)
 
 
@@ -170,11 +173,13 @@ def run_trial(
     paths: StudyPaths,
     *,
     prepare_if_missing: bool = False,
-    resume_state: dict[str, Any] | None = None,
-    on_step: Any = None,
+    resumable: Resumable | None = None,
 ) -> dict[str, Any]:
     """Run one trial and write its record. Input errors (FtvarError) propagate and write nothing; any other
-    failure during training is written as a `failed` record, and a non-finite loss as `diverged`."""
+    failure during training is written as a `failed` record, and a non-finite loss as `diverged`.
+
+    With `resumable`, training continues from its checkpoint if there is one, the guard defers preemption
+    signals to step boundaries, and the checkpoint is deleted once the record is written."""
     set_offline()
     set_threads()
     started, t0 = utc_now(), time.perf_counter()
@@ -186,7 +191,7 @@ def run_trial(
     result: FitResult | None = None
     status, error = "ok", None
     try:
-        result = _fit(study, trial, prepared, device, resume_state, on_step)
+        result = _fit(study, trial, prepared, device, resumable)
         timings["train"], timings["eval"] = result.train_time, result.eval_time
         if result.diverged:
             status, error = "diverged", result.diverged
@@ -198,4 +203,30 @@ def run_trial(
     timings["total"] = time.perf_counter() - t0
     record = _record(study, trial, prepared, result, status, error, timings, device_name(device), started)
     write_record(paths.record(trial.trial_id), record)
+    if resumable is not None:
+        checkpoint.remove(resumable.folder)
     return record
+
+
+def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
+    """One SLURM array task: run the trial resumably. `holder.resumable` lets submitit's `checkpoint()` save.
+
+    SIGTERM (a requeue, a cancel, a preemption) saves a checkpoint at the next step boundary and exits; the
+    requeued or re-launched task resumes from it. A task whose trial already has an ok record does nothing.
+    """
+    if read_status(paths.record(trial.trial_id)) == "ok":
+        return "ok"
+    resumable = Resumable(paths.ckpt / trial.trial_id)
+    holder.resumable = resumable
+
+    def on_term(signum: int, frame: Any) -> None:
+        resumable.save()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    resumable.guard.install()
+    try:
+        return str(run_trial(study, trial, paths, resumable=resumable)["status"])
+    finally:
+        resumable.guard.uninstall()
+        signal.signal(signal.SIGTERM, previous)

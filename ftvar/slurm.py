@@ -1,0 +1,303 @@
+"""SLURM job arrays through submitit: options, containers, submission, and what earlier arrays are doing.
+
+One array task per trial. Trials with an `ok` record are skipped, trials still pending or running in an
+earlier array (from `launches.jsonl`, checked with sacct) are not submitted twice, and arrays larger than the
+cluster's MaxArraySize are split. Nothing here imports torch: the task imports `ftvar.train` when it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ftvar.config import ClusterConfig, Study, is_local_path
+from ftvar.errors import FtvarError
+from ftvar.trial import StudyPaths, Trial
+
+ACTIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+)
+CONTAINER_ENGINES = ("apptainer", "docker", "podman")
+# what a task inside docker/podman needs from the SLURM step (apptainer passes the environment through)
+PASS_ENV = (
+    "SUBMITIT_EXECUTOR",
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NTASKS",
+    "SLURM_NNODES",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NODEID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NODELIST",
+    "SLURM_STEP_ID",
+    "SLURM_RESTART_COUNT",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_JOB_NAME",
+    "CUDA_VISIBLE_DEVICES",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TOKENIZERS_PARALLELISM",
+    "FTVAR_THREADS",
+    "FTVAR_CONTAINER_IMAGE",
+)
+SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY", re.IGNORECASE)
+
+
+def merge_options(cluster: ClusterConfig, cli: dict[str, Any]) -> ClusterConfig:
+    """The study's [cluster] table with the CLI's options on top (None = not given on the CLI)."""
+    given = {k: v for k, v in cli.items() if v is not None and v != {} and v != []}
+    if "slurm_args" in given:
+        given["slurm_args"] = {**cluster.slurm_args, **given["slurm_args"]}
+    merged = dataclasses.replace(cluster, **given)
+    secrets = [k for k in merged.env if SECRET_RE.search(k)]
+    if secrets:
+        raise FtvarError(
+            f"cluster.env must not hold secrets ({', '.join(secrets)}): it is written into the sbatch "
+            "script; trials run offline and need no token"
+        )
+    if merged.container and merged.container.split(":", 1)[0] not in CONTAINER_ENGINES:
+        raise FtvarError(
+            f"--container {merged.container!r}: use apptainer:PATH.sif, docker:IMAGE or podman:IMAGE"
+        )
+    return merged
+
+
+def parse_slurm_args(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FtvarError(f"--slurm-arg {item!r} must look like key=value, e.g. --slurm-arg exclude=node3")
+        out[key.strip().lstrip("-").replace("-", "_")] = value
+    return out
+
+
+def hf_home() -> str:
+    return os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+
+
+def container_python(c: ClusterConfig, study: Study, paths: StudyPaths) -> str:
+    """The `python` submitit runs each task with: the host's, or the image's through its engine."""
+    if not c.container:
+        return shlex.quote(sys.executable)
+    engine, image = c.container.split(":", 1)
+    binds = [str(paths.root.parent), hf_home()]
+    if study.model.tiny is None and is_local_path(study.model.name_or_path):
+        binds.append(study.model.name_or_path)
+    if engine == "apptainer":
+        nv = " --nv" if c.gpus_per_task else ""
+        return f"apptainer exec{nv} --bind {shlex.quote(','.join(binds))} {shlex.quote(image)} python3"
+    gpus = (
+        {"docker": " --gpus all", "podman": " --device nvidia.com/gpu=all"}[engine] if c.gpus_per_task else ""
+    )
+    user = ' --user "$(id -u):$(id -g)"' if engine == "docker" else ""
+    mounts = "".join(f" -v {shlex.quote(b)}:{shlex.quote(b)}" for b in binds)
+    env = "".join(f" -e {name}" for name in (*PASS_ENV, *c.env))
+    return (
+        f"{engine} run --rm --init --network none{gpus}{user}{mounts}{env} "
+        f"--entrypoint python3 {shlex.quote(image)}"
+    )
+
+
+def setup_lines(c: ClusterConfig) -> list[str]:
+    """Exported in every task before python starts (the HF token is never written here)."""
+    env = {
+        "HF_HOME": hf_home(),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **c.env,
+    }
+    if c.container:
+        env["FTVAR_CONTAINER_IMAGE"] = c.container
+    return [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
+
+
+def executor_parameters(c: ClusterConfig, study: Study, paths: StudyPaths) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "job_name": f"ftvar-{study.name}",
+        "partition": c.partition,
+        "account": c.account,
+        "qos": c.qos,
+        "time": c.time,
+        "ntasks_per_node": 1,
+        "cpus_per_task": c.cpus_per_task,
+        "mem": c.mem,
+        "constraint": c.constraint,
+        "array_parallelism": c.array_parallelism,
+        "setup": setup_lines(c),
+    }
+    if c.gpus_per_task:
+        params["gpus_per_task"] = c.gpus_per_task
+    additional = dict(c.slurm_args)
+    return {k: v for k, v in params.items() if v is not None} | (
+        {"additional_parameters": additional} if additional else {}
+    )
+
+
+def make_executor(c: ClusterConfig, study: Study, paths: StudyPaths) -> submitit.SlurmExecutor:
+    executor = submitit.SlurmExecutor(
+        folder=str(paths.submitit / "%j"), python=container_python(c, study, paths), max_num_timeout=3
+    )
+    try:
+        executor.update_parameters(**executor_parameters(c, study, paths))
+    except ValueError as exc:  # submitit lists the valid parameter names
+        raise FtvarError(f"invalid SLURM option: {exc}") from None
+    return executor
+
+
+def dry_run_script(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: int) -> str:
+    """The sbatch script submitit would submit for an array of n tasks (nothing is submitted)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    executor = submitit.SlurmExecutor(
+        folder=str(paths.submitit / "%j"), python=container_python(c, study, paths)
+    )
+    executor.update_parameters(**executor_parameters(c, study, paths))
+    params = dict(executor.parameters)
+    if n_tasks > 1:
+        params["map_count"] = n_tasks
+    return str(_make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **params))
+
+
+def max_array_size() -> int:
+    """Tasks one array may hold: MaxArraySize from `scontrol show config` (indices run up to it minus one)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 1001
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return max(1, int(match.group(1))) if match else 1001
+
+
+def chunks(items: Sequence[Trial], size: int) -> list[list[Trial]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def submit_arrays(
+    executor: submitit.SlurmExecutor, study: Study, paths: StudyPaths, trials: Sequence[Trial], limit: int
+) -> list[tuple[str, list[Trial]]]:
+    """Submit the trials as arrays of at most `limit` tasks. Returns (array job id, its trials) per array."""
+    from ftvar.launch import TrialTask
+
+    arrays = []
+    for group in chunks(trials, limit):
+        with executor.batch():
+            jobs = [executor.submit(TrialTask(), study, trial, paths) for trial in group]
+        arrays.append((str(jobs[0].job_id).split("_")[0], group))
+    return arrays
+
+
+def submit_report(c: ClusterConfig, study: Study, paths: StudyPaths, array_ids: Sequence[str]) -> str:
+    """A small CPU job that collects and reports once every array has finished (afterany)."""
+    from ftvar.launch import report_main
+
+    executor = submitit.SlurmExecutor(
+        folder=str(paths.submitit / "%j"),
+        python=container_python(dataclasses.replace(c, gpus_per_task=0), study, paths),
+    )
+    params = executor_parameters(dataclasses.replace(c, gpus_per_task=0, cpus_per_task=1), study, paths)
+    params.update(
+        job_name=f"ftvar-{study.name}-report",
+        time=30,
+        additional_parameters={
+            **params.get("additional_parameters", {}),
+            "dependency": "afterany:" + ":".join(array_ids),
+        },
+    )
+    executor.update_parameters(**params)
+    job = executor.submit(report_main, study, paths.root.parent)
+    return str(job.job_id)
+
+
+# ------------------------------------------------------------------------------------------------- sacct
+
+
+def expand_job_ids(job_id: str) -> list[str]:
+    """sacct's "123_[2-4,7%2]" → ["123_2", "123_3", "123_4", "123_7"]; plain ids are returned as they are."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, spec = match.group(1), match.group(2).split("%")[0]
+    out = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def sacct_states(array_ids: Sequence[str]) -> dict[str, str]:
+    """Task id ("123_4", or "123" for a single job) → SLURM state. Empty when sacct is unavailable."""
+    if not array_ids:
+        return {}
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(array_ids)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in proc.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        for task in expand_job_ids(job_id.strip()):
+            states[task] = state.split()[0] if state.split() else "UNKNOWN"
+    return states
+
+
+def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
+    if not paths.launches.is_file():
+        return []
+    out = []
+    for line in paths.launches.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def task_ids(paths: StudyPaths) -> dict[str, str]:
+    """Trial id → the SLURM task id of its latest launch ("123_4"; "123" for a one-task array)."""
+    out = {}
+    for entry in read_launches(paths):
+        if entry.get("executor") != "slurm":
+            continue
+        trials = entry.get("trials", [])
+        for i, tid in enumerate(trials):
+            out[tid] = f"{entry['array_id']}_{i}" if len(trials) > 1 else str(entry["array_id"])
+    return out
+
+
+def active_trials(paths: StudyPaths) -> dict[str, str]:
+    """Trial id → task id, for trials still pending or running in an earlier array."""
+    tasks = task_ids(paths)
+    states = sacct_states(sorted({t.split("_")[0] for t in tasks.values()}))
+    return {tid: task for tid, task in tasks.items() if states.get(task, "") in ACTIVE_STATES}
