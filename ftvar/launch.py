@@ -109,7 +109,9 @@ def split_work(trials: Sequence[Trial], n: int) -> list[list[Trial]]:
 def job_main(study: Study, trials: list[Trial], paths: StudyPaths) -> dict[str, str]:
     """What runs inside a job: each trial in turn; one trial's crash does not stop the others."""
     from ftvar.train import run_trial  # lazily: torch is only imported inside the job
+    from ftvar.train.runner import log_to_stderr
 
+    log_to_stderr()
     statuses = {}
     for trial in trials:
         record = run_trial(study, trial, paths)

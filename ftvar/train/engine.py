@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from ftvar.config import TrainConfig
 from ftvar.train.checkpoint import Snapshot, StepGuard, set_rng_state
 from ftvar.trial import Trial
+
+log = logging.getLogger("ftvar.train")
 
 
 @dataclass
@@ -82,7 +85,8 @@ def collate(rows: dict[str, list[Any]], pad_id: int, device: torch.device) -> di
 def batches(
     ds: Dataset, batch_size: int, order: torch.Tensor | None = None
 ) -> Iterator[dict[str, list[Any]]]:
-    n = len(ds)
+    """Rows of `ds` in `order` (a tensor of indices, possibly a resumed epoch's tail) or in file order."""
+    n = len(order) if order is not None else len(ds)
     for start in range(0, n, batch_size):
         idx = (
             order[start : start + batch_size].tolist()
@@ -237,6 +241,16 @@ class PlainEngine:
                     state.epoch_losses.append(loss.item())
                     state.samples += len(rows["label"])
                     state.tokens += int(batch["attention_mask"].sum().item())
+            losses = state.epoch_losses
+            log.info(
+                "%s epoch %d/%d done: step %d/%d, train loss %.4f",
+                trial.trial_id,
+                epoch + 1,
+                trial.epochs,
+                state.step,
+                total,
+                sum(losses) / max(1, len(losses)),
+            )
         return None
 
 

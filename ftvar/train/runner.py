@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
+import sys
 import time
 import traceback
 from typing import Any
@@ -21,6 +23,8 @@ from ftvar.train.checkpoint import Resumable
 from ftvar.train.data import Prepared, load_prepared, prefetch_hint, prepare
 from ftvar.train.engine import ENGINES, FitJob, FitResult, autocast_dtype, evaluate
 from ftvar.trial import StudyPaths, Trial
+
+log = logging.getLogger("ftvar.train")
 
 
 def set_offline() -> None:
@@ -208,6 +212,11 @@ def run_trial(
     return record
 
 
+def log_to_stderr() -> None:
+    """Progress lines (one per epoch) in the task's log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
     """One SLURM array task: run the trial resumably. `holder.resumable` lets submitit's `checkpoint()` save.
 
@@ -216,6 +225,7 @@ def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
     """
     if read_status(paths.record(trial.trial_id)) == "ok":
         return "ok"
+    log_to_stderr()
     resumable = Resumable(paths.ckpt / trial.trial_id)
     holder.resumable = resumable
 
@@ -225,6 +235,7 @@ def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     resumable.guard.install()
+    log.info("%s: %s (checkpoints in %s)", trial.trial_id, trial.label(), resumable.folder)
     try:
         return str(run_trial(study, trial, paths, resumable=resumable)["status"])
     finally:

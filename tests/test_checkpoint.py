@@ -1,0 +1,119 @@
+"""Preemption without a cluster: SIGTERM mid-step saves a checkpoint at the step boundary, and the resumed
+trial ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftvar import record
+from ftvar.config import load_study
+from ftvar.train import checkpoint, prepare
+from ftvar.train.runner import run_task
+from ftvar.trial import StudyPaths, expand
+
+OVERRIDES = [
+    "data.synthetic.train=400",
+    "data.synthetic.eval=100",
+    "model.tiny.dim=32",
+    "grid.batch_size=[16]",
+    "grid.epochs=[3]",
+    "grid.learning_rate=[3e-3]",
+    "analysis.baseline=none",
+]
+KILL_AT = 40  # the SIGTERM arrives during this optimizer step (25 steps per epoch: mid second epoch)
+
+CHILD = """
+import os, signal, sys, torch
+from ftvar import record
+from ftvar.config import load_study
+from ftvar.train.runner import run_task
+from ftvar.trial import StudyPaths, expand
+
+calls = 0
+clip = torch.nn.utils.clip_grad_norm_
+
+def clip_and_kill(*args, **kwargs):  # runs inside a guarded step
+    global calls
+    calls += 1
+    if calls == {kill_at}:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return clip(*args, **kwargs)
+
+torch.nn.utils.clip_grad_norm_ = clip_and_kill
+study = load_study("smoke", {overrides!r})
+class Holder:
+    resumable = None
+run_task(Holder(), study, expand(study)[0], StudyPaths.of({out!r}, study.name))
+"""
+
+
+class Holder:
+    resumable = None
+
+
+def run_child(out: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
+    """run_task in a fresh process (as in a SLURM task); SIGTERM in optimizer step `kill_at` (0: never)."""
+    script = textwrap.dedent(CHILD).format(kill_at=kill_at, overrides=OVERRIDES, out=str(out))
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_resume_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTVAR_THREADS", "1")
+    study = load_study("smoke", OVERRIDES)
+    (trial,) = expand(study)
+    reference, paths = (StudyPaths.of(tmp_path / name, study.name) for name in ("a", "b"))
+    prepare(study, reference)
+    # the same cache for both: a trained WordPiece vocabulary may number its tokens differently when rebuilt
+    shutil.copytree(reference.cache, paths.cache)
+    assert run_child(tmp_path / "a", 0).returncode == 0
+    uninterrupted = record.read_record(reference.record(trial.trial_id))
+
+    killed = run_child(tmp_path / "b", KILL_AT)
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-3000:]
+    assert f"checkpoint at step {KILL_AT} saved" in killed.stderr
+    assert not paths.record(trial.trial_id).exists()
+    state = torch.load(paths.ckpt / trial.trial_id / "state.pt", weights_only=False)
+    assert state["step"] == KILL_AT and len(state["loop"]["epoch_losses"]) == KILL_AT - 25
+
+    assert run_child(tmp_path / "b", 0).returncode == 0
+    rec = record.read_record(paths.record(trial.trial_id))
+    assert rec["resume"]["resumed_from_step"] == KILL_AT
+    assert rec["steps"] == uninterrupted["steps"] == 75
+    assert rec["metrics"] == uninterrupted["metrics"]  # bit for bit: weights, optimizer, schedule and RNG
+    assert not (paths.ckpt / trial.trial_id).exists()  # deleted once the record is written
+    assert run_task(Holder(), study, trial, paths) == "ok"  # a finished trial does nothing when requeued
+
+
+def test_step_guard_defers_signals_to_the_end_of_a_step() -> None:
+    seen: list[str] = []
+    guard = checkpoint.StepGuard()
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append("handled"))
+    guard.install()
+    try:
+        with guard.step():
+            signal.raise_signal(signal.SIGUSR2)
+            seen.append("step finished")
+        signal.raise_signal(signal.SIGUSR2)  # outside a step: handled at once
+    finally:
+        guard.uninstall()
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == ["step finished", "handled", "handled"]
+
+
+def test_save_without_training_state_does_nothing(tmp_path: Path) -> None:
+    resumable = checkpoint.Resumable(tmp_path / "ckpt")
+    assert resumable.save() is False
+    assert not (tmp_path / "ckpt").exists()
+    assert checkpoint.load(tmp_path / "ckpt") is None
