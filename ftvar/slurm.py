@@ -272,6 +272,30 @@ def sacct_states(array_ids: Sequence[str]) -> dict[str, str]:
     return states
 
 
+def squeue_states(array_ids: Sequence[str]) -> dict[str, str]:
+    """Task id → state for jobs the controller still holds (`squeue -r`: one line per array task)."""
+    if not array_ids:
+        return {}
+    cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(array_ids)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    pairs = (line.partition("|") for line in proc.stdout.splitlines())
+    return {job.strip(): state.strip() for job, _, state in pairs if state.strip()}
+
+
+def slurm_states(array_ids: Sequence[str]) -> dict[str, str]:
+    """sacct's view, with squeue's for tasks sacct does not know yet or still thinks active.
+
+    A final sacct state (COMPLETED, CANCELLED, FAILED, …) wins over squeue's COMPLETING."""
+    states = sacct_states(array_ids)
+    for task, state in squeue_states(array_ids).items():
+        if states.get(task, "PENDING") in ACTIVE_STATES:
+            states[task] = state
+    return states
+
+
 def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
     if not paths.launches.is_file():
         return []
@@ -299,5 +323,5 @@ def task_ids(paths: StudyPaths) -> dict[str, str]:
 def active_trials(paths: StudyPaths) -> dict[str, str]:
     """Trial id → task id, for trials still pending or running in an earlier array."""
     tasks = task_ids(paths)
-    states = sacct_states(sorted({t.split("_")[0] for t in tasks.values()}))
+    states = slurm_states(sorted({t.split("_")[0] for t in tasks.values()}))
     return {tid: task for tid, task in tasks.items() if states.get(task, "") in ACTIVE_STATES}

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ftvar.config import Study
 from ftvar.record import read_status
-from ftvar.slurm import ACTIVE_STATES, read_launches, sacct_states, task_ids
+from ftvar.slurm import ACTIVE_STATES, read_launches, slurm_states, task_ids
 from ftvar.trial import StudyPaths, Trial, expand
 
 STATES = ("pending", "running", "ok", "failed", "diverged", "not launched")
@@ -45,7 +45,7 @@ def classify(record_status: str | None, task: str | None, slurm_state: str | Non
 
 def trial_states(study: Study, paths: StudyPaths) -> list[TrialState]:
     tasks = task_ids(paths)
-    slurm = sacct_states(sorted({t.split("_")[0] for t in tasks.values()}))
+    slurm = slurm_states(sorted({t.split("_")[0] for t in tasks.values()}))
     out = []
     for trial in expand(study):
         task = tasks.get(trial.trial_id)

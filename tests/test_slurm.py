@@ -1,0 +1,225 @@
+"""SLURM job arrays against the real single-node cluster (slurm/dev-cluster.sh starts it; CI runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ftvar import record
+from ftvar.config import load_study
+from ftvar.slurm import expand_job_ids, sacct_states
+from ftvar.trial import StudyPaths, expand
+from tests.test_cli import ftvar
+
+GOLDEN = Path(__file__).parent / "golden" / "dry_run.sbatch"
+LONG = [
+    "--set",
+    "data.synthetic.train=3000",
+    "--set",
+    "grid.epochs=[6]",
+    "--set",
+    "grid.batch_size=[16]",
+    "--set",
+    "model.tiny.dim=64",
+    "--set",
+    "model.tiny.layers=2",
+]
+
+
+def cluster_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(
+        ["sinfo", "-h", "-p", "gpu", "-o", "%a"], capture_output=True, text=True, check=False
+    )
+    return out.returncode == 0 and "up" in out.stdout
+
+
+@pytest.fixture
+def cluster() -> None:
+    if not cluster_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "the SLURM dev cluster is not running: `bash slurm/dev-cluster.sh` (scripts/test.sh does)"
+            )
+        pytest.skip("no SLURM dev cluster here (run `bash slurm/dev-cluster.sh` as root)")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def array_ids(out: str) -> list[str]:
+    return re.findall(r"submitted array job (\d+)", out)
+
+
+def launches(paths: StudyPaths) -> list[dict[str, object]]:
+    return [json.loads(line) for line in paths.launches.read_text().splitlines()]
+
+
+def overrides(args: list[str]) -> list[str]:
+    """The KEY=VALUE items of the `--set` options in a CLI argument list."""
+    return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
+def log_of(paths: StudyPaths, task: str) -> str:
+    path = paths.submitit / task / f"{task}_0_log.err"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_expand_job_ids() -> None:
+    assert expand_job_ids("12_[2-4,7%2]") == ["12_2", "12_3", "12_4", "12_7"]
+    assert expand_job_ids("12_3") == ["12_3"]
+    assert expand_job_ids("15") == ["15"]
+
+
+def test_dry_run_matches_the_golden_sbatch_script(tmp_path: Path, write_study: Callable[..., Path]) -> None:
+    study = write_study()
+    env = {**os.environ, "HF_HOME": "/shared/hf"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftvar",
+            "launch",
+            str(study),
+            "--executor",
+            "slurm",
+            "--dry-run",
+            "--out",
+            str(tmp_path / "out"),
+            "--partition",
+            "gpu",
+            "--time",
+            "30",
+            "--cpus-per-task",
+            "2",
+            "--mem",
+            "8G",
+            "--array-parallelism",
+            "2",
+            "--slurm-arg",
+            "exclude=node9",
+            "--set",
+            "cluster.env.WANDB_MODE=offline",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.replace(str(tmp_path / "out"), "OUT").replace(sys.executable, "PYTHON")
+    assert text == GOLDEN.read_text()
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_a_four_trial_array_then_nothing_to_submit(
+    cluster: None, tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    study_file = write_study()
+    args = [
+        "--set",
+        "grid.learning_rate=[1e-3,3e-3]",
+        "--set",
+        "analysis.baseline=none",
+        "--out",
+        str(tmp_path),
+    ]
+    out = ftvar(
+        "launch",
+        str(study_file),
+        "--executor",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--array-parallelism",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--report-after",
+        *args,
+    )
+    assert out.returncode == 0, out.stderr
+    (array,) = array_ids(out.stdout)
+    assert "submitted array job" in out.stdout and ": 4 task(s)" in out.stdout
+    watch = ftvar("status", str(study_file), "--watch", "--interval", "1", *args)
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    done = {f"{array}_{i}": "COMPLETED" for i in range(4)}  # records land a moment before the tasks end
+    wait_for(
+        lambda: {k: v for k, v in sacct_states([array]).items() if k.startswith(f"{array}_")} == done,
+        60,
+        "sacct to show 4 completed tasks",
+    )
+    study = load_study(str(study_file), overrides(args))
+    paths = StudyPaths.of(tmp_path, study.name)
+    gpus, tasks = set(), set()
+    for trial in expand(study):
+        rec = record.read_record(paths.record(trial.trial_id))
+        env = rec["environment"]
+        assert rec["status"] == "ok" and env["slurm_array_job_id"] == array
+        assert re.fullmatch(r"\d", env["cuda_visible_devices"] or "")  # one GPU per task
+        gpus.add(env["cuda_visible_devices"])
+        tasks.add(env["slurm_array_task_id"])
+    assert tasks == {"0", "1", "2", "3"}
+    scripts = [p.read_text() for p in paths.submitit.glob("**/*_submission.sh")]
+    script = next(text for text in scripts if "--array" in text)  # the other one is the report job
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --gpus-per-task=1" in script
+    again = ftvar("launch", str(study_file), "--executor", "slurm", "--partition", "gpu", *args)
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert len([e for e in launches(paths) if e["executor"] == "slurm"]) == 1
+    wait_for(lambda: (paths.report / "report.html").exists(), 120, "the --report-after job's report")
+
+
+def test_scancel_then_relaunch_and_requeue_resumes(
+    cluster: None, tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    study_file = write_study()
+    args = [*LONG, "--set", "analysis.baseline=none", "--out", str(tmp_path)]
+    out = ftvar(
+        "launch", str(study_file), "--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1", *args
+    )
+    assert out.returncode == 0, out.stderr
+    (array,) = array_ids(out.stdout)
+    study = load_study(str(study_file), overrides(args))
+    paths = StudyPaths.of(tmp_path, study.name)
+    cancelled, requeued = expand(study)
+    for i in (0, 1):
+        wait_for(
+            lambda i=i: "epoch 1/6 done" in log_of(paths, f"{array}_{i}"), 240, f"task {i} to train an epoch"
+        )
+    subprocess.run(["scancel", f"{array}_0"], check=True)
+    subprocess.run(["scontrol", "requeue", f"{array}_1"], check=True)
+    wait_for(lambda: sacct_states([array]).get(f"{array}_0") == "CANCELLED", 60, "sacct to show the cancel")
+    status = ftvar("status", str(study_file), *args)
+    assert status.returncode == 1
+    assert "CANCELLED" in status.stdout and cancelled.trial_id in status.stdout
+    relaunch = ftvar(
+        "launch", str(study_file), "--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1", *args
+    )
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert ": 1 task(s)" in relaunch.stdout  # only the cancelled trial; the requeued one is still active
+    assert launches(paths)[-1]["trials"] == [cancelled.trial_id]
+    watch = ftvar("status", str(study_file), "--watch", "--interval", "2", *args)
+    assert watch.returncode == 0, watch.stdout
+    rec_c = record.read_record(paths.record(cancelled.trial_id))
+    rec_r = record.read_record(paths.record(requeued.trial_id))
+    assert rec_c["status"] == rec_r["status"] == "ok"
+    assert rec_r["resume"]["requeues"] >= 1 and rec_r["resume"]["resumed_from_step"] > 0
+    assert rec_c["resume"]["resumed_from_step"] > 0  # the cancel saved a checkpoint the relaunch resumed from
+    assert not any(paths.ckpt.iterdir())  # checkpoints deleted once the records were written
