@@ -228,9 +228,9 @@ def launch(
     ] = False,
     report_after: Annotated[
         bool,
-        SlurmOpt(
-            help="Also submit a CPU job that runs collect and report once the array has finished (afterany).",
-            rich_help_panel=SLURM,
+        typer.Option(
+            help="Collect and report once every trial has finished: on SLURM a small CPU job that depends on "
+            "the array (afterany); locally right after the run."
         ),
     ] = False,
 ) -> None:

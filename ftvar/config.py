@@ -10,18 +10,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
-import json
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from ftvar.errors import StudyError
+from ftvar.typed import build
 
 BUILTIN_STUDIES = ("smoke", "paper")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -169,73 +166,9 @@ class Study:
 
     @functools.cached_property
     def hash(self) -> str:
+        from ftvar.studyhash import study_hash
+
         return study_hash(self)
-
-
-# ---------------------------------------------------------------------------------------------- building
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return "a table"
-    if dataclasses.is_dataclass(tp):
-        return "a table"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except StudyError:
-                continue
-        raise StudyError(f"{where} must be {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        items = value if isinstance(value, list) else [value]  # a scalar is a one-value list
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(items)]
-    if origin is dict:
-        _, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise StudyError(f"{where} must be a table, got {value!r}")
-        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise StudyError(f"{where} must be a table, got {value!r}")
-        return _build(typing.cast(type, tp), value, where)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool) and where.endswith("env"):
-        return str(value)
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise StudyError(f"{where} must be {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise StudyError(
-            f"unknown key {prefix}{unknown[0]}; valid keys{' in [' + where + ']' if where else ''}: "
-            + ", ".join(valid)
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
 
 
 # -------------------------------------------------------------------------------------------- validation
@@ -418,7 +351,7 @@ def load_study(spec: str, overrides: list[str] | tuple[str, ...] = (), cwd: Path
         _set_dotted(data, key, _get_dotted(patch, key))
     if "name" not in data:
         raise StudyError(f'study {spec} has no name: add name = "..." at the top')
-    study: Study = _build(Study, data, "")
+    study: Study = build(Study, data, "")
     study = dataclasses.replace(study, source=source)
     validate(study)
     return study
@@ -429,47 +362,3 @@ def _get_dotted(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
-
-
-# -------------------------------------------------------------------------------------------------- hash
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _model_identity(m: ModelConfig) -> dict[str, Any]:
-    out: dict[str, Any] = dataclasses.asdict(m)
-    for key in ("name_or_path", "tokenizer"):
-        value = out[key]
-        if m.tiny is not None and key == "name_or_path":
-            out[key] = None  # unused
-        elif isinstance(value, str) and value != "train" and Path(value).is_dir():
-            cfg = Path(value) / "config.json"
-            listing = sorted((p.name, p.stat().st_size) for p in Path(value).iterdir() if p.is_file())
-            out[key] = {
-                "folder": Path(value).name,
-                "files": listing,
-                "config": _file_digest(str(cfg)) if cfg.is_file() else None,
-            }
-    return out
-
-
-def study_hash(study: Study) -> str:
-    """12 hex digits over what changes a trial's result: model, data (file contents, not paths), training.
-
-    The grid, the analysis and the cluster settings are left out, so that growing the grid keeps the records
-    of trials already run.
-    """
-    data = dataclasses.asdict(study.data)
-    for key in ("train", "eval"):
-        if data[key] is not None:
-            data[key] = {"name": Path(data[key]).name, "sha256": _file_digest(data[key])}
-    if study.data.synthetic is not None:
-        from ftvar.synthetic import GENERATOR_VERSION
-
-        data["synthetic"]["generator_version"] = GENERATOR_VERSION
-    payload = {"model": _model_identity(study.model), "data": data, "train": dataclasses.asdict(study.train)}
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]

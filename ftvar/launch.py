@@ -197,7 +197,8 @@ def launch_study(
         console.print(summary_table(study, paths, expand(study)))
         return 0
     prepare_study(study, paths, console)
-    console.print(f"{study.name}: running {len(todo)} trial(s), skipping {len(done)} with ok records")
+    verb = "submitting" if kind == "slurm" else "running"
+    console.print(f"{study.name}: {verb} {len(todo)} trial(s), skipping {len(done)} with ok records")
     if kind == "slurm":
         run_slurm(study, paths, todo, cluster, report_after, console)
         console.print(f"records will appear in {paths.records}; follow them with `ftvar status`")
@@ -212,6 +213,8 @@ def launch_study(
         console.print(f"[red]{line}[/red]")
     bad = [tid for tid, st in trial_statuses(study, paths).items() if st != "ok"]
     console.print(f"records: {paths.records}")
+    if report_after:
+        report_main(study, out)
     if bad or errors:
         console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
         return 1

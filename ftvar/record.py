@@ -97,6 +97,7 @@ def write_atomic(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=1, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; records are read by others on shared storage
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

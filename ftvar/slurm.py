@@ -67,6 +67,7 @@ PASS_ENV = (
     "FTVAR_THREADS",
     "FTVAR_CONTAINER_IMAGE",
 )
+IMAGE_HF_HOME = "/cache/hf"  # HF_HOME inside ftvar's images (Dockerfile, apptainer.def)
 SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY", re.IGNORECASE)
 
 
@@ -108,22 +109,26 @@ def container_python(c: ClusterConfig, study: Study, paths: StudyPaths) -> str:
     if not c.container:
         return shlex.quote(sys.executable)
     engine, image = c.container.split(":", 1)
-    binds = [str(paths.root.parent), hf_home()]
+    # the output root at its own path (records, logs, the data cache); the HF cache at the image's HF_HOME
+    binds = [f"{paths.root.parent}:{paths.root.parent}"]
+    if Path(hf_home()).is_dir():
+        binds.append(f"{hf_home()}:{IMAGE_HF_HOME}")
     if study.model.tiny is None and is_local_path(study.model.name_or_path):
-        binds.append(study.model.name_or_path)
+        binds.append(f"{study.model.name_or_path}:{study.model.name_or_path}")
     if engine == "apptainer":
         nv = " --nv" if c.gpus_per_task else ""
         return f"apptainer exec{nv} --bind {shlex.quote(','.join(binds))} {shlex.quote(image)} python3"
-    gpus = (
-        {"docker": " --gpus all", "podman": " --device nvidia.com/gpu=all"}[engine] if c.gpus_per_task else ""
-    )
-    user = ' --user "$(id -u):$(id -g)"' if engine == "docker" else ""
-    mounts = "".join(f" -v {shlex.quote(b)}:{shlex.quote(b)}" for b in binds)
+    gpu_flag = {"docker": " --gpus all", "podman": " --device nvidia.com/gpu=all"}[engine]
+    gpus = gpu_flag if c.gpus_per_task else ""
+    # records and logs belong to the submitting user, not to the image's user
+    user = ' --user "$(id -u):$(id -g)"'
+    if engine == "podman":
+        user += ' $([ "$(id -u)" = 0 ] || echo --userns=keep-id)'
+    mounts = "".join(f" -v {shlex.quote(b)}" for b in binds)
     env = "".join(f" -e {name}" for name in (*PASS_ENV, *c.env))
-    return (
-        f"{engine} run --rm --init --network none{gpus}{user}{mounts}{env} "
-        f"--entrypoint python3 {shlex.quote(image)}"
-    )
+    # python is PID 1 and handles SIGTERM/SIGUSR2 itself (checkpoints), so no init process is needed
+    run = f"{engine} run --rm --network none{gpus}{user}{mounts}{env}"
+    return f"{run} --entrypoint python3 {shlex.quote(image)}"
 
 
 def setup_lines(c: ClusterConfig) -> list[str]:

@@ -4,21 +4,36 @@
 # - torch: the CPU build 2.13.0 when no torch is installed (a plain `torch` requirement would pull a
 #   multi-GB CUDA build onto a CPU machine).
 # - the project with its test extras, editable.
-# - as root on Debian: the single-node SLURM cluster (slurm/dev-cluster.sh) for the SLURM tests.
+# - as root on Debian (CI): the single-node SLURM cluster (slurm/dev-cluster.sh) and, unless
+#   FTVAR_TEST_CONTAINERS=0, podman with a locally built image (containers/) for the container tests.
+#   Elsewhere the tests that need them skip and say why.
 # - lint (ruff), types (mypy), then pytest with any arguments given to this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+step() { printf '\n== %s\n' "$*"; }
 
+step "python packages"
 if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install --quiet "torch==2.13.0"
 fi
 "$PY" -m pip install --quiet -e ".[test]"
 
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${FTVAR_TEST_SLURM:-1}" = 1 ]; then
-    bash slurm/dev-cluster.sh
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if [ "${FTVAR_TEST_SLURM:-1}" = 1 ]; then
+        step "SLURM dev cluster"
+        bash slurm/dev-cluster.sh
+    fi
+    if [ "${FTVAR_TEST_CONTAINERS:-1}" = 1 ]; then
+        step "container image"
+        bash containers/setup-host.sh
+        FTVAR_TEST_IMAGE=$(bash containers/build-image.sh | tail -n 1)
+        export FTVAR_TEST_IMAGE
+    fi
 fi
 
+step "lint and types"
 "$PY" -m ruff check ftvar tests bench
 "$PY" -m mypy ftvar
+step "tests"
 "$PY" -m pytest "$@"

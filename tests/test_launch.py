@@ -17,7 +17,7 @@ from tests.test_cli import ftvar
 
 @pytest.mark.slow
 def test_smoke_study_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
-    out = ftvar("launch", "smoke", "--executor", "local", "--out", str(tmp_path))
+    out = ftvar("launch", "smoke", "--executor", "local", "--report-after", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     study = load_study("smoke")
     paths = StudyPaths.of(tmp_path, "smoke")
@@ -35,6 +35,19 @@ def test_smoke_study_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert max(accuracies) > 0.7
     assert max(accuracies) - min(accuracies) > 0.15
     assert "smoke: 9 trial(s)" in out.stdout
+    report = paths.report
+    for name in (
+        "report.json",
+        "report.md",
+        "report.html",
+        "accuracy_by_hyperparameter.png",
+        "accuracy_heatmaps.png",
+        "fit_accuracy_absolute.png",
+    ):
+        assert (report / name).stat().st_size > 0, name
+    summary = json.loads((report / "report.json").read_text())
+    assert {f["metric"] for f in summary["fits"]} == {"accuracy", "f1", "eval_loss"}
+    assert "data:image/png;base64," in (report / "report.html").read_text()
     mtimes = {p.name: p.stat().st_mtime_ns for p in paths.records.iterdir()}
     again = ftvar("launch", "smoke", "--executor", "local", "--out", str(tmp_path))
     assert again.returncode == 0

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,15 @@ from ftvar.slurm import expand_job_ids, sacct_states
 from ftvar.trial import StudyPaths, expand
 from tests.test_cli import ftvar
 
+SMALL = [
+    "data.synthetic.train=200",
+    "data.synthetic.eval=50",
+    "model.tiny.dim=32",
+    "grid.batch_size=[64]",
+    "grid.epochs=[1]",
+    "grid.learning_rate=[1e-3]",
+    "grid.seed=[0,1]",
+]
 GOLDEN = Path(__file__).parent / "golden" / "dry_run.sbatch"
 LONG = [
     "--set",
@@ -223,3 +233,62 @@ def test_scancel_then_relaunch_and_requeue_resumes(
     assert rec_r["resume"]["requeues"] >= 1 and rec_r["resume"]["resumed_from_step"] > 0
     assert rec_c["resume"]["resumed_from_step"] > 0  # the cancel saved a checkpoint the relaunch resumed from
     assert not any(paths.ckpt.iterdir())  # checkpoints deleted once the records were written
+
+
+@pytest.mark.container
+def test_tasks_run_inside_a_podman_image(
+    cluster: None, tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    """`--container podman:IMAGE`: each array task runs in the image; records are written from inside it."""
+    image = os.environ.get("FTVAR_TEST_IMAGE")
+    if not image or not shutil.which("podman"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI builds the image (containers/build-image.sh) and sets FTVAR_TEST_IMAGE")
+        pytest.skip("set FTVAR_TEST_IMAGE to an image built by containers/build-image.sh (needs podman)")
+    study_file = write_study()
+    args = ["--set", "analysis.baseline=none", "--out", str(tmp_path)]
+    out = ftvar(
+        "launch",
+        str(study_file),
+        "--executor",
+        "slurm",
+        "--partition",
+        "gpu",
+        "--gpus-per-task",
+        "0",
+        "--container",
+        f"podman:{image}",
+        *args,
+    )
+    assert out.returncode == 0, out.stderr
+    watch = ftvar("status", str(study_file), "--watch", "--interval", "1", *args)
+    assert watch.returncode == 0, watch.stdout
+    study = load_study(str(study_file), overrides(args))
+    paths = StudyPaths.of(tmp_path, study.name)
+    for trial in expand(study):
+        env = record.read_record(paths.record(trial.trial_id))["environment"]
+        assert env["container_image"] == f"podman:{image}"
+        assert env["host"] != socket.gethostname()  # the container's own host name
+        assert env["slurm_array_task_id"] in ("0", "1")
+
+
+def test_a_study_larger_than_max_array_size_is_split(
+    cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from ftvar import launch, slurm
+
+    assert slurm.max_array_size() == 1001  # the dev cluster's MaxArraySize, read from `scontrol show config`
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
+    study = load_study("smoke", SMALL)
+    paths = StudyPaths.of(tmp_path, study.name)
+    cluster_options = slurm.merge_options(study.cluster, {"partition": "gpu", "cpus_per_task": 1})
+    todo, _ = launch.pending(study, paths)
+    launch.prepare_study(study, paths, Console(quiet=True))
+    arrays = launch.run_slurm(study, paths, todo, cluster_options, False, Console(quiet=True))
+    assert len(arrays) == 2
+    assert [len(e["trials"]) for e in launches(paths)] == [2, 1]  # type: ignore[arg-type]
+    sets = [arg for item in SMALL for arg in ("--set", item)]
+    watch = ftvar("status", "smoke", "--watch", "--interval", "1", "--out", str(tmp_path), *sets)
+    assert watch.returncode == 0, watch.stdout
