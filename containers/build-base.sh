@@ -11,7 +11,7 @@
 #   FTVAR_LOCAL_BASE      image to build (default localhost/ftvar-base:bookworm-torch<version>-cpu)
 #   FTVAR_TORCH_WHEEL     the CPU torch wheel (default: newest /opt/wheels/torch-*+cpu-cp311-*.whl)
 #   FTVAR_CONTAINER_CACHE cache folder (default /var/cache/ftvar-containers)
-#   DEBIAN_MIRROR         default: the first deb.debian.org-style URI of apt's sources
+#   DEBIAN_MIRROR         default: the first .../debian URI of apt's sources
 #   FTVAR_REBUILD_BASE=1  rebuild even if the image exists
 set -Eeuo pipefail
 
@@ -53,7 +53,7 @@ if [[ ! -s $ROOTFS_TAR ]]; then
     if [[ -z $MIRROR ]]; then
         MIRROR=$(grep -hoE '(https?)://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/* \
             2>/dev/null | head -n 1 || true)
-        MIRROR=${MIRROR:-http://deb.debian.org/debian}
+        [[ -n $MIRROR ]] || die "no Debian mirror in apt's sources: set DEBIAN_MIRROR to one"
     fi
     mkdir -p "$CACHE"
     ROOTFS=$(mktemp -d "$CACHE/rootfs.XXXXXX")

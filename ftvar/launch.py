@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ftvar.config import Study
+from ftvar.config import ClusterConfig, Study
 from ftvar.errors import FtvarError
 from ftvar.record import read_status, study_hashes, utc_now
 from ftvar.trial import StudyPaths, Trial, expand
@@ -75,8 +75,9 @@ def resolve_executor(name: str) -> str:
 def visible_gpus() -> list[int]:
     """GPU indices this machine offers, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return list(range(len([x for x in env.split(",") if x.strip()])))
+    if env is not None:  # the ids the local jobs may use: these, not 0..n-1 of all the machine's GPUs
+        ids = [x.strip() for x in env.split(",") if x.strip()]
+        return [int(x) for x in ids] if all(x.isdigit() for x in ids) else list(range(len(ids)))
     if not shutil.which("nvidia-smi"):
         return []
     try:
@@ -145,7 +146,8 @@ def report_main(study: Study, out: Path) -> str:
 
 
 def run_slurm(
-    study: Study, paths: StudyPaths, todo: list[Trial], cluster: Any, report_after: bool, console: Console
+    study: Study, paths: StudyPaths, todo: list[Trial], cluster: ClusterConfig, report_after: bool,
+    console: Console,
 ) -> list[str]:
     """Submit the trials that are not already pending or running as arrays; returns the array job ids."""
     from ftvar import slurm
@@ -214,7 +216,10 @@ def launch_study(
     bad = [tid for tid, st in trial_statuses(study, paths).items() if st != "ok"]
     console.print(f"records: {paths.records}")
     if report_after:
-        report_main(study, out)
+        try:
+            report_main(study, out)
+        except FtvarError as exc:  # e.g. no ok record at all: the launch's own outcome still stands
+            console.print(f"[yellow]no report: {exc}[/yellow]")
     if bad or errors:
         console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
         return 1

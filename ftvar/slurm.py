@@ -145,7 +145,7 @@ def setup_lines(c: ClusterConfig) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
 
 
-def executor_parameters(c: ClusterConfig, study: Study, paths: StudyPaths) -> dict[str, Any]:
+def executor_parameters(c: ClusterConfig, study: Study) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": f"ftvar-{study.name}",
         "partition": c.partition,
@@ -172,7 +172,7 @@ def make_executor(c: ClusterConfig, study: Study, paths: StudyPaths) -> submitit
         folder=str(paths.submitit / "%j"), python=container_python(c, study, paths), max_num_timeout=3
     )
     try:
-        executor.update_parameters(**executor_parameters(c, study, paths))
+        executor.update_parameters(**executor_parameters(c, study))
     except ValueError as exc:  # submitit lists the valid parameter names
         raise FtvarError(f"invalid SLURM option: {exc}") from None
     return executor
@@ -185,7 +185,7 @@ def dry_run_script(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: i
     executor = submitit.SlurmExecutor(
         folder=str(paths.submitit / "%j"), python=container_python(c, study, paths)
     )
-    executor.update_parameters(**executor_parameters(c, study, paths))
+    executor.update_parameters(**executor_parameters(c, study))
     params = dict(executor.parameters)
     if n_tasks > 1:
         params["map_count"] = n_tasks
@@ -230,7 +230,7 @@ def submit_report(c: ClusterConfig, study: Study, paths: StudyPaths, array_ids: 
         folder=str(paths.submitit / "%j"),
         python=container_python(dataclasses.replace(c, gpus_per_task=0), study, paths),
     )
-    params = executor_parameters(dataclasses.replace(c, gpus_per_task=0, cpus_per_task=1), study, paths)
+    params = executor_parameters(dataclasses.replace(c, gpus_per_task=0, cpus_per_task=1), study)
     params.update(
         job_name=f"ftvar-{study.name}-report",
         time=30,

@@ -53,6 +53,13 @@ def prefetch_hint(study: Study) -> str:
     return f"run `ftvar prefetch {name}` on a machine with internet access (HF_HOME={hf_home()})"
 
 
+def not_loadable(study: Study, what: str, exc: Exception) -> FtvarError:
+    """Offline (every command but prefetch), a load failure means the cache lacks it: say how to fill it."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return FtvarError(f"{what} is not in the Hugging Face cache: {prefetch_hint(study)}")
+    return FtvarError(f"cannot load {what}: {exc}")
+
+
 def hf_home() -> str:
     return os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
 
@@ -91,11 +98,7 @@ def _load_hub(study: Study) -> DatasetDict:
             for split, hub_split in (("train", d.train_split), ("eval", d.eval_split))
         }
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as exc:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtvarError(
-                f"dataset {d.hub} is not in the Hugging Face cache: {prefetch_hint(study)}"
-            ) from None
-        raise FtvarError(f"cannot load dataset {d.hub}: {exc}") from None
+        raise not_loadable(study, f"dataset {d.hub}", exc) from None
     return DatasetDict({k: v for k, v in parts.items() if isinstance(v, Dataset)})
 
 
@@ -197,11 +200,7 @@ def load_tokenizer(study: Study, train: Dataset) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtvarError(
-                f"tokenizer {source} is not in the Hugging Face cache: {prefetch_hint(study)}"
-            ) from None
-        raise FtvarError(f"cannot load tokenizer {source}: {exc}") from None
+        raise not_loadable(study, f"tokenizer {source}", exc) from None
 
 
 def check_model_available(study: Study) -> None:
@@ -213,11 +212,7 @@ def check_model_available(study: Study) -> None:
     try:
         AutoConfig.from_pretrained(study.model.name_or_path)
     except (OSError, ValueError) as exc:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtvarError(
-                f"model {study.model.name_or_path} is not in the Hugging Face cache: {prefetch_hint(study)}"
-            ) from None
-        raise FtvarError(f"cannot load model {study.model.name_or_path}: {exc}") from None
+        raise not_loadable(study, f"model {study.model.name_or_path}", exc) from None
 
 
 # ---------------------------------------------------------------------------------------------- the cache

@@ -20,7 +20,7 @@ from ftvar.errors import FtvarError
 from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, read_status, utc_now, write_record
 from ftvar.train import checkpoint
 from ftvar.train.checkpoint import Resumable
-from ftvar.train.data import Prepared, load_prepared, prefetch_hint, prepare
+from ftvar.train.data import Prepared, load_prepared, not_loadable, prepare
 from ftvar.train.engine import ENGINES, FitJob, FitResult, autocast_dtype, evaluate
 from ftvar.trial import StudyPaths, Trial
 
@@ -88,8 +88,8 @@ def build_model(study: Study, prepared: Prepared, seed: int) -> torch.nn.Module:
         model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
             m.name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
         )
-    except OSError:
-        raise FtvarError(f"model {m.name_or_path} is not available offline: {prefetch_hint(study)}") from None
+    except OSError as exc:
+        raise not_loadable(study, f"model {m.name_or_path}", exc) from None
     return model
 
 
