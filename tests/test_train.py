@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -215,3 +218,25 @@ def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
     ):
         prepare(study, paths)
     assert not (tmp_path / "out").exists()
+
+
+TOKENIZER_CHILD = """
+import json
+from ftvar.train.data import train_tokenizer
+rows = [line.split("\\t")[0] for line in open({path!r}).read().splitlines()[1:3001]]
+tok = train_tokenizer(iter([rows]), 800)
+print(json.dumps([tok.get_vocab(), tok("an unbelievably moving film")["input_ids"]], sort_keys=True))
+"""
+
+
+def test_a_trained_tokenizer_is_the_same_in_every_process(sst2: Path) -> None:
+    """Rebuilding a study's cache from scratch must tokenize exactly as before (fresh processes, fresh hash
+    seeds: the library's own WordPiece trainer fails this, huggingface/tokenizers#1794)."""
+    code = TOKENIZER_CHILD.format(path=str(sst2 / "train.tsv"))
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
+    assert len(outputs) == 1
+    vocab, ids = json.loads(outputs.pop())
+    assert len(vocab) == 800 and vocab["[PAD]"] == 0 and ids[0] == vocab["[CLS]"]

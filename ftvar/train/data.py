@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,24 +161,37 @@ def map_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
 # --------------------------------------------------------------------------------------------- tokenizer
 
 
+def wordpiece_vocab(
+    texts: Iterator[list[str]], vocab_size: int, normalizer: Any, pre_tokenizer: Any
+) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (alone and as `##c`), then the
+    most frequent words, ties broken alphabetically. The library's WordPieceTrainer numbers subword tokens
+    in hash-map order, so its vocabularies differ between runs on the same data (huggingface/tokenizers#1794);
+    a study rebuilt from scratch must tokenize exactly as before."""
+    counts: Counter[str] = Counter()
+    for batch in texts:
+        for text in batch:
+            counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    tokens = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    ranked = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    tokens += ranked[: max(0, vocab_size - len(tokens))]
+    return {token: i for i, token in enumerate(tokens)}
+
+
 def train_tokenizer(texts: Iterator[list[str]], vocab_size: int) -> Any:
-    """A lower-cased BERT-style WordPiece tokenizer trained on the given texts."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-cased BERT-style WordPiece tokenizer whose vocabulary is learned from the given texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    vocab = wordpiece_vocab(texts, vocab_size, normalizer, pre_tokenizer)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
