@@ -10,29 +10,8 @@ log() { printf '[dev-cluster-stop %3ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 
 [[ $(id -u) -eq 0 ]] || { echo "[dev-cluster-stop] ERROR: must be run as root" >&2; exit 1; }
 
-# pid of a running daemon: pidfile checked against /proc/PID/comm, else /proc scan.
-daemon_pid() {
-    local name=$1 pidfile=${2:-} pid='' f c
-    if [[ -n $pidfile && -r $pidfile ]]; then
-        { read -r pid <"$pidfile"; } 2>/dev/null || true
-        c=
-        if [[ $pid =~ ^[0-9]+$ ]]; then { read -r c <"/proc/$pid/comm"; } 2>/dev/null || true; fi
-        if [[ -n $c && $c == "$name" ]]; then
-            echo "$pid"
-            return 0
-        fi
-    fi
-    for f in /proc/[0-9]*/comm; do
-        c=
-        { read -r c <"$f"; } 2>/dev/null || true
-        if [[ $c == "$name" ]]; then
-            pid=${f#/proc/}
-            echo "${pid%/comm}"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=slurm/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # stop NAME:PIDFILE...: SIGTERM to all of them, wait up to 30 s, then SIGKILL.
 stop() {
