@@ -15,12 +15,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ftvar import __version__
 from ftvar.config import Study, load_study
 from ftvar.errors import FtvarError
-from ftvar.trial import StudyPaths, expand, find_trial
+from ftvar.trial import StudyPaths, find_trial
 
 app = typer.Typer(
     help="ftvar: fine-tuning variability studies. Plan a hyperparameter grid, run it (locally or as a SLURM "
@@ -105,33 +104,14 @@ def plan(
 
     Example: `ftvar plan smoke --set grid.seed=[0,1,2]`
     """
-    from ftvar.launch import trial_statuses
+    from ftvar.launch import plan_json, plan_table
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
-    trials = expand(s)
-    statuses = trial_statuses(s, paths, trials)
     if as_json:
-        rows = [{"trial_id": t.trial_id, **t.params(), "status": statuses[t.trial_id]} for t in trials]
-        print(json.dumps({"study": s.name, "hash": s.hash, "out": str(paths.root), "trials": rows}, indent=1))
-        return
-    table = Table(title=f"study {s.name} (hash {s.hash}) · {len(trials)} trials · {paths.root}")
-    for col in ("trial", "learning rate", "batch size", "epochs", "seed", "record"):
-        table.add_column(col, justify="left" if col in ("trial", "record") else "right")
-    for t in trials:
-        lr = "–" if t.learning_rate is None else f"{t.learning_rate:g}"
-        table.add_row(
-            t.trial_id,
-            lr,
-            str(t.batch_size or "–"),
-            str(t.epochs),
-            str(t.seed),
-            statuses[t.trial_id] or "[dim]none[/dim]",
-        )
-    console.print(table)
-    source = s.data.source if s.data.source != "hub" else f"hub {s.data.hub}"
-    model = "tiny random-init DistilBERT" if s.model.tiny else s.model.name_or_path
-    console.print(f"model: {model} · data: {source} · from {s.source}")
+        print(json.dumps(plan_json(s, paths), indent=1))
+    else:
+        console.print(plan_table(s, paths))
 
 
 @app.command("run-trial")

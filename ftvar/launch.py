@@ -43,6 +43,37 @@ def trial_statuses(
     return {t.trial_id: read_status(paths.record(t.trial_id)) for t in (trials or expand(study))}
 
 
+def plan_json(study: Study, paths: StudyPaths) -> dict[str, Any]:
+    """`ftvar plan --json`: every trial with its params and the status of its record (null: none yet)."""
+    statuses = trial_statuses(study, paths)
+    rows = [{"trial_id": t.trial_id, **t.params(), "status": statuses[t.trial_id]} for t in expand(study)]
+    return {"study": study.name, "hash": study.hash, "out": str(paths.root), "trials": rows}
+
+
+def plan_table(study: Study, paths: StudyPaths) -> Table:
+    """`ftvar plan`: the trials, their params and which have records; the caption names model and data."""
+    trials = expand(study)
+    statuses = trial_statuses(study, paths, trials)
+    source = study.data.source if study.data.source != "hub" else f"hub {study.data.hub}"
+    model = "tiny random-init DistilBERT" if study.model.tiny else study.model.name_or_path
+    table = Table(
+        title=f"study {study.name} (hash {study.hash}) · {len(trials)} trials · {paths.root}",
+        caption=f"model: {model} · data: {source} · from {study.source}",
+    )
+    for col in ("trial", "learning rate", "batch size", "epochs", "seed", "record"):
+        table.add_column(col, justify="left" if col in ("trial", "record") else "right")
+    for t in trials:
+        table.add_row(
+            t.trial_id,
+            _fmt(t.learning_rate, "g"),
+            _fmt(t.batch_size),
+            str(t.epochs),
+            str(t.seed),
+            statuses[t.trial_id] or "[dim]none[/dim]",
+        )
+    return table
+
+
 def check_no_mixing(study: Study, paths: StudyPaths) -> None:
     """Refuse to add records of this study next to records of a different study hash."""
     foreign = {h: n for h, n in study_hashes(paths.records).items() if h != study.hash}
@@ -146,7 +177,11 @@ def report_main(study: Study, out: Path) -> str:
 
 
 def run_slurm(
-    study: Study, paths: StudyPaths, todo: list[Trial], cluster: ClusterConfig, report_after: bool,
+    study: Study,
+    paths: StudyPaths,
+    todo: list[Trial],
+    cluster: ClusterConfig,
+    report_after: bool,
     console: Console,
 ) -> list[str]:
     """Submit the trials that are not already pending or running as arrays; returns the array job ids."""

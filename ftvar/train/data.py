@@ -28,7 +28,7 @@ from ftvar.record import utc_now
 from ftvar.trial import StudyPaths
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: deterministic trained WordPiece vocabulary
 
 
 @dataclass(frozen=True)
