@@ -229,6 +229,8 @@ def launch_study(
     if dry_run:
         print(slurm.dry_run_script(cluster, study, paths, len(todo)))
         return 0
+    if kind == "slurm" and not shutil.which("sbatch"):
+        raise FtvarError("--executor slurm needs sbatch on PATH (a login node); or use --executor local")
     if not todo:
         console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
         console.print(summary_table(study, paths, expand(study)))

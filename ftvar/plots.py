@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from ftvar.analysis import FIT_METRICS, METRIC_LABELS, VARIABLES, Analysis, Fit
 
@@ -50,6 +51,8 @@ def hyperparameter_plot(trials: pd.DataFrame, metric: str, baseline: float | Non
             ax.legend(fontsize=7)
         if col in LOG_AXES and len(x) and x.min() > 0:
             ax.set_xscale("log", base=2 if col == "batch_size" else 10)
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the grid's own values, not the axis' default ticks
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(METRIC_LABELS[metric])
@@ -68,9 +71,11 @@ def heatmap_plot(trials: pd.DataFrame, metric: str, path: Path) -> None:
         ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
-        for (i, j), v in np.ndenumerate(grid.to_numpy(dtype="float64")):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="white", fontsize=7)
+        values = grid.to_numpy(dtype="float64")
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):  # dark text on the light (high) end of viridis, white on the dark end
+                color = "black" if image.norm(v) > 0.6 else "white"
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(image, ax=ax)
     fig.suptitle(f"mean {METRIC_LABELS[metric]}")
     _save(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -133,3 +134,28 @@ def test_prefetch_of_an_offline_study_needs_nothing() -> None:
     out = ftvar("prefetch", "smoke")
     assert out.returncode == 0
     assert "needs nothing from the Hub" in out.stdout
+
+
+def test_slurm_executor_without_sbatch_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no sbatch
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftvar",
+            "launch",
+            "smoke",
+            "--executor",
+            "slurm",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "needs sbatch on PATH" in out.stderr
+    assert not (tmp_path / "o").exists()
