@@ -3,17 +3,16 @@
 Predictors are coded (`log`: log10 learning rate, log2 batch size, raw epochs; `raw`: as given), centred on
 the mean of the ok trials (so that linear terms are slopes at the centre of the grid, even with squares and
 interactions), and expanded into the full polynomial of the configured degree. Fits use statsmodels formulas
-and type-II ANOVA. `collect` lives in ftvar.collect and is re-exported here.
+and type-II ANOVA. The result types live in ftvar.fits, the findings and the paper comparison in
+ftvar.findings; they and `collect` (ftvar.collect) are re-exported here.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,20 +22,41 @@ from statsmodels.stats.anova import anova_lm
 
 from ftvar.collect import CollectResult, SkippedRecordsError, collect
 from ftvar.config import Study
-
-__all__ = ["Analysis", "CollectResult", "Fit", "SkippedRecordsError", "Term", "analyze", "collect"]
-
-ALPHA = 0.05
-FIT_METRICS = ("accuracy", "f1", "eval_loss")
-FIT_KINDS = ("absolute", "relative", "paired")
-# (record column, formula name, label)
-VARIABLES = (
-    ("learning_rate", "lr", "learning rate"),
-    ("batch_size", "bs", "batch size"),
-    ("epochs", "ep", "epochs"),
+from ftvar.findings import findings, paper_comparison
+from ftvar.fits import (
+    ALPHA,
+    FIT_KINDS,
+    FIT_METRICS,
+    LABELS,
+    METRIC_LABELS,
+    VARIABLES,
+    Analysis,
+    Design,
+    Fit,
+    Term,
+    jsonable,
 )
-LABELS = {short: label for _, short, label in VARIABLES}
-METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "eval_loss": "eval loss"}
+
+__all__ = [
+    "ALPHA",
+    "FIT_KINDS",
+    "FIT_METRICS",
+    "LABELS",
+    "METRIC_LABELS",
+    "VARIABLES",
+    "Analysis",
+    "CollectResult",
+    "Design",
+    "Fit",
+    "SkippedRecordsError",
+    "Term",
+    "analyze",
+    "collect",
+    "findings",
+    "jsonable",
+    "paper_comparison",
+]
+
 CODING = {
     "log": {"lr": "log10", "bs": "log2", "ep": "identity"},
     "raw": {"lr": "identity", "bs": "identity", "ep": "identity"},
@@ -47,108 +67,6 @@ _TRANSFORM: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
 }
 # the paper's headline results: (effect, term, metric, fit, paper p, paper direction: sign of the slope or 0)
-PAPER = (
-    ("learning rate", "lr", "eval_loss", "relative", 0.027, -1),
-    ("batch size", "bs", "accuracy", "absolute", 0.028, 0),
-    ("batch size", "bs", "f1", "absolute", 0.005, 0),
-    ("batch size", "bs", "eval_loss", "absolute", 0.170, 0),
-    ("epochs × batch size", "bs:ep", "f1", "absolute", 0.001, 0),
-)
-
-
-@dataclass
-class Term:
-    term: str
-    coef: float
-    se: float
-    t: float
-    p: float
-    ci_low: float
-    ci_high: float
-
-    @property
-    def significant(self) -> bool:
-        return bool(self.p < ALPHA)
-
-
-@dataclass
-class Fit:
-    """One OLS fit. `status` is "ok" or "skipped" (then `message` says why and the statistics are None)."""
-
-    metric: str
-    kind: str  # absolute | relative | paired
-    response: str
-    formula: str
-    coding: str
-    n: int
-    n_params: int
-    status: str = "ok"
-    message: str | None = None
-    notes: list[str] = field(default_factory=list)
-    r2: float | None = None
-    adj_r2: float | None = None
-    f_pvalue: float | None = None
-    aic: float | None = None
-    bic: float | None = None
-    df_resid: float | None = None
-    terms: list[Term] = field(default_factory=list)
-    anova: list[dict[str, Any]] = field(default_factory=list)
-    fitted: np.ndarray | None = field(default=None, repr=False)
-    observed: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def term(self, name: str) -> Term | None:
-        want = name.replace(" ", "")
-        return next((t for t in self.terms if t.term.replace(" ", "") == want), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("fitted", "observed", "terms")}
-        out["terms"] = [{**asdict(t), "significant": t.significant} for t in self.terms]
-        cleaned: dict[str, Any] = jsonable(out)
-        return cleaned
-
-
-@dataclass
-class Design:
-    """The predictors actually used: coded, centred columns and the formula's terms (without intercept)."""
-
-    variables: dict[str, dict[str, Any]]  # short name → {column, transform, centre, values}
-    terms: list[str]
-    notes: list[str]
-
-
-@dataclass
-class Analysis:
-    study: str
-    coding: str
-    degree: int
-    design: Design
-    baseline: dict[str, float] | None
-    reference: dict[str, float] | None
-    fits: list[Fit]
-    findings: list[dict[str, Any]]
-    paper: list[dict[str, Any]]
-    configurations: pd.DataFrame
-    notes: list[str]
-
-    def fit(self, metric: str, kind: str) -> Fit:
-        return next(f for f in self.fits if f.metric == metric and f.kind == kind)
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe: numpy scalars → Python, NaN/inf → None, recursively."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def default_reference(study: Study) -> dict[str, float]:
@@ -309,88 +227,6 @@ def _fits_for(
         paired.notes.extend(notes)
         out.append(paired)
     return out
-
-
-def _finding(fit: Fit, t: Term) -> str:
-    metric = METRIC_LABELS[fit.metric]
-    parts = Counter(f.split("(")[-1].split(" ")[0] for f in t.term.split(":"))
-    where = f"p = {t.p:.2g} ({fit.kind} fit)"
-    if len(parts) == 1 and ":" not in t.term:
-        (v,) = parts
-        if "**" not in t.term:
-            return f"{LABELS[v]}: higher → {'higher' if t.coef > 0 else 'lower'} {metric}, {where}"
-        if "** 2" not in t.term:
-            return f"{t.term}: coefficient {t.coef:+.3g} on {metric}, {where}"
-        shape = "∩-shaped: highest" if t.coef < 0 else "∪-shaped: lowest"
-        return f"{LABELS[v]} (curvature): {metric} is {shape} at intermediate {LABELS[v]}, {where}"
-    names = " × ".join(LABELS[v] for v in parts)
-    if len(parts) == 2 and "**" not in t.term:
-        a, b = parts
-        return (
-            f"{names}: {'positive' if t.coef > 0 else 'negative'} interaction: the slope of {metric} in "
-            f"{LABELS[a]} {'rises' if t.coef > 0 else 'falls'} as {LABELS[b]} grows, {where}"
-        )
-    return f"{t.term}: coefficient {t.coef:+.3g} on {metric}, {where}"
-
-
-def findings(fits: list[Fit]) -> list[dict[str, Any]]:
-    """One plain-language line per significant term of the absolute and paired fits (relative = absolute)."""
-    out = []
-    for fit in fits:
-        if not fit.ok or fit.kind == "relative":
-            continue
-        for t in fit.terms:
-            if t.term != "Intercept" and t.significant:
-                out.append(
-                    {
-                        "metric": fit.metric,
-                        "fit": fit.kind,
-                        "term": t.term,
-                        "coef": t.coef,
-                        "p": t.p,
-                        "text": _finding(fit, t),
-                    }
-                )
-    order = {m: i for i, m in enumerate(FIT_METRICS)}
-    return sorted(out, key=lambda f: (order[f["metric"]], f["fit"], f["p"]))
-
-
-def paper_comparison(fits: list[Fit]) -> list[dict[str, Any]]:
-    """The paper's headline results next to this study's: direction and significance at 0.05."""
-    rows = []
-    for effect, term, metric, kind, paper_p, paper_dir in PAPER:
-        fit = next(f for f in fits if f.metric == metric and f.kind == kind)
-        note = None
-        if not fit.ok and kind == "relative":
-            fit = next(f for f in fits if f.metric == metric and f.kind == "absolute")
-            note = "relative fit unavailable; absolute fit used (a shared baseline leaves slopes unchanged)"
-        t = fit.term(term) if fit.ok else None
-        row: dict[str, Any] = {
-            "effect": effect,
-            "term": term,
-            "metric": metric,
-            "fit": fit.kind,
-            "paper_p": paper_p,
-            "paper_direction": paper_dir or None,
-            "coef": None,
-            "p": None,
-            "direction": None,
-            "agrees": None,
-            "note": note,
-        }
-        if t is None:
-            row["note"] = fit.message if not fit.ok else f"term {term} is not in this study's formula"
-        else:
-            ours_sig, paper_sig = t.significant, paper_p < ALPHA
-            same_dir = paper_dir == 0 or np.sign(t.coef) == paper_dir
-            row.update(
-                coef=t.coef,
-                p=t.p,
-                direction=int(np.sign(t.coef)),
-                agrees=bool(ours_sig == paper_sig and (not paper_sig or same_dir)),
-            )
-        rows.append(jsonable(row))
-    return rows
 
 
 def configurations(table: pd.DataFrame) -> pd.DataFrame:
