@@ -10,29 +10,15 @@ import pytest
 
 from ftvar import record
 from ftvar.errors import RecordError
+from tests import records_factory
 
 
 def make_record(**changes: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "schema_version": 1,
-        "study": {"name": "s", "hash": "0123456789ab", "source": "builtin:smoke", "config": {}},
-        "trial_id": "0123456789",
-        "kind": "trial",
-        "params": {"learning_rate": 2e-5, "batch_size": 16, "epochs": 2, "seed": 0},
-        "status": "ok",
-        "error": None,
-        "metrics": {"accuracy": 0.9, "f1": 0.91, "eval_loss": 0.3, "train_loss": 0.2},
-        "n_train": 100,
-        "n_eval": 50,
-        "label_names": ["0", "1"],
-        "steps": 14,
-        "timings": {"load": 0.1, "train": 1.0, "eval": 0.2, "total": 1.4},
-        "throughput": {"train_samples_per_s": 200.0, "train_tokens_per_s": 4000.0},
-        "resume": {"requeues": 0, "resumed_from_step": None},
-        "environment": record.environment("cpu", "2.13.0", "5.0"),
-        "started_at": "2026-11-27T03:00:00.000+00:00",
-        "finished_at": "2026-11-27T03:00:01.400+00:00",
-    }
+    """A valid record (from the shared factory, with this machine's environment), then `changes` on top."""
+    rec = records_factory.make_record(
+        records_factory.make_study("s"), learning_rate=2e-5, batch_size=16, epochs=2, seed=0, tid="0123456789"
+    )
+    rec["environment"] = record.environment("cpu", "2.13.0", "5.0")
     rec.update(changes)
     return rec
 
@@ -81,7 +67,7 @@ def test_round_trip(tmp_path: Path) -> None:
     record.write_record(path, rec)
     assert record.read_record(path) == rec
     assert record.read_status(path) == "ok"
-    assert record.study_hashes(path.parent) == {"0123456789ab": 1}
+    assert record.study_hashes(path.parent) == {rec["study"]["hash"]: 1}
 
 
 def test_invalid_records_are_never_written(tmp_path: Path) -> None:
