@@ -104,7 +104,7 @@ def plan(
 
     Example: `ftvar plan smoke --set grid.seed=[0,1,2]`
     """
-    from ftvar.launch import plan_json, plan_table
+    from ftvar.views import plan_json, plan_table
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
@@ -126,7 +126,7 @@ def run_trial_cmd(
 
     Example: `ftvar run-trial smoke --trial baseline`
     """
-    from ftvar.launch import check_no_mixing
+    from ftvar.ledger import check_no_mixing
     from ftvar.train import run_trial
 
     s = _load(study, set_)
@@ -220,8 +220,8 @@ def launch(
     one job array and returns at once. Examples: `ftvar launch smoke`,
     `ftvar launch study.toml --partition gpu --time 120 --container apptainer:ftvar.sif`.
     """
+    from ftvar.executors.slurm import parse_slurm_args
     from ftvar.launch import launch_study
-    from ftvar.slurm import parse_slurm_args
 
     cluster = {
         "partition": partition,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ftvar.errors import StudyError
+from ftvar.studyhash import study_hash
 from ftvar.typed import build
 
 BUILTIN_STUDIES = ("smoke", "paper")
@@ -166,9 +167,10 @@ class Study:
 
     @functools.cached_property
     def hash(self) -> str:
-        from ftvar.studyhash import study_hash
-
-        return study_hash(self)
+        """12 hex digits over the model, the data contents and the training settings (ftvar.studyhash)."""
+        return study_hash(
+            dataclasses.asdict(self.model), dataclasses.asdict(self.data), dataclasses.asdict(self.train)
+        )
 
 
 # -------------------------------------------------------------------------------------------- validation

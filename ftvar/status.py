@@ -12,8 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ftvar.config import Study
+from ftvar.executors.slurm import ACTIVE_STATES, slurm_states, task_ids
+from ftvar.ledger import read_json, read_launches
 from ftvar.record import read_status
-from ftvar.slurm import ACTIVE_STATES, read_launches, slurm_states, task_ids
 from ftvar.trial import StudyPaths, Trial, expand
 
 STATES = ("pending", "running", "ok", "failed", "diverged", "not launched")
@@ -103,12 +104,7 @@ def failures_table(paths: StudyPaths, states: list[TrialState], lines: int) -> T
 
 
 def _record_error(path: Path) -> str:
-    import json
-
-    try:
-        return str(json.loads(path.read_text()).get("error") or "")
-    except (OSError, ValueError):
-        return ""
+    return str((read_json(path) or {}).get("error") or "")
 
 
 def render(study: Study, paths: StudyPaths, states: list[TrialState], lines: int) -> Group:

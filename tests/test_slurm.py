@@ -17,7 +17,7 @@ import pytest
 
 from ftvar import record
 from ftvar.config import load_study
-from ftvar.slurm import expand_job_ids, sacct_states
+from ftvar.executors.slurm import expand_job_ids, sacct_states
 from ftvar.trial import StudyPaths, expand
 from tests.test_cli import ftvar
 
@@ -277,16 +277,17 @@ def test_a_study_larger_than_max_array_size_is_split(
 ) -> None:
     from rich.console import Console
 
-    from ftvar import launch, slurm
+    from ftvar import launch, ledger
+    from ftvar.executors import slurm
 
     assert slurm.max_array_size() == 1001  # the dev cluster's MaxArraySize, read from `scontrol show config`
     monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
     study = load_study("smoke", SMALL)
     paths = StudyPaths.of(tmp_path, study.name)
     cluster_options = slurm.merge_options(study.cluster, {"partition": "gpu", "cpus_per_task": 1})
-    todo, _ = launch.pending(study, paths)
+    todo, _ = ledger.pending(study, paths)
     launch.prepare_study(study, paths, Console(quiet=True))
-    arrays = launch.run_slurm(study, paths, todo, cluster_options, False, Console(quiet=True))
+    arrays = slurm.run_slurm(study, paths, todo, cluster_options, False, Console(quiet=True))
     assert len(arrays) == 2
     assert [len(e["trials"]) for e in launches(paths)] == [2, 1]  # type: ignore[arg-type]
     sets = [arg for item in SMALL for arg in ("--set", item)]

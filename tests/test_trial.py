@@ -4,7 +4,7 @@ import pytest
 
 from ftvar.config import load_study
 from ftvar.errors import FtvarError
-from ftvar.launch import split_work
+from ftvar.executors.local import split_work
 from ftvar.trial import BASELINE_ID, StudyPaths, expand, find_trial, trial_id
 
 

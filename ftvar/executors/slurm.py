@@ -1,4 +1,4 @@
-"""SLURM job arrays through submitit: options, containers, submission, and what earlier arrays are doing.
+"""The SLURM executor: job arrays through submitit (options, containers, submission) and their states.
 
 One array task per trial. Trials with an `ok` record are skipped, trials still pending or running in an
 earlier array (from `launches.jsonl`, checked with sacct) are not submitted twice, and arrays larger than the
@@ -8,7 +8,6 @@ cluster's MaxArraySize are split. Nothing here imports torch: the task imports `
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -19,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from rich.console import Console
 
 from ftvar.config import ClusterConfig, Study, is_local_path
 from ftvar.errors import FtvarError
+from ftvar.jobs import TrialTask, report_main
+from ftvar.ledger import append_launch, read_launches
 from ftvar.trial import StudyPaths, Trial
 
 ACTIVE_STATES = (
@@ -212,8 +214,6 @@ def submit_arrays(
     executor: submitit.SlurmExecutor, study: Study, paths: StudyPaths, trials: Sequence[Trial], limit: int
 ) -> list[tuple[str, list[Trial]]]:
     """Submit the trials as arrays of at most `limit` tasks. Returns (array job id, its trials) per array."""
-    from ftvar.launch import TrialTask
-
     arrays = []
     for group in chunks(trials, limit):
         with executor.batch():
@@ -224,8 +224,6 @@ def submit_arrays(
 
 def submit_report(c: ClusterConfig, study: Study, paths: StudyPaths, array_ids: Sequence[str]) -> str:
     """A small CPU job that collects and reports once every array has finished (afterany)."""
-    from ftvar.launch import report_main
-
     executor = submitit.SlurmExecutor(
         folder=str(paths.submitit / "%j"),
         python=container_python(dataclasses.replace(c, gpus_per_task=0), study, paths),
@@ -301,18 +299,6 @@ def slurm_states(array_ids: Sequence[str]) -> dict[str, str]:
     return states
 
 
-def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
-    if not paths.launches.is_file():
-        return []
-    out = []
-    for line in paths.launches.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def task_ids(paths: StudyPaths) -> dict[str, str]:
     """Trial id → the SLURM task id of its latest launch ("123_4"; "123" for a one-task array)."""
     out = {}
@@ -330,3 +316,33 @@ def active_trials(paths: StudyPaths) -> dict[str, str]:
     tasks = task_ids(paths)
     states = slurm_states(sorted({t.split("_")[0] for t in tasks.values()}))
     return {tid: task for tid, task in tasks.items() if states.get(task, "") in ACTIVE_STATES}
+
+
+def run_slurm(
+    study: Study,
+    paths: StudyPaths,
+    todo: list[Trial],
+    cluster: ClusterConfig,
+    report_after: bool,
+    console: Console,
+) -> list[str]:
+    """Submit the trials that are not already pending or running as arrays; returns the array job ids."""
+    active = active_trials(paths)
+    submit = [t for t in todo if t.trial_id not in active]
+    if active:
+        console.print(
+            f"{len(todo) - len(submit)} trial(s) still pending or running in earlier arrays: not resubmitted"
+        )
+    if not submit:
+        return []
+    executor = make_executor(cluster, study, paths)
+    arrays = submit_arrays(executor, study, paths, submit, max_array_size())
+    for array_id, group in arrays:
+        append_launch(
+            paths, {"executor": "slurm", "array_id": array_id, "trials": [t.trial_id for t in group]}
+        )
+        console.print(f"submitted array job {array_id}: {len(group)} task(s)")
+    if report_after:
+        job_id = submit_report(cluster, study, paths, [a for a, _ in arrays])
+        console.print(f"submitted report job {job_id} (runs after arrays {', '.join(a for a, _ in arrays)})")
+    return [a for a, _ in arrays]
