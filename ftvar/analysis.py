@@ -252,7 +252,8 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
     keep = [*(col for col, _, _ in VARIABLES), "seed", *FIT_METRICS]
     trials = table.loc[(table["kind"] == "trial") & (table["status"] == "ok") & table["in_grid"], keep]
     a = study.analysis
-    design, data = build_design(trials, a.coding, a.degree)
+    coding = a.coding if isinstance(a.coding, str) else "log"
+    design, data = build_design(trials, coding, a.degree)
     notes = list(design.notes)
     n_out = int(((table["kind"] == "trial") & (table["status"] == "ok") & ~table["in_grid"]).sum())
     if n_out:
@@ -263,10 +264,10 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
             notes.append(f"analysis.reference {col} = {ref[col]:g} is not a grid value: paired fits skipped")
             ref = None
     baseline = _baseline(table)
-    fits = [f for m in FIT_METRICS for f in _fits_for(m, data, design, a.coding, baseline, ref)]
+    fits = [f for m in FIT_METRICS for f in _fits_for(m, data, design, coding, baseline, ref)]
     return Analysis(
         study.name,
-        a.coding,
+        coding,
         a.degree,
         design,
         baseline,

@@ -127,7 +127,7 @@ def run_trial_cmd(
     Example: `ftvar run-trial smoke --trial baseline`
     """
     from ftvar.ledger import check_no_mixing
-    from ftvar.train import run_trial
+    from ftvar.train.runner import run_trial
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
@@ -250,7 +250,7 @@ def prefetch(study: StudyArg, set_: SetOpt = None) -> None:
 
     Run it on a login node with internet access; trials never download. Example: `ftvar prefetch paper`
     """
-    from ftvar.train import prefetch as do_prefetch
+    from ftvar.train.data import prefetch as do_prefetch
 
     s = _load(study, set_)
     try:

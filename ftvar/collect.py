@@ -24,20 +24,18 @@ import pyarrow.csv as pa_csv
 from ftvar.config import Study
 from ftvar.errors import FtvarError, RecordError
 from ftvar.record import read_record
-from ftvar.trial import StudyPaths
+from ftvar.trial import StudyPaths, expand
 
-COLUMNS: tuple[str, ...] = (
-    "trial_id",
-    "kind",
-    "status",
-    "learning_rate",
-    "batch_size",
-    "epochs",
+BEFORE_AXES = ("trial_id", "kind", "status")
+# the axis columns (one per axis of the study, named like it, then init_seed and order_seed) come here
+AFTER_AXES = (
     "seed",
     "accuracy",
     "f1",
     "eval_loss",
     "train_loss",
+    "degenerate",
+    "majority_share",
     "n_train",
     "n_eval",
     "steps",
@@ -50,21 +48,36 @@ COLUMNS: tuple[str, ...] = (
     "requeues",
     "host",
     "device",
+    "engine",
     "error",
     "started_at",
     "finished_at",
-    "in_grid",
-    "file",
 )
 _DTYPES = {
     "batch_size": "Int64",
     "epochs": "int64",
-    "seed": "int64",
+    "seed": "Int64",
+    "init_seed": "Int64",
+    "order_seed": "Int64",
     "n_train": "int64",
     "n_eval": "int64",
     "steps": "Int64",
     "requeues": "int64",
+    "degenerate": "boolean",
 }
+FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "eval_loss", "train_loss", "majority_share")
+
+
+def axis_columns(study: Study) -> tuple[str, ...]:
+    """The study's axes as table columns: the hyperparameter axes in order, then the two seeds."""
+    return tuple(a.name for a in study.axes)
+
+
+def columns(study: Study) -> tuple[str, ...]:
+    """Every column of the results table, in order."""
+    return (*BEFORE_AXES, *axis_columns(study), *AFTER_AXES, "in_grid", "file")
+
+
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
 
 Row = tuple[Any, ...]
@@ -111,21 +124,22 @@ class CollectResult:
         )
 
 
-def _row(r: dict[str, Any], path: str) -> Row:
-    """One validated record as a table row, in COLUMNS order (without in_grid)."""
+def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
+    """One validated record as a table row, in `columns` order (without in_grid and file)."""
     p, m, t, tp, env = r["params"], r["metrics"], r["timings"], r["throughput"], r["environment"]
+    ev, engine = r.get("eval") or {}, r.get("engine") or {}
     return (
         r["trial_id"],
         r["kind"],
         r["status"],
-        p["learning_rate"],
-        p["batch_size"],
-        p["epochs"],
-        p["seed"],
+        *(p.get(name) for name in axes),
+        p.get("seed"),
         m["accuracy"],
         m["f1"],
         m["eval_loss"],
         m["train_loss"],
+        ev.get("degenerate"),
+        ev.get("majority_share"),
         r["n_train"],
         r["n_eval"],
         r.get("steps"),
@@ -138,6 +152,7 @@ def _row(r: dict[str, Any], path: str) -> Row:
         (r.get("resume") or {}).get("requeues", 0),
         env["host"],
         env["device"],
+        engine.get("name"),
         r["error"],
         r["started_at"],
         r["finished_at"],
@@ -145,7 +160,9 @@ def _row(r: dict[str, Any], path: str) -> Row:
     )
 
 
-def _read_chunk(paths: list[str], name: str, hash_: str) -> tuple[list[Row], list[Skipped]]:
+def _read_chunk(
+    paths: list[str], name: str, hash_: str, axes: tuple[str, ...]
+) -> tuple[list[Row], list[Skipped]]:
     """Read and check record files; a worker's unit of work (module level so it pickles)."""
     rows: list[Row] = []
     skipped: list[Skipped] = []
@@ -167,7 +184,7 @@ def _read_chunk(paths: list[str], name: str, hash_: str) -> tuple[list[Row], lis
                 )
             )
         else:
-            rows.append(_row(rec, p))
+            rows.append(_row(rec, p, axes))
     return rows, skipped
 
 
@@ -177,18 +194,20 @@ def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
 
 
 def read_records(
-    paths: list[str], name: str, hash_: str, workers: int | None = None
+    paths: list[str], name: str, hash_: str, axes: tuple[str, ...], workers: int | None = None
 ) -> tuple[list[Row], list[Skipped]]:
     """Read many record files, in parallel when there are enough of them to pay for the pool."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
-        return _read_chunk(paths, name, hash_)
+        return _read_chunk(paths, name, hash_, axes)
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     rows: list[Row] = []
     skipped: list[Skipped] = []
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_read_chunk, chunk, name, hash_) for chunk in _chunks(paths, workers * 4)]
+        futures = [
+            pool.submit(_read_chunk, chunk, name, hash_, axes) for chunk in _chunks(paths, workers * 4)
+        ]
         for fut in futures:
             r, s = fut.result()
             rows.extend(r)
@@ -196,39 +215,55 @@ def read_records(
     return rows, skipped
 
 
-def _in_grid(df: pd.DataFrame, study: Study) -> pd.Series:
-    """Whether each row is a trial of the current grid (or the baseline, when the study runs one)."""
-    g = study.grid
-    trial = df["kind"].eq("trial")
-    for col, values in (
-        ("learning_rate", g.learning_rate),
-        ("batch_size", g.batch_size),
-        ("epochs", g.epochs),
-        ("seed", g.seed),
-    ):
-        trial &= df[col].astype("float64").isin([float(v) for v in values])
-    return trial | (df["kind"].eq("baseline") & (study.analysis.baseline == "pretrained"))
+def _in_grid(df: pd.DataFrame, study: Study, axes: tuple[str, ...]) -> pd.Series:
+    """Whether each row is a trial (or baseline) of the study as it stands: its id is one of the study's
+    trial ids and its params are that trial's. A record with a foreign id that repeats a trial's params is
+    not in the grid (it is not the trial `ftvar launch` ran)."""
+    expected = {t.trial_id: t.params() for t in expand(study)}
+
+    def matches(row: Any) -> bool:
+        want = expected.get(row.trial_id)
+        if want is None:
+            return False
+        got = dict(zip(axes, row[3 : 3 + len(axes)], strict=True))
+        return all(_same(got.get(k), want[k]) for k in axes if k in want)
+
+    return pd.Series([matches(row) for row in df.itertuples(index=False)], index=df.index, dtype=bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """A table cell equals a param value (a missing cell equals None; numbers compare as floats)."""
+    missing = a is None or (not isinstance(a, str) and bool(pd.isna(a)))
+    if missing or b is None:
+        return missing and b is None
+    if isinstance(b, int | float) and not isinstance(a, str):
+        return bool(float(a) == float(b))
+    return bool(a == b)
 
 
 def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
     """Rows → one row per trial id (prefer ok, then the newest); returns (table, n superseded)."""
-    df = pd.DataFrame.from_records(rows, columns=[c for c in COLUMNS if c != "in_grid"])
+    axes = axis_columns(study)
+    cols = columns(study)
+    df = pd.DataFrame.from_records(rows, columns=[c for c in cols if c != "in_grid"])
     for col, dtype in _DTYPES.items():
-        df[col] = df[col].astype(dtype)
-    for col in ("learning_rate", "accuracy", "f1", "eval_loss", "train_loss"):
+        if col in df.columns:
+            df[col] = df[col].astype(dtype)
+    for col in FLOAT_COLUMNS:
         df[col] = df[col].astype("float64")
+    for a in study.axes:  # numeric axes as numbers (a column of Nones would be object)
+        if a.kind != "categorical" and a.name not in _DTYPES and a.name not in FLOAT_COLUMNS:
+            df[a.name] = pd.to_numeric(df[a.name], errors="coerce")
     n_before = len(df)
     if not df["trial_id"].is_unique:  # only when several files hold one trial id (never with <id>.json names)
         finished = pd.to_datetime(df["finished_at"], utc=True, format="ISO8601")
         order = pd.DataFrame({"ok": df["status"].eq("ok"), "finished": finished})
         df = df.iloc[order.sort_values(["ok", "finished"], kind="stable").index]
         df = df.drop_duplicates("trial_id", keep="last")
-    df.insert(len(df.columns) - 1, "in_grid", _in_grid(df, study))
-    df = df.sort_values(
-        ["kind", "learning_rate", "batch_size", "epochs", "seed", "trial_id"],
-        kind="stable",
-        na_position="first",
-    ).reset_index(drop=True)
+    df.insert(len(df.columns) - 1, "in_grid", _in_grid(df, study, axes))
+    df = df.sort_values(["kind", *axes, "trial_id"], kind="stable", na_position="first").reset_index(
+        drop=True
+    )
     return df, n_before - len(df)
 
 
@@ -263,7 +298,7 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
             "(or pass the --out the study was launched with)"
         )
     files = sorted(str(p) for p in paths.records.glob("*.json"))
-    rows, skipped = read_records(files, study.name, study.hash, workers)
+    rows, skipped = read_records(files, study.name, study.hash, axis_columns(study), workers)
     skipped.sort()
     if strict and skipped:
         raise SkippedRecordsError(skipped)

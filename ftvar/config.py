@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from ftvar.axes import CODINGS as AXIS_CODINGS
+from ftvar.axes import SEED_AXES, Axis, Coding, default_coding, label, short
+from ftvar.design import DesignConfig, Point, Range, Spec, points, validate_design
 from ftvar.errors import StudyError
 from ftvar.studyhash import study_hash
 from ftvar.typed import build
@@ -26,10 +30,12 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+# presets; [analysis.coding] may also be a table: axis → log10 | log2 | raw | categorical
 CODINGS = ("log", "raw")
 BASELINES = ("pretrained", "none")
-ENGINES = ("plain",)
+ENGINES = ("auto", "plain", "fast", "trainer")  # auto: fast on a CUDA GPU, plain on a CPU
 DEVICES = ("auto", "cpu", "cuda")
+SEED_MODELS = ("auto", "blocks", "mixed")
 # keys whose string values are file system paths (resolved against the study file's folder or the cwd)
 PATH_KEYS = ("data.train", "data.eval", "model.name_or_path", "model.tokenizer")
 
@@ -106,14 +112,6 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class GridConfig:
-    learning_rate: list[float] = field(default_factory=lambda: [1e-5, 2e-5, 5e-5, 1e-4])
-    batch_size: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    epochs: list[int] = field(default_factory=lambda: [1, 2, 3])
-    seed: list[int] = field(default_factory=lambda: [0, 1, 2])
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -121,16 +119,20 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32
     eval_batch_size: int = 256
     max_grad_norm: float = 1.0  # 0 disables clipping
-    engine: str = "plain"
+    engine: str = "auto"  # auto: fast on a CUDA GPU, plain elsewhere | plain | fast | trainer
     device: str = "auto"  # auto: cuda when available
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
     degree: int = 2
-    coding: str = "log"  # log: log10(lr), log2(batch size); raw: as given
-    baseline: str = "pretrained"  # evaluate the un-fine-tuned model once, as trial "baseline"
+    coding: str | dict[str, str] = "log"  # log: log10(lr), log2(batch size); raw; or a table per axis
+    baseline: str = "pretrained"  # evaluate the un-fine-tuned model (per init seed when its head is new)
     reference: dict[str, float] | None = None  # paired reference configuration; default: grid medians
+    compare_paper: bool | None = None  # None: only for the paper's model and task
+    bootstrap: int = 1000  # bootstrap resamples (of seeds) for the variance shares and the best configuration
+    seed_model: str = "auto"  # auto | blocks (seeds as fixed blocks) | mixed (random seed intercepts)
+    factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,105 @@ class ClusterConfig:
     constraint: str | None = None
     array_parallelism: int | None = None
     container: str | None = None  # apptainer:PATH.sif | docker:IMAGE | podman:IMAGE
+    trials_per_task: int | None = None  # trials packed into one array task, run concurrently on its GPU
     slurm_args: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+
+
+# the [grid] keys of the paper's axes, their value types and the values a study without them uses
+PAPER_AXES: dict[str, type] = {"learning_rate": float, "batch_size": int, "epochs": int}
+PAPER_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "learning_rate": (1e-5, 2e-5, 5e-5, 1e-4),
+    "batch_size": (8, 16, 32, 64),
+    "epochs": (1, 2, 3),
+}
+SEED_KEYS = ("seed", *SEED_AXES)  # `seed` is the shorthand that sets init_seed and order_seed together
+DEFAULT_SEEDS = (0, 1, 2)
+# what enters the study hash: today's fields, so that a study's hash (and its trial ids) never changes when
+# a setting that does not change results is added. A setting that is an axis leaves the hash (the trial ids
+# cover it).
+HASHED_MODEL = ("name_or_path", "tokenizer", "tiny", "vocab_size")
+HASHED_TRAIN = (
+    "weight_decay",
+    "warmup_ratio",
+    "scheduler",
+    "precision",
+    "eval_batch_size",
+    "max_grad_norm",
+    "engine",
+    "device",
+)
+# sweepable settings beside the paper's axes: every [train] setting that changes results, and these
+OTHER_SWEEPABLE: dict[str, type] = {
+    **{f"train.{name}": type(getattr(TrainConfig(), name)) for name in HASHED_TRAIN},
+    "data.max_length": int,
+    "data.train_limit": int,
+    "model.name_or_path": str,
+}
+SWEEPABLE: dict[str, type] = {**PAPER_AXES, **OTHER_SWEEPABLE}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The [grid] table, normalised.
+
+    `axes` are the hyperparameter axes in order — learning rate, batch size, epochs, then the others as the
+    file lists them — each a tuple of values or a `Range` (for designs that sample). The seeds stand apart:
+    with the `seed` shorthand (`paired`) the i-th seed sets both `init_seed` and `order_seed`; given as two
+    axes, every init seed is crossed with every order seed.
+    """
+
+    axes: tuple[tuple[str, Spec], ...] = tuple(PAPER_DEFAULTS.items())
+    init_seed: tuple[int, ...] = DEFAULT_SEEDS
+    order_seed: tuple[int, ...] = DEFAULT_SEEDS
+    paired: bool = True
+
+    def spec(self, name: str) -> Spec | None:
+        return dict(self.axes).get(name)
+
+    def values(self, name: str) -> tuple[Any, ...]:
+        """An axis' list of values (a range's ends for a range)."""
+        spec = self.spec(name)
+        if isinstance(spec, Range):
+            return (spec.min, spec.max)
+        return spec or ()
+
+    @property
+    def learning_rate(self) -> list[float]:
+        return list(self.values("learning_rate"))
+
+    @property
+    def batch_size(self) -> list[int]:
+        return list(self.values("batch_size"))
+
+    @property
+    def epochs(self) -> list[int]:
+        return list(self.values("epochs"))
+
+    def seed_pairs(self, replicate: int = 0) -> list[tuple[int, int]]:
+        """(init_seed, order_seed) of every trial at a design point; a ccd centre repeat r > 0 gets seeds of
+        its own, shifted by r × (the largest seed + 1)."""
+        si, so = replicate * (max(self.init_seed) + 1), replicate * (max(self.order_seed) + 1)
+        if self.paired:
+            return [(i + si, o + so) for i, o in zip(self.init_seed, self.order_seed, strict=True)]
+        return [(i + si, o + so) for i in self.init_seed for o in self.order_seed]
+
+    def to_table(self) -> dict[str, Any]:
+        """The grid as a study file would write it."""
+        out: dict[str, Any] = {
+            name: dataclasses.asdict(spec) if isinstance(spec, Range) else list(spec)
+            for name, spec in self.axes
+        }
+        if self.paired:
+            out["seed"] = list(self.init_seed)
+        else:
+            out.update(init_seed=list(self.init_seed), order_seed=list(self.order_seed))
+        return out
+
+    @classmethod
+    def of(cls, table: dict[str, Any]) -> Grid:
+        """A grid from a [grid] table (as parsed TOML)."""
+        return parse_grid(table)
 
 
 @dataclass(frozen=True)
@@ -154,7 +253,8 @@ class Study:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    grid: GridConfig = field(default_factory=GridConfig)
+    grid: Grid = field(default_factory=Grid)
+    design: DesignConfig = field(default_factory=DesignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -163,14 +263,168 @@ class Study:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("source")
+        out["grid"] = self.grid.to_table()
         return out
 
     @functools.cached_property
     def hash(self) -> str:
-        """12 hex digits over the model, the data contents and the training settings (ftvar.studyhash)."""
-        return study_hash(
-            dataclasses.asdict(self.model), dataclasses.asdict(self.data), dataclasses.asdict(self.train)
+        """12 hex digits over the model, the data contents and the training settings (ftvar.studyhash),
+        without the settings that are axes. The engine is left out (hashed as "plain", the only engine there
+        was): engines differ in speed, not in what they fit; each record names the engine that ran it."""
+        axes = {name for name, _ in self.grid.axes}
+        model = {k: getattr(self.model, k) for k in HASHED_MODEL if f"model.{k}" not in axes}
+        if model.get("tiny") is not None:
+            model["tiny"] = dataclasses.asdict(self.model.tiny)  # type: ignore[arg-type]
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
+        train = {k: getattr(self.train, k) for k in HASHED_TRAIN if f"train.{k}" not in axes}
+        if "engine" in train:
+            train["engine"] = "plain"
+        return study_hash(model, data, train)
+
+    @functools.cached_property
+    def points(self) -> tuple[Point, ...]:
+        """The design points (one value per hyperparameter axis), before the seeds cross them."""
+        integer = {name for name, _ in self.grid.axes if SWEEPABLE.get(name) is int}
+        return tuple(points(dict(self.grid.axes), self.design, integer))
+
+    @functools.cached_property
+    def axes(self) -> tuple[Axis, ...]:
+        """The axes as the analysis sees them: the hyperparameter axes, then init_seed and order_seed."""
+        out = []
+        for name, _ in self.grid.axes:
+            values = _distinct(p.as_dict()[name] for p in self.points)
+            coding = self.coding(name, values)
+            kind: Literal["numeric", "categorical"] = "categorical" if coding == "categorical" else "numeric"
+            out.append(Axis(name, label(name), short(name), kind, coding, values))
+        pairs = [pair for p in self.points for pair in self.grid.seed_pairs(p.replicate)]
+        for i, name in enumerate(SEED_AXES):
+            out.append(Axis(name, label(name), name, "seed", "categorical", _distinct(x[i] for x in pairs)))
+        return tuple(out)
+
+    def coding(self, name: str, values: tuple[Any, ...]) -> Coding:
+        """How the analysis codes an axis: [analysis.coding] where it names the axis, else the preset's."""
+        c = self.analysis.coding
+        if isinstance(c, dict):
+            if name in c:
+                return c[name]  # type: ignore[return-value]  # validated against AXIS_CODINGS
+            return default_coding(name, values, "log")
+        return default_coding(name, values, c)
+
+
+def _distinct(values: Any) -> tuple[Any, ...]:
+    """Distinct values in first-seen order; numbers sorted."""
+    seen = list(dict.fromkeys(values))
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
+        return tuple(sorted(seen))
+    return tuple(seen)
+
+
+# ------------------------------------------------------------------------------------------------- the grid
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested tables → dotted names (`train = {warmup_ratio = [...]}` → "train.warmup_ratio"); a table whose
+    keys are a range's ({min, max, scale, round}) is a value, not a level of names."""
+    out = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not set(value) <= {"min", "max", "scale", "round"}:
+            out += _flatten(value, f"{name}.")
+        else:
+            out.append((name, value))
+    return out
+
+
+def _coerce_value(name: str, value: Any, typ: type) -> Any:
+    if isinstance(value, dict):
+        raise StudyError(f"grid.{name} mixes a range and a list of values: give one or the other")
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, typ) and not isinstance(value, bool):
+        return value
+    kind = {float: "numbers", int: "integers", str: "strings"}[typ]
+    raise StudyError(f"grid.{name} takes {kind}, got {value!r}")
+
+
+def _parse_spec(name: str, value: Any, typ: type) -> Spec:
+    if isinstance(value, dict):
+        if typ is str:
+            raise StudyError(f"grid.{name} takes a list of values, not a range")
+        missing = [k for k in ("min", "max") if k not in value]
+        if missing:
+            raise StudyError(f"grid.{name} is a range without {missing[0]}: write {{ min = …, max = … }}")
+        try:
+            r: Range = build(Range, value, f"grid.{name}")
+        except StudyError as exc:
+            raise StudyError(f"{exc} (a range is {{ min, max, scale = 'linear'|'log', round }})") from None
+        return r
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise StudyError(f"grid.{name} is empty: give at least one value")
+    kinds = {type(v) for v in items if not isinstance(v, dict)}
+    if typ is str and kinds - {str}:
+        raise StudyError(f"grid.{name} has values of mixed types ({items!r}): give strings only")
+    values = tuple(_coerce_value(name, v, typ) for v in items)
+    if len(set(values)) != len(values):
+        raise StudyError(f"grid.{name} has repeated values: {list(values)}")
+    return values
+
+
+def _parse_seeds(name: str, value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise StudyError(f"grid.{name} is empty: give at least one value")
+    for v in items:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise StudyError(f"grid.{name} takes integers ≥ 0, got {v!r}")
+    if len(set(items)) != len(items):
+        raise StudyError(f"grid.{name} has repeated values: {items}")
+    return tuple(items)
+
+
+def parse_grid(table: Any) -> Grid:
+    """A [grid] table → Grid. Unknown or non-sweepable names are errors that list the valid ones."""
+    if not isinstance(table, dict):
+        raise StudyError(f"[grid] must be a table, got {table!r}")
+    specs: dict[str, Spec] = {}
+    seeds: dict[str, tuple[int, ...]] = {}
+    for name, value in _flatten(table):
+        if name in specs or name in seeds:
+            raise StudyError(f"grid.{name} is given twice: keep one list or one range")
+        if name in SEED_KEYS:
+            seeds[name] = _parse_seeds(name, value)
+        elif name in SWEEPABLE:
+            specs[name] = _parse_spec(name, value, SWEEPABLE[name])
+        else:
+            valid = [*PAPER_AXES, *SEED_KEYS, *OTHER_SWEEPABLE]
+            raise StudyError(f"unknown key grid.{name}; valid keys in [grid]: {', '.join(valid)}")
+    if "seed" in seeds and ("init_seed" in seeds or "order_seed" in seeds):
+        raise StudyError(
+            "grid.seed sets both init_seed and order_seed: give either seed, or init_seed and order_seed"
         )
+    axes = {name: specs.pop(name, default) for name, default in PAPER_DEFAULTS.items()}
+    axes.update(specs)
+    if "init_seed" in seeds or "order_seed" in seeds:
+        init, order = seeds.get("init_seed", (0,)), seeds.get("order_seed", (0,))
+        return Grid(tuple(axes.items()), init, order, paired=False)
+    seed = seeds.get("seed", DEFAULT_SEEDS)
+    return Grid(tuple(axes.items()), seed, seed, paired=True)
+
+
+def _n_params(study: Study) -> int:
+    """Parameters of the analysis' default fit over the design's axes: the polynomial of analysis.degree over
+    the numeric axes that vary, and a level effect per extra level of each varying categorical axis."""
+    numeric, levels = 0, 0
+    for name, spec in study.grid.axes:
+        if not isinstance(spec, Range) and len(spec) < 2:
+            continue
+        if study.coding(name, spec if not isinstance(spec, Range) else (spec.min,)) == "categorical":
+            levels += len(spec) - 1 if not isinstance(spec, Range) else 1
+        else:
+            numeric += 1
+    return math.comb(numeric + study.analysis.degree, study.analysis.degree) + levels
 
 
 # -------------------------------------------------------------------------------------------- validation
@@ -197,12 +451,22 @@ def validate(study: Study) -> None:
         raise StudyError(
             f"study name {study.name!r} may only use letters, digits, '_', '.', '-' (no '/' or '..')"
         )
-    g = study.grid
-    _check_positive(g.learning_rate, "grid.learning_rate")
-    _check_positive(g.batch_size, "grid.batch_size")
-    _check_positive(g.epochs, "grid.epochs")
-    _check_positive(g.seed, "grid.seed", allow_zero=True)
-    t = study.train
+    _validate_train(study.train)
+    _validate_model(study.model)
+    _validate_data(study.data)
+    _validate_analysis(study)
+    validate_design(dict(study.grid.axes), study.design, _n_params(study))
+    _validate_axes(study)
+    c = study.cluster
+    if c.container is not None and c.container.split(":", 1)[0] not in ("apptainer", "docker", "podman"):
+        raise StudyError(
+            f"cluster.container {c.container!r} must be apptainer:PATH.sif, docker:IMAGE or podman:IMAGE"
+        )
+    if c.trials_per_task is not None and c.trials_per_task < 1:
+        raise StudyError(f"cluster.trials_per_task must be ≥ 1, got {c.trials_per_task}")
+
+
+def _validate_train(t: TrainConfig) -> None:
     _check_choice(t.precision, PRECISIONS, "train.precision")
     _check_choice(t.scheduler, SCHEDULERS, "train.scheduler")
     _check_choice(t.engine, ENGINES, "train.engine")
@@ -211,24 +475,62 @@ def validate(study: Study) -> None:
         raise StudyError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
     if t.weight_decay < 0 or t.max_grad_norm < 0 or t.eval_batch_size <= 0:
         raise StudyError("train.weight_decay and train.max_grad_norm must be ≥ 0, train.eval_batch_size > 0")
+
+
+def _validate_analysis(study: Study) -> None:
     a = study.analysis
-    _check_choice(a.coding, CODINGS, "analysis.coding")
+    names = [name for name, _ in study.grid.axes]
+    if isinstance(a.coding, dict):
+        for name, coding in a.coding.items():
+            if name not in names:
+                raise StudyError(
+                    f"analysis.coding names {name!r}, which is not an axis of this study; axes: "
+                    + ", ".join(names)
+                )
+            _check_choice(coding, AXIS_CODINGS, f"analysis.coding.{name}")
+            values = study.grid.values(name)
+            if coding in ("log10", "log2") and not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values
+            ):
+                raise StudyError(f"analysis.coding.{name} = {coding!r} needs values > 0, got {list(values)}")
+    else:
+        _check_choice(a.coding, CODINGS, "analysis.coding")
     _check_choice(a.baseline, BASELINES, "analysis.baseline")
+    _check_choice(a.seed_model, SEED_MODELS, "analysis.seed_model")
     if not 1 <= a.degree <= 3:
         raise StudyError(f"analysis.degree must be 1, 2 or 3, got {a.degree}")
+    if a.bootstrap < 0:
+        raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
     if a.reference is not None:
-        bad = sorted(set(a.reference) - {"learning_rate", "batch_size", "epochs"})
+        bad = sorted(set(a.reference) - set(names))
         if bad:
-            raise StudyError(
-                f"unknown key analysis.reference.{bad[0]}; valid: learning_rate, batch_size, epochs"
-            )
-    _validate_model(study.model)
-    _validate_data(study.data)
-    c = study.cluster
-    if c.container is not None and c.container.split(":", 1)[0] not in ("apptainer", "docker", "podman"):
-        raise StudyError(
-            f"cluster.container {c.container!r} must be apptainer:PATH.sif, docker:IMAGE or podman:IMAGE"
-        )
+            raise StudyError(f"unknown key analysis.reference.{bad[0]}; valid: {', '.join(names)}")
+
+
+def _validate_axes(study: Study) -> None:
+    """Every value an axis takes in the design must be a valid value of its setting."""
+    for name, _ in study.grid.axes:
+        values = _distinct(p.as_dict()[name] for p in study.points)
+        key = f"grid.{name}"
+        if name in PAPER_AXES:
+            _check_positive(list(values), key)
+            continue
+        section, setting = name.split(".", 1)
+        for value in values:
+            try:
+                if section == "train":
+                    _validate_train(dataclasses.replace(study.train, **{setting: value}))
+                elif section == "data":
+                    _validate_data(dataclasses.replace(study.data, **{setting: value}))
+                else:
+                    if study.model.tiny is not None:
+                        raise StudyError(
+                            "model.tiny builds a random-init model and ignores model.name_or_path: "
+                            "a model axis needs model folders or Hub ids without model.tiny"
+                        )
+                    _validate_model(dataclasses.replace(study.model, **{setting: value}))
+            except StudyError as exc:
+                raise StudyError(f"{key} = {value!r}: {exc}") from None
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -344,19 +646,73 @@ def load_study(spec: str, overrides: list[str] | tuple[str, ...] = (), cwd: Path
     data, base, source = read_study_source(spec, cwd)
     data = copy.deepcopy(data)
     _resolve_paths(data, base)
+    if isinstance(data.get("grid"), dict):
+        _resolve_model_axis(data["grid"], base)
     for item in overrides:
         key, value = parse_override(item)
         patch: dict[str, Any] = {}
         _set_dotted(patch, key, value)
         if key in PATH_KEYS:
             _resolve_paths(patch, cwd, (key,))
+        if key.startswith("grid.") and isinstance(patch.get("grid"), dict):
+            _resolve_model_axis(patch["grid"], cwd)
+            _override_axis(data, key)
         _set_dotted(data, key, _get_dotted(patch, key))
     if "name" not in data:
         raise StudyError(f'study {spec} has no name: add name = "..." at the top')
+    grid_table = data.pop("grid", {})
+    if isinstance(data.get("analysis"), dict) and isinstance(data["analysis"].get("coding"), dict):
+        data["analysis"]["coding"] = dict(_flatten(data["analysis"]["coding"]))
     study: Study = build(Study, data, "")
-    study = dataclasses.replace(study, source=source)
+    grid = parse_grid(grid_table)
+    _check_fixed_and_axis(data, grid)
+    study = dataclasses.replace(study, grid=grid, source=source)
     validate(study)
     return study
+
+
+def _resolve_model_axis(grid: dict[str, Any], base: Path) -> None:
+    """Model folders in a model axis resolve like model.name_or_path (Hub ids stay as they are)."""
+    for holder, key in ((grid, "model.name_or_path"), (grid.get("model"), "name_or_path")):
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        values = holder[key] if isinstance(holder[key], list) else [holder[key]]
+        resolved = []
+        for value in values:
+            if isinstance(value, str):
+                patch = {"model": {"name_or_path": value}}
+                _resolve_paths(patch, base, ("model.name_or_path",))
+                value = patch["model"]["name_or_path"]
+            resolved.append(value)
+        holder[key] = resolved
+
+
+def _override_axis(data: dict[str, Any], key: str) -> None:
+    """An override wins over the file: a seed axis replaces the other seed form, and an axis replaces the
+    same setting's fixed value."""
+    grid = data.get("grid")
+    name = key.removeprefix("grid.")
+    if isinstance(grid, dict):
+        if name in ("init_seed", "order_seed") and "seed" in grid:
+            seed = grid.pop("seed")
+            other = "order_seed" if name == "init_seed" else "init_seed"
+            grid.setdefault(other, seed)
+        elif name == "seed":
+            grid.pop("init_seed", None)
+            grid.pop("order_seed", None)
+    section, _, setting = name.partition(".")
+    if section in ("train", "data", "model") and isinstance(data.get(section), dict):
+        data[section].pop(setting, None)
+
+
+def _check_fixed_and_axis(data: dict[str, Any], grid: Grid) -> None:
+    for name, _ in grid.axes:
+        section, _, setting = name.partition(".")
+        if setting and isinstance(data.get(section), dict) and setting in data[section]:
+            raise StudyError(
+                f"{name} is both an axis ([grid]) and a fixed value ([{section}] {setting} = "
+                f"{data[section][setting]!r}): keep one"
+            )
 
 
 def _get_dotted(data: dict[str, Any], key: str) -> Any:

@@ -18,8 +18,7 @@ from ftvar.trial import StudyPaths, Trial
 
 def job_main(study: Study, trials: list[Trial], paths: StudyPaths) -> dict[str, str]:
     """A local job: each trial in turn; one trial's crash does not stop the others."""
-    from ftvar.train import run_trial  # lazily: torch is only imported inside the job
-    from ftvar.train.runner import log_to_stderr
+    from ftvar.train.runner import log_to_stderr, run_trial  # lazily: torch is imported inside the job
 
     log_to_stderr()
     statuses = {}

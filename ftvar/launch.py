@@ -33,7 +33,7 @@ def resolve_executor(name: str) -> str:
 
 def prepare_study(study: Study, paths: StudyPaths, console: Console) -> None:
     """Validate the model/data sources and tokenize once, before any trial runs."""
-    from ftvar.train import prepare
+    from ftvar.train.data import prepare
 
     with console.status(f"preparing {study.name}: loading and tokenizing the data once"):
         built = prepare(study, paths)

@@ -26,7 +26,7 @@ import fastjsonschema
 from ftvar import __version__
 from ftvar.errors import RecordError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: init_seed/order_seed and other axes in params (readers accept 1)
 STATUSES = ("ok", "failed", "diverged")
 METRICS = ("accuracy", "f1", "eval_loss", "train_loss")
 
@@ -133,7 +133,17 @@ def read_record(path: Path) -> dict[str, Any]:
         raise RecordError(f"{path.name}: {exc}") from None
     if path.stem != data["trial_id"]:
         raise RecordError(f"{path.name}: file name does not match trial_id {data['trial_id']!r}")
-    return data
+    return upgrade(data)
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 record read as version 2: its one `seed` set both the init and the data-order seed."""
+    if record.get("schema_version") == 1:
+        params = record["params"]
+        baseline = record.get("kind") == "baseline"
+        params.setdefault("init_seed", params.get("seed"))
+        params.setdefault("order_seed", None if baseline else params.get("seed"))
+    return record
 
 
 def read_status(path: Path) -> str | None:

@@ -33,11 +33,13 @@ def model_identity(value: str | None) -> Any:
 def study_hash(model: Mapping[str, Any], data: Mapping[str, Any], train: Mapping[str, Any]) -> str:
     """12 hex digits over what changes a trial's result: model, data (file contents, not paths), training.
 
-    Takes the `[model]`, `[data]` and `[train]` tables as plain dicts. The grid, the analysis and the cluster
-    settings are left out, so that growing the grid keeps the records of trials already run.
+    Takes the `[model]`, `[data]` and `[train]` tables as plain dicts, without the settings that are axes. The
+    grid, the analysis and the cluster settings are left out, so that growing the grid keeps the records of
+    trials already run.
     """
     m = dict(model)
-    m["name_or_path"] = None if m.get("tiny") is not None else model_identity(m.get("name_or_path"))
+    if "name_or_path" in m:  # absent when it is an axis (trial ids cover it then)
+        m["name_or_path"] = None if m.get("tiny") is not None else model_identity(m["name_or_path"])
     m["tokenizer"] = model_identity(m.get("tokenizer"))
     d = dict(data)
     for key in ("train", "eval"):

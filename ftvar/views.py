@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from ftvar.config import Study
+from ftvar.design import describe
 from ftvar.ledger import read_json, trial_statuses
 from ftvar.trial import StudyPaths, Trial, expand
 
@@ -18,31 +20,69 @@ def fmt(value: Any, spec: str = "") -> str:
 
 
 def plan_json(study: Study, paths: StudyPaths) -> dict[str, Any]:
-    """`ftvar plan --json`: every trial with its params and the status of its record (null: none yet)."""
-    statuses = trial_statuses(study, paths)
-    rows = [{"trial_id": t.trial_id, **t.params(), "status": statuses[t.trial_id]} for t in expand(study)]
-    return {"study": study.name, "hash": study.hash, "out": str(paths.root), "trials": rows}
+    """`ftvar plan --json`: the design, then every trial with its params and the status of its record."""
+    trials = expand(study)
+    statuses = trial_statuses(study, paths, trials)
+    rows = [{"trial_id": t.trial_id, **t.params(), "status": statuses[t.trial_id]} for t in trials]
+    return {
+        "study": study.name,
+        "hash": study.hash,
+        "out": str(paths.root),
+        "design": design_summary(study),
+        "axes": [
+            {"name": a.name, "kind": a.kind, "coding": a.coding, "values": list(a.values)} for a in study.axes
+        ],
+        "trials": rows,
+    }
+
+
+def design_summary(study: Study) -> str:
+    """The design in one line, with its cost next to a full grid over the same axes."""
+    pairs = len(study.grid.seed_pairs())
+    return describe(dict(study.grid.axes), study.design, len(study.points), pairs)
+
+
+def _columns(study: Study) -> list[tuple[str, str]]:
+    """(axis name, column header) of the axes that vary, and the seeds."""
+    cols = [(a.name, a.label) for a in study.axes if not a.is_seed and len(a.values) > 1]
+    if study.grid.paired:
+        return [*cols, ("seed", "seed")]
+    return [*cols, ("init_seed", "init seed"), ("order_seed", "order seed")]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and "/" in value:
+        return Path(value).name or value
+    return fmt(value)
 
 
 def plan_table(study: Study, paths: StudyPaths) -> Table:
-    """`ftvar plan`: the trials, their params and which have records; the caption names model and data."""
+    """`ftvar plan`: the trials, their params and which have records; the caption: model, data, design."""
     trials = expand(study)
     statuses = trial_statuses(study, paths, trials)
     source = study.data.source if study.data.source != "hub" else f"hub {study.data.hub}"
     model = "tiny random-init DistilBERT" if study.model.tiny else study.model.name_or_path
+    fixed = ", ".join(
+        f"{a.label} {_cell(a.values[0])}" for a in study.axes if not a.is_seed and len(a.values) == 1
+    )
     table = Table(
         title=f"study {study.name} (hash {study.hash}) · {len(trials)} trials · {paths.root}",
-        caption=f"model: {model} · data: {source} · from {study.source}",
+        caption=f"model: {model} · data: {source} · from {study.source}"
+        + (f" · fixed: {fixed}" if fixed else "")
+        + f"\n{design_summary(study)}",
     )
-    for col in ("trial", "learning rate", "batch size", "epochs", "seed", "record"):
-        table.add_column(col, justify="left" if col in ("trial", "record") else "right")
+    cols = _columns(study)
+    table.add_column("trial", justify="left", no_wrap=True, min_width=10)
+    for _, header in cols:
+        table.add_column(header, justify="right")
+    table.add_column("record", justify="left")
     for t in trials:
+        params = t.params()
         table.add_row(
             t.trial_id,
-            fmt(t.learning_rate, "g"),
-            fmt(t.batch_size),
-            str(t.epochs),
-            str(t.seed),
+            *(_cell(params.get(name)) for name, _ in cols),
             statuses[t.trial_id] or "[dim]none[/dim]",
         )
     return table
@@ -50,20 +90,22 @@ def plan_table(study: Study, paths: StudyPaths) -> Table:
 
 def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
     """After a local launch: one row per trial with its status and metrics."""
+    cols = _columns(study)
     table = Table(title=f"{study.name}: {len(trials)} trial(s)")
-    for col in ("trial", "lr", "bs", "ep", "seed", "status", "acc", "f1", "loss", "sec"):
-        table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
+    table.add_column("trial", no_wrap=True)
+    for _, header in cols:
+        table.add_column(header, justify="right", no_wrap=True)
+    for col in ("status", "acc", "f1", "loss", "sec"):
+        table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for t in trials:
         rec = read_json(paths.record(t.trial_id)) or {}
         m = rec.get("metrics", {})
         status = rec.get("status", "missing")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
+        params = t.params()
         table.add_row(
             t.trial_id,
-            fmt(t.learning_rate, "g"),
-            fmt(t.batch_size),
-            str(t.epochs),
-            str(t.seed),
+            *(_cell(params.get(name)) for name, _ in cols),
             f"[{style}]{status}[/{style}]",
             fmt(m.get("accuracy"), ".3f"),
             fmt(m.get("f1"), ".3f"),

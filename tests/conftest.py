@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.helpers import shared_data
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub
+# an empty Hugging Face cache: what a test sees must not depend on what this machine happens to have cached
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ftvar-test-hf-")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture
 def sst2() -> Path:
-    folder = SHARED_DATA / "sst2"
-    if not (folder / "train.tsv").is_file():
-        pytest.skip(f"reference data not found in {folder} (see ../shared/data/README.md)")
-    return folder
+    return shared_data("sst2")
 
 
 TINY_STUDY = """

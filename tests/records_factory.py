@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.config import AnalysisConfig, GridConfig, Study
-from ftvar.record import validate
-from ftvar.trial import BASELINE_ID, StudyPaths, trial_id
+from ftvar.config import AnalysisConfig, Grid, Study
+from ftvar.record import SCHEMA_VERSION, validate
+from ftvar.trial import StudyPaths, Trial, expand, trial_id
 
 Truth = Callable[[float, float, float], float]  # (coded lr, coded bs, epochs) → metric
 
@@ -27,13 +27,29 @@ def make_study(
     seeds: list[int] | None = None,
     **analysis: Any,
 ) -> Study:
-    grid = GridConfig(
-        learning_rate=lr if lr is not None else [1e-5, 2e-5, 5e-5, 1e-4],
-        batch_size=bs if bs is not None else [8, 16, 32, 64],
-        epochs=ep if ep is not None else [1, 2, 3],
-        seed=seeds if seeds is not None else [0, 1, 2],
+    grid = Grid.of(
+        {
+            "learning_rate": lr if lr is not None else [1e-5, 2e-5, 5e-5, 1e-4],
+            "batch_size": bs if bs is not None else [8, 16, 32, 64],
+            "epochs": ep if ep is not None else [1, 2, 3],
+            "seed": seeds if seeds is not None else [0, 1, 2],
+        }
     )
     return Study(name=name, grid=grid, analysis=AnalysisConfig(**analysis))
+
+
+def find(study: Study, learning_rate: float | None, batch_size: int | None, epochs: int, seed: int) -> Trial:
+    """The study's trial with these params (a baseline: the one of this init seed, or the only one); a trial
+    outside the study gets an id of its own."""
+    for t in expand(study):
+        if t.is_baseline and learning_rate is None and t.init_seed in (None, seed):
+            return t
+        same = (t.learning_rate, t.batch_size, t.epochs) == (learning_rate, batch_size, epochs)
+        if not t.is_baseline and same and t.init_seed == t.order_seed == seed:
+            return t
+    assert learning_rate is not None and batch_size is not None, "no such baseline"
+    tid = trial_id(study.hash, learning_rate, batch_size, epochs, seed)
+    return Trial(tid, learning_rate, batch_size, epochs, seed, seed)
 
 
 def make_record(
@@ -50,18 +66,18 @@ def make_record(
 ) -> dict[str, Any]:
     """A record dict that passes the schema (checked with record.validate before it is returned)."""
     baseline = learning_rate is None
-    if tid is None:
-        tid = BASELINE_ID if baseline else trial_id(study.hash, learning_rate, batch_size, epochs, seed)  # type: ignore[arg-type]
+    trial = find(study, learning_rate, batch_size, epochs, seed)
+    tid = tid or trial.trial_id
     if status == "ok":
         m = {"accuracy": 0.8, "f1": 0.8, "eval_loss": 0.5, "train_loss": 0.4, **(metrics or {})}
     else:
         m = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
     rec = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "study": {"name": study.name, "hash": study.hash, "source": "test"},
         "trial_id": tid,
         "kind": "baseline" if baseline else "trial",
-        "params": {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs, "seed": seed},
+        "params": trial.params(),
         "status": status,
         "error": None if status == "ok" else "RuntimeError: boom",
         "metrics": m,
@@ -112,8 +128,8 @@ def synth_study(
     rng = rng or np.random.default_rng(0)
     g = study.grid
     records = StudyPaths.of(out, study.name).records
-    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.seed}
-    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.seed):
+    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.init_seed}
+    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.init_seed):
         y = truth(*code(lr, bs, ep)) + seed_fx[s] + float(rng.normal(0, noise))
         y = min(max(y, 0.02), 0.98)
         write(
@@ -128,17 +144,19 @@ def synth_study(
             ),
         )
     if baseline is not None:
-        write(
-            records,
-            make_record(
-                study,
-                learning_rate=None,
-                batch_size=None,
-                epochs=0,
-                seed=g.seed[0],
-                metrics={"accuracy": baseline, "f1": baseline, "eval_loss": 0.7},
-            ),
-        )
+        for t in expand(study):
+            if t.is_baseline:
+                write(
+                    records,
+                    make_record(
+                        study,
+                        learning_rate=None,
+                        batch_size=None,
+                        epochs=0,
+                        seed=t.init_seed or 0,
+                        metrics={"accuracy": baseline, "f1": baseline, "eval_loss": 0.7},
+                    ),
+                )
     return seed_fx
 
 
@@ -153,9 +171,9 @@ def synth_table(
     """The table `collect` would build from `synth_study`'s records, made in memory (for simulations)."""
     rng = rng or np.random.default_rng(0)
     g = study.grid
-    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.seed}
+    seed_fx = {s: float(rng.normal(0, seed_sd)) if seed_sd else 0.0 for s in g.init_seed}
     rows = []
-    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.seed):
+    for lr, bs, ep, s in itertools.product(g.learning_rate, g.batch_size, g.epochs, g.init_seed):
         y = truth(*code(lr, bs, ep)) + seed_fx[s] + float(rng.normal(0, noise))
         rows.append(
             {
@@ -166,6 +184,8 @@ def synth_table(
                 "batch_size": bs,
                 "epochs": ep,
                 "seed": s,
+                "init_seed": s,
+                "order_seed": s,
                 "accuracy": y,
                 "f1": y - 0.01,
                 "eval_loss": 1 - y,
@@ -174,22 +194,26 @@ def synth_table(
             }
         )
     if baseline is not None:
-        rows.append(
-            {
-                "trial_id": BASELINE_ID,
-                "kind": "baseline",
-                "status": "ok",
-                "learning_rate": None,
-                "batch_size": None,
-                "epochs": 0,
-                "seed": g.seed[0],
-                "accuracy": baseline,
-                "f1": baseline,
-                "eval_loss": 0.7,
-                "train_loss": None,
-                "in_grid": True,
-            }
-        )
+        for t in expand(study):
+            if t.is_baseline:
+                rows.append(
+                    {
+                        "trial_id": t.trial_id,
+                        "kind": "baseline",
+                        "status": "ok",
+                        "learning_rate": None,
+                        "batch_size": None,
+                        "epochs": 0,
+                        "seed": t.seed,
+                        "init_seed": t.init_seed,
+                        "order_seed": None,
+                        "accuracy": baseline,
+                        "f1": baseline,
+                        "eval_loss": 0.7,
+                        "train_loss": None,
+                        "in_grid": True,
+                    }
+                )
     df = pd.DataFrame(rows)
     df["batch_size"] = df["batch_size"].astype("Int64")
     df["learning_rate"] = df["learning_rate"].astype("float64")

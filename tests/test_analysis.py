@@ -163,7 +163,7 @@ def test_paired_fit_differs_and_removes_the_seed_effect() -> None:
     table = synth_table(study, quadratic(study), noise=0.004, seed_sd=0.05, rng=np.random.default_rng(2))
     result = analyze(study, table)
     absolute, paired = result.fit("accuracy", "absolute"), result.fit("accuracy", "paired")
-    assert paired.ok and paired.n == absolute.n - len(study.grid.seed)  # reference trials left out
+    assert paired.ok and paired.n == absolute.n - len(study.grid.init_seed)  # reference trials left out
     slopes_abs = np.array([t.coef for t in absolute.terms[1:]])
     slopes_pair = np.array([t.coef for t in paired.terms[1:]])
     assert not np.allclose(slopes_abs, slopes_pair, rtol=0, atol=1e-9)

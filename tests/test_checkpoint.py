@@ -14,7 +14,8 @@ import torch
 
 from ftvar import record
 from ftvar.config import load_study
-from ftvar.train import checkpoint, prepare
+from ftvar.train import checkpoint
+from ftvar.train.data import prepare
 from ftvar.train.runner import run_task
 from ftvar.trial import StudyPaths, expand
 

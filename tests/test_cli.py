@@ -37,8 +37,13 @@ def test_plan_lists_trials_as_json(tmp_path: Path) -> None:
     out = ftvar("plan", "paper", "--json", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert plan["study"] == "paper" and len(plan["trials"]) == 145
-    assert plan["trials"][0]["trial_id"] == "baseline"
+    # 144 trials, and a baseline per init seed: whether the model's head was trained cannot be told without
+    # the model in the (here empty) Hugging Face cache
+    assert plan["study"] == "paper" and len(plan["trials"]) == 147
+    baselines = plan["trials"][:3]
+    assert [b["init_seed"] for b in baselines] == [0, 1, 2]
+    assert all(b["trial_id"].startswith("baseline-") and b["learning_rate"] is None for b in baselines)
+    assert plan["design"].startswith("design: full grid, 48 point(s) × 3 seed setting(s) = 144 trials")
     assert all(t["status"] is None for t in plan["trials"])
     assert not (tmp_path / "paper").exists()  # plan writes nothing
 
@@ -107,7 +112,8 @@ def test_usage_errors_exit_2() -> None:
 
 def test_run_trial_writes_one_record(tmp_path: Path, write_study: Callable[..., Path]) -> None:
     study = write_study()
-    out = ftvar("run-trial", str(study), "--trial", "baseline", "--out", str(tmp_path / "out"))
+    one_seed = ("--set", "grid.seed=[0]")  # one init seed: one baseline, `baseline`
+    out = ftvar("run-trial", str(study), "--trial", "baseline", *one_seed, "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     records = list((tmp_path / "out" / "tiny" / "records").glob("*.json"))
     assert [p.name for p in records] == ["baseline.json"]
@@ -119,7 +125,10 @@ def test_collect_strict_exits_1_and_report_without_records_exits_2(
 ) -> None:
     study = write_study()
     out = tmp_path / "out"
-    assert ftvar("run-trial", str(study), "--trial", "baseline", "--out", str(out)).returncode == 0
+    baseline = ftvar(
+        "run-trial", str(study), "--trial", "baseline", "--set", "grid.seed=[0]", "--out", str(out)
+    )
+    assert baseline.returncode == 0, baseline.stderr
     (out / "tiny" / "records" / "0123456789.json").write_text('{"schema_version": 1, "trial_id": "01')
     loose = ftvar("collect", str(study), "--out", str(out))
     assert loose.returncode == 0 and "0123456789.json" in loose.stderr

@@ -41,16 +41,18 @@ def test_collect_writes_one_row_per_trial_as_parquet_and_csv(tmp_path: Path) -> 
     study = make_study(lr=[1e-5, 2e-5], bs=[8], ep=[1, 2], seeds=[0, 1])
     records = write_grid(tmp_path, study)
     result = collect(study, tmp_path)
-    assert result.n_files == result.n_trials == 9 and result.skipped == [] and result.counts == {"ok": 9}
+    # 8 trials and one baseline per init seed (the model's head is not known to be trained)
+    assert result.n_files == result.n_trials == 10 and result.skipped == [] and result.counts == {"ok": 10}
     assert set(result.table["trial_id"]) == {p.stem for p in records.glob("*.json")}
     assert result.table["in_grid"].all()
     assert result.parquet == tmp_path.resolve() / study.name / "results.parquet"
     back = pd.read_parquet(result.parquet)
-    assert list(back.columns) == list(collect_module.COLUMNS)
-    assert len(back) == 9 and back["accuracy"].tolist() == [0.9] * 9
-    assert back["kind"].tolist() == ["baseline"] + ["trial"] * 8 and back["batch_size"].isna().tolist()[0]
+    assert list(back.columns) == list(collect_module.columns(study))
+    assert len(back) == 10 and back["accuracy"].tolist() == [0.9] * 10
+    assert back["kind"].tolist() == ["baseline"] * 2 + ["trial"] * 8 and back["batch_size"].isna().tolist()[0]
+    assert back["init_seed"].tolist() == [0, 1] + [0, 1] * 4 and back["order_seed"].isna().sum() == 2
     csv = pd.read_csv(result.csv)
-    assert len(csv) == 9 and set(csv["status"]) == {"ok"}
+    assert len(csv) == 10 and set(csv["status"]) == {"ok"}
     assert not list(result.parquet.parent.glob(".*.part"))  # temp files renamed away
 
 
@@ -109,7 +111,7 @@ def test_missing_records_folder_is_an_actionable_error(tmp_path: Path) -> None:
 
 def test_the_newest_ok_record_wins_and_failures_show_when_nothing_is_ok() -> None:
     study = make_study(lr=[1e-5], bs=[8], ep=[1], seeds=[0, 1, 2])
-    t0, t1, t2 = [expand(study)[i].trial_id for i in (1, 2, 3)]
+    t0, t1, t2 = [t.trial_id for t in expand(study) if not t.is_baseline]
 
     def row(tid: str, status: str, finished: str, acc: float | None) -> tuple[object, ...]:
         rec = make_record(
@@ -123,7 +125,7 @@ def test_the_newest_ok_record_wins_and_failures_show_when_nothing_is_ok() -> Non
             finished_at=finished,
             metrics={"accuracy": acc} if acc is not None else None,
         )
-        return collect_module._row(rec, f"{tid}.json")
+        return collect_module._row(rec, f"{tid}.json", collect_module.axis_columns(study))
 
     rows = [
         row(t0, "ok", "2024-05-01T10:00:00+00:00", 0.7),

@@ -22,10 +22,10 @@ def test_builtin_smoke_and_paper_load() -> None:
 
 def test_overrides_are_typed_and_validated() -> None:
     s = load_study("smoke", ["grid.seed=[0,1,2]", "train.weight_decay=0", "data.max_length=64", "name=other"])
-    assert s.grid.seed == [0, 1, 2]
+    assert s.grid.init_seed == s.grid.order_seed == (0, 1, 2) and s.grid.paired
     assert s.train.weight_decay == 0.0 and isinstance(s.train.weight_decay, float)
     assert s.data.max_length == 64 and s.name == "other"
-    assert load_study("smoke", ["grid.seed=5"]).grid.seed == [5]  # a scalar is a one-value list
+    assert load_study("smoke", ["grid.seed=5"]).grid.init_seed == (5,)  # a scalar is a one-value list
     with pytest.raises(StudyError, match=r"grid\.batch_size"):
         load_study("smoke", ["grid.batch_size=[16, 'x']"])
 

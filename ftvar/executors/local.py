@@ -81,7 +81,7 @@ def progress_bar(console: Console) -> Progress:
 
 def run_in_process(study: Study, paths: StudyPaths, todo: list[Trial], console: Console) -> list[str]:
     """The `debug` executor: every trial in turn, in this process."""
-    from ftvar.train import run_trial
+    from ftvar.train.runner import run_trial
 
     with progress_bar(console) as progress:
         task = progress.add_task("trials", total=len(todo))

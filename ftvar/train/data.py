@@ -1,8 +1,9 @@
 """Data for a study: load (Hub, local files or synthetic), map labels, tokenize once into an Arrow cache.
 
-`prepare()` runs once per study, before any trial (on the login node for SLURM). It writes
-`<out>/<study>/cache/` atomically: everything is built in a temp folder beside it and renamed into place, so
-trials either see a complete cache or none. Trials only memory-map it with `load_prepared()`.
+`prepare()` runs once per study, before any trial (on the login node for SLURM). It writes one folder per
+distinct tokenization the study needs, `<out>/<study>/cache/<key>/` (tokenizer, max_length, train_limit;
+ftvar.trial.data_key), atomically: each is built in a temp folder beside it and renamed into place, so trials
+either see a complete cache or none. Trials only read it (ftvar.train.cache), without importing datasets.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +22,16 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from ftvar import synthetic
-from ftvar.config import DataConfig, Study
+from ftvar.config import DataConfig, ModelConfig, Study
 from ftvar.errors import FtvarError
 from ftvar.record import utc_now
-from ftvar.trial import StudyPaths
+from ftvar.train.cache import CACHE_VERSION, cache_folder, is_ready
+from ftvar.trial import Settings, StudyPaths, expand, settings
+
+datasets.disable_progress_bars()
+datasets.logging.set_verbosity_error()
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-CACHE_VERSION = 2  # 2: deterministic trained WordPiece vocabulary
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What a trial needs: the tokenized splits, the tokenizer folder and the label names."""
-
-    folder: Path
-    label_names: list[str]
-    n_train: int
-    n_eval: int
-    vocab_size: int
-    pad_token_id: int
-    train: Dataset
-    eval: Dataset
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.folder / "tokenizer"
 
 
 def prefetch_hint(study: Study) -> str:
@@ -103,9 +88,9 @@ def _load_hub(study: Study) -> DatasetDict:
     return DatasetDict({k: v for k, v in parts.items() if isinstance(v, Dataset)})
 
 
-def load_raw(study: Study, work: Path) -> DatasetDict:
+def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDict:
     """The train and eval splits with two columns, `text` (str) and `label` (as in the source)."""
-    d = study.data
+    d = d or study.data
     if d.source == "synthetic":
         assert d.synthetic is not None
         s = d.synthetic
@@ -203,10 +188,9 @@ def train_tokenizer(texts: Iterator[list[str]], vocab_size: int) -> Any:
     )
 
 
-def load_tokenizer(study: Study, train: Dataset) -> Any:
+def load_tokenizer(study: Study, m: ModelConfig, train: Dataset) -> Any:
     from transformers import AutoTokenizer
 
-    m = study.model
     if m.tokenizer == "train":
         batches = (train[i : i + 1000]["text"] for i in range(0, len(train), 1000))
         return train_tokenizer(batches, m.vocab_size)
@@ -217,64 +201,67 @@ def load_tokenizer(study: Study, train: Dataset) -> Any:
         raise not_loadable(study, f"tokenizer {source}", exc) from None
 
 
-def check_model_available(study: Study) -> None:
+def check_model_available(study: Study, m: ModelConfig) -> None:
     """Fail fast, before tokenizing, when a Hub model is not cached (trials never download)."""
-    if study.model.tiny is not None:
+    if m.tiny is not None:
         return
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(study.model.name_or_path)
+        AutoConfig.from_pretrained(m.name_or_path)
     except (OSError, ValueError) as exc:
-        raise not_loadable(study, f"model {study.model.name_or_path}", exc) from None
+        raise not_loadable(study, f"model {m.name_or_path}", exc) from None
 
 
 # ---------------------------------------------------------------------------------------------- the cache
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta
+def variants(study: Study, paths: StudyPaths) -> dict[Path, tuple[str, Settings]]:
+    """Every cache folder the study's trials need: folder → (data key, settings of a trial that needs it)."""
+    out: dict[Path, tuple[str, Settings]] = {}
+    for trial in expand(study):
+        folder, key = cache_folder(study, paths, trial)
+        out.setdefault(folder, (key, settings(study, trial)))
+    return out
 
 
 def is_prepared(study: Study, paths: StudyPaths) -> bool:
-    meta = _read_meta(paths.cache)
-    return meta is not None and meta.get("key") == study.hash and meta.get("version") == CACHE_VERSION
+    return all(is_ready(folder, key) for folder, (key, _) in variants(study, paths).items())
 
 
 def prepare(study: Study, paths: StudyPaths) -> bool:
-    """Build the study's tokenized cache unless an up-to-date one exists. Returns True when it built one."""
-    if is_prepared(study, paths):
+    """Build every tokenized cache the study needs that is not up to date. Returns True when it built one."""
+    todo = [(f, key, s) for f, (key, s) in variants(study, paths).items() if not is_ready(f, key)]
+    if not todo:
         return False
-    check_model_available(study)
+    for model in dict.fromkeys(s.model for _, _, s in todo):
+        check_model_available(study, model)
     out_existed = paths.root.parent.exists()
     paths.root.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
-    try:
-        _build_cache(study, work)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        if not out_existed:
-            shutil.rmtree(paths.root.parent, ignore_errors=True)
-        raise
-    try:
-        paths.root.mkdir(exist_ok=True)
-        if paths.cache.exists():
-            stale = paths.root / f".cache-stale-{os.getpid()}"
-            paths.cache.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        (work / "out").rename(paths.cache)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for folder, key, s in todo:
+        work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
+        try:
+            _build_cache(study, s, key, work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            if not out_existed:
+                shutil.rmtree(paths.root.parent, ignore_errors=True)
+            raise
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.exists():
+                stale = folder.parent / f".{key}-stale-{os.getpid()}"
+                folder.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            (work / "out").rename(folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return True
 
 
-def _build_cache(study: Study, work: Path) -> None:
-    d = study.data
-    raw = load_raw(study, work)
+def _build_cache(study: Study, s: Settings, key: str, work: Path) -> None:
+    d = s.data
+    raw = load_raw(study, work, d)
     raw = DatasetDict(
         {
             "train": _limit(raw["train"], d.train_limit, d.data_seed),
@@ -282,7 +269,7 @@ def _build_cache(study: Study, work: Path) -> None:
         }
     )
     raw, label_names = map_labels(raw)
-    tokenizer = load_tokenizer(study, raw["train"])
+    tokenizer = load_tokenizer(study, s.model, raw["train"])
     out = work / "out"
     tokenizer.save_pretrained(str(out / "tokenizer"))
 
@@ -292,15 +279,18 @@ def _build_cache(study: Study, work: Path) -> None:
 
     tokenized = raw.map(encode, batched=True, batch_size=1000, remove_columns=["text"])
     for split in ("train", "eval"):
-        tokenized[split].save_to_disk(str(out / split))
+        tokenized[split].flatten_indices().save_to_disk(str(out / split))
     lengths = [len(x) for x in tokenized["train"]["input_ids"]]
     meta = {
         "version": CACHE_VERSION,
-        "key": study.hash,
+        "key": key,
+        "study_hash": study.hash,
         "label_names": label_names,
         "n_train": len(tokenized["train"]),
         "n_eval": len(tokenized["eval"]),
         "mean_train_tokens": sum(lengths) / max(1, len(lengths)),
+        "max_length": d.max_length,
+        "train_limit": d.train_limit,
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "created_at": utc_now(),
@@ -308,41 +298,21 @@ def _build_cache(study: Study, work: Path) -> None:
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def load_prepared(study: Study, paths: StudyPaths) -> Prepared:
-    """Memory-map the tokenized splits. Raises when the cache is missing or belongs to another study hash."""
-    if not is_prepared(study, paths):
-        raise FtvarError(
-            f"no tokenized cache for study {study.name} (hash {study.hash}) in {paths.cache}: "
-            "`ftvar launch` builds it before any trial runs"
-        )
-    meta = _read_meta(paths.cache)
-    assert meta is not None
-    return Prepared(
-        folder=paths.cache,
-        label_names=list(meta["label_names"]),
-        n_train=int(meta["n_train"]),
-        n_eval=int(meta["n_eval"]),
-        vocab_size=int(meta["vocab_size"]),
-        pad_token_id=int(meta["pad_token_id"] or 0),
-        train=Dataset.load_from_disk(str(paths.cache / "train")),
-        eval=Dataset.load_from_disk(str(paths.cache / "eval")),
-    )
-
-
 def prefetch(study: Study) -> list[str]:
-    """Download model, tokenizer and Hub dataset into the HF cache. Returns what was fetched."""
+    """Download every model, tokenizer and Hub dataset the study uses into the HF cache. Returns what was
+    fetched."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     fetched = []
-    if study.model.tiny is None:
-        from transformers import AutoModelForSequenceClassification
-
-        AutoModelForSequenceClassification.from_pretrained(study.model.name_or_path)
-        fetched.append(f"model {study.model.name_or_path}")
-    if study.model.tokenizer not in (None, "train") or study.model.tiny is None:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(study.model.tokenizer or study.model.name_or_path)
-        fetched.append(f"tokenizer {study.model.tokenizer or study.model.name_or_path}")
+    models = dict.fromkeys(settings(study, t).model for t in expand(study))
+    for m in models:
+        if m.tiny is None:
+            AutoModelForSequenceClassification.from_pretrained(m.name_or_path)
+            fetched.append(f"model {m.name_or_path}")
+        if m.tokenizer not in (None, "train") or m.tiny is None:
+            AutoTokenizer.from_pretrained(m.tokenizer or m.name_or_path)
+            fetched.append(f"tokenizer {m.tokenizer or m.name_or_path}")
     if study.data.source == "hub":
         _load_hub(study)
         fetched.append(f"dataset {study.data.hub}")
-    return fetched
+    return list(dict.fromkeys(fetched))

@@ -1,8 +1,9 @@
-"""Engines: the seam between a trial and its training loop.
+"""Engines: the seam between a trial and its training loop, and the plain loop that is the reference.
 
 An engine takes the tokenized data, a model and the trial's params and returns metrics. `PlainEngine` is a
 plain PyTorch loop (AdamW, a warmup schedule, dynamic padding, optional autocast) that reads top to bottom.
-Faster engines (CUDA graphs, several trials per GPU) plug in beside it under another name.
+The fast engine (ftvar.train.fast: static shapes, CUDA graphs) and the Hugging Face Trainer
+(ftvar.train.hf) sit beside it; `ftvar.train.engines` picks one by name.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
-from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 
 from ftvar.config import TrainConfig
+from ftvar.train.cache import Split
 from ftvar.train.checkpoint import Snapshot, StepGuard, set_rng_state
 from ftvar.trial import Trial
 
@@ -30,8 +32,8 @@ log = logging.getLogger("ftvar.train")
 @dataclass
 class FitJob:
     model: torch.nn.Module
-    train: Dataset
-    eval: Dataset
+    train: Split
+    eval: Split
     trial: Trial
     settings: TrainConfig
     device: torch.device
@@ -53,7 +55,8 @@ class FitResult:
     tokens: int = 0
     diverged: str | None = None  # why, when the loss stopped being finite
     resumed_from_step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    eval_counts: dict[str, Any] = field(default_factory=dict)  # label and prediction counts (EvalResult)
+    engine: dict[str, Any] = field(default_factory=dict)  # the record's `engine` block (name, graphs, …)
 
 
 class Engine(Protocol):
@@ -72,66 +75,89 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-def collate(rows: dict[str, list[Any]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Dynamic padding: pad each batch to its own longest sequence."""
-    seqs = [torch.tensor(ids, dtype=torch.long) for ids in rows["input_ids"]]
-    input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
-    lengths = torch.tensor([len(s) for s in seqs])
-    mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-    labels = torch.tensor(rows["label"], dtype=torch.long)
+def collate(split: Split, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Dynamic padding: the rows `idx` of a split, padded to their own longest sequence."""
+    lengths = split.lengths[idx]
+    width = int(lengths.max())
+    input_ids = torch.from_numpy(np.ascontiguousarray(split.ids[idx, :width])).long()
+    mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+    labels = torch.from_numpy(split.labels[idx])
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def batches(
-    ds: Dataset, batch_size: int, order: torch.Tensor | None = None
-) -> Iterator[dict[str, list[Any]]]:
-    """Rows of `ds` in `order` (a tensor of indices, possibly a resumed epoch's tail) or in file order."""
-    n = len(order) if order is not None else len(ds)
-    for start in range(0, n, batch_size):
-        idx = (
-            order[start : start + batch_size].tolist()
-            if order is not None
-            else list(range(start, min(n, start + batch_size)))
-        )
-        yield ds[idx]
+def batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> Iterator[np.ndarray]:
+    """Row indices of each batch: in `order` (a tensor of indices, possibly a resumed epoch's tail) or in
+    file order."""
+    idx = order.numpy() if order is not None else np.arange(n)
+    for start in range(0, len(idx), batch_size):
+        yield idx[start : start + batch_size]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same."""
+    """The shuffled order of one epoch: a pure function of (order seed, epoch), so a resumed run sees the
+    same."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    ds: Dataset,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    num_labels: int,
-    dtype: torch.dtype | None,
-) -> dict[str, float | None]:
-    """Accuracy, F1 (binary for two classes, macro otherwise) and mean cross-entropy on `ds`."""
-    model.eval()
-    preds, labels, loss_sum = [], [], 0.0
-    for rows in batches(ds, batch_size):
-        batch = collate(rows, pad_id, device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits.float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-    y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+@dataclass
+class EvalResult:
+    metrics: dict[str, float | None]
+    label_counts: list[int]
+    pred_counts: list[int]
+
+    def counts(self) -> dict[str, Any]:
+        """The record's `eval` block: counts, the majority share, and whether the model is degenerate
+        (predicts one class only, or is exactly as accurate as always answering the majority class)."""
+        n = max(1, sum(self.label_counts))
+        majority = max(self.label_counts) / n
+        accuracy = self.metrics.get("accuracy")
+        one_class = sum(1 for c in self.pred_counts if c) <= 1
+        at_majority = accuracy is not None and abs(accuracy - majority) < 0.5 / n
+        return {
+            "label_counts": self.label_counts,
+            "pred_counts": self.pred_counts,
+            "majority_share": majority,
+            "degenerate": bool(one_class or at_majority),
+        }
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: int) -> EvalResult:
+    """Accuracy, F1 (binary for two classes, macro otherwise), mean cross-entropy and the class counts."""
     average = "binary" if num_labels == 2 else "macro"
     eval_loss = loss_sum / max(1, len(y_true))
-    return {
+    metrics: dict[str, float | None] = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "f1": float(
             f1_score(y_true, y_pred, average=average, labels=list(range(num_labels)), zero_division=0)
         ),
         "eval_loss": eval_loss if math.isfinite(eval_loss) else None,
     }
+    labels = np.bincount(y_true, minlength=num_labels).tolist()
+    preds = np.bincount(y_pred, minlength=num_labels).tolist()
+    return EvalResult(metrics, [int(c) for c in labels], [int(c) for c in preds])
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    num_labels: int,
+    dtype: torch.dtype | None,
+) -> EvalResult:
+    """The model's metrics on `split`, batch by batch in file order."""
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for idx in batches(len(split), batch_size):
+        batch = collate(split, idx, device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits.float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
+    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    return scores(split.labels, y_pred, loss_sum, num_labels)
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -162,6 +188,11 @@ class PlainEngine:
     name = "plain"
 
     def fit(self, job: FitJob) -> FitResult:
+        result = self._fit(job)
+        result.engine = {"name": self.name, "cuda_graphs": None, "fallback": None}
+        return result
+
+    def _fit(self, job: FitJob) -> FitResult:
         from transformers import get_scheduler
 
         trial, s, model = job.trial, job.settings, job.model
@@ -198,10 +229,11 @@ class PlainEngine:
             return result
         t1 = time.perf_counter()
         dtype = autocast_dtype(s.precision, job.device)
-        metrics = evaluate(model, job.eval, s.eval_batch_size, job.pad_id, job.device, job.num_labels, dtype)
+        evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
         result.eval_time = time.perf_counter() - t1
         losses = state.epoch_losses
-        result.metrics = {**metrics, "train_loss": sum(losses) / len(losses) if losses else None}
+        result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
+        result.eval_counts = evaluated.counts()
         if result.metrics["eval_loss"] is None:
             result.diverged = "non-finite evaluation loss"
         return result
@@ -221,9 +253,10 @@ class PlainEngine:
             epoch, offset = divmod(state.step, steps_per_epoch)
             if offset == 0:
                 state.epoch_losses = []
-            order = epoch_order(len(job.train), trial.seed, epoch)[offset * trial.batch_size :]
-            for rows in batches(job.train, trial.batch_size, order):
-                batch = collate(rows, job.pad_id, device)
+            assert trial.order_seed is not None
+            order = epoch_order(len(job.train), trial.order_seed, epoch)[offset * trial.batch_size :]
+            for idx in batches(len(job.train), trial.batch_size, order):
+                batch = collate(job.train, idx, device)
                 with guard():
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                         loss = model(**batch).loss
@@ -239,7 +272,7 @@ class PlainEngine:
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
                     state.epoch_losses.append(loss.item())
-                    state.samples += len(rows["label"])
+                    state.samples += len(idx)
                     state.tokens += int(batch["attention_mask"].sum().item())
             losses = state.epoch_losses
             log.info(
@@ -252,6 +285,3 @@ class PlainEngine:
                 sum(losses) / max(1, len(losses)),
             )
         return None
-
-
-ENGINES: dict[str, Callable[[], Engine]] = {"plain": PlainEngine}

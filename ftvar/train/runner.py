@@ -13,16 +13,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, read_status, utc_now, write_record
-from ftvar.train import checkpoint
+from ftvar.train import checkpoint, engines
+from ftvar.train.cache import Prepared, load_prepared
 from ftvar.train.checkpoint import Resumable
-from ftvar.train.data import Prepared, load_prepared, not_loadable, prepare
-from ftvar.train.engine import ENGINES, FitJob, FitResult, autocast_dtype, evaluate
-from ftvar.trial import StudyPaths, Trial
+from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate
+from ftvar.trial import Settings, StudyPaths, Trial, settings
 
 log = logging.getLogger("ftvar.train")
 
@@ -61,36 +60,44 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(study: Study, prepared: Prepared, seed: int) -> torch.nn.Module:
-    """A tiny random-init DistilBERT, or a pretrained checkpoint with a head for the study's labels."""
-    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+def build_model(study: Study, s: Settings, prepared: Prepared, init_seed: int) -> tuple[torch.nn.Module, str]:
+    """A tiny random-init DistilBERT, or a pretrained checkpoint with a head for the study's labels; and
+    whether that head was "trained" (loaded from the checkpoint) or is "new" (initialised from the seed)."""
+    import transformers
 
+    transformers.logging.set_verbosity_error()
     num_labels = len(prepared.label_names)
     id2label = dict(enumerate(prepared.label_names))
-    seed_everything(seed)  # the head (and a tiny model) is initialised from the trial's seed
-    m = study.model
+    seed_everything(init_seed)  # the head (and a tiny model) is initialised from the init seed, and dropout
+    m = s.model
     if m.tiny is not None:
+        from transformers.models.distilbert import DistilBertConfig, DistilBertForSequenceClassification
+
         config = DistilBertConfig(  # type: ignore[call-arg]
             vocab_size=prepared.vocab_size,
             dim=m.tiny.dim,
             n_layers=m.tiny.layers,
             n_heads=m.tiny.heads,
             hidden_dim=4 * m.tiny.dim,
-            max_position_embeddings=max(512, study.data.max_length),
+            max_position_embeddings=max(512, s.data.max_length),
             pad_token_id=prepared.pad_token_id,
             num_labels=num_labels,
             id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
         )
-        tiny: torch.nn.Module = AutoModelForSequenceClassification.from_config(config)
-        return tiny
+        return DistilBertForSequenceClassification(config), "new"
+    from transformers import AutoModelForSequenceClassification
+
+    from ftvar.train.data import not_loadable
+
     try:
-        model: torch.nn.Module = AutoModelForSequenceClassification.from_pretrained(
-            m.name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            m.name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True
         )
     except OSError as exc:
         raise not_loadable(study, f"model {m.name_or_path}", exc) from None
-    return model
+    fresh = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    return model, "new" if fresh else "trained"
 
 
 def _record(
@@ -104,6 +111,8 @@ def _record(
     device: str,
     started: str,
 ) -> dict[str, Any]:
+    import transformers
+
     metrics = result.metrics if result else {}
     throughput: dict[str, float | None] = {"train_samples_per_s": None, "train_tokens_per_s": None}
     if result and result.train_time > 0 and result.samples:
@@ -111,7 +120,7 @@ def _record(
             "train_samples_per_s": result.samples / result.train_time,
             "train_tokens_per_s": result.tokens / result.train_time,
         }
-    return {
+    record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "study": {"name": study.name, "hash": study.hash, "source": study.source, "config": study.to_dict()},
         "trial_id": trial.trial_id,
@@ -134,6 +143,13 @@ def _record(
         "started_at": started,
         "finished_at": utc_now(),
     }
+    if result and result.eval_counts:
+        record["eval"] = result.eval_counts
+    if result and result.engine:
+        record["engine"] = result.engine
+    if result and trial.is_baseline and "head" in result.engine:
+        record["head"] = record["engine"].pop("head")
+    return record
 
 
 def _fit(
@@ -143,32 +159,41 @@ def _fit(
     device: torch.device,
     resumable: Resumable | None,
 ) -> FitResult:
-    model = build_model(study, prepared, trial.seed)
-    pad_id = prepared.pad_token_id
+    s = settings(study, trial)
+    model, head = build_model(study, s, prepared, trial.init_seed if trial.init_seed is not None else 0)
     num_labels = len(prepared.label_names)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if trial.is_baseline:  # the un-fine-tuned model, evaluated once
         model.to(device)
         t0 = time.perf_counter()
-        dtype = autocast_dtype(study.train.precision, device)
-        metrics = evaluate(
-            model, prepared.eval, study.train.eval_batch_size, pad_id, device, num_labels, dtype
+        dtype = autocast_dtype(s.train.precision, device)
+        evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
+        result = FitResult(
+            metrics={**evaluated.metrics, "train_loss": None},
+            eval_time=time.perf_counter() - t0,
+            eval_counts=evaluated.counts(),
+            engine={"name": "eval", "cuda_graphs": None, "fallback": None, "head": head},
         )
-        return FitResult(metrics={**metrics, "train_loss": None}, eval_time=time.perf_counter() - t0)
-    engine = ENGINES[study.train.engine]()
-    job = FitJob(
-        model=model,
-        train=prepared.train,
-        eval=prepared.eval,
-        trial=trial,
-        settings=study.train,
-        device=device,
-        pad_id=pad_id,
-        num_labels=num_labels,
-    )
-    if resumable is not None:
-        job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
-        job.resume_state = checkpoint.load(resumable.folder)
-    return engine.fit(job)
+    else:
+        engine = engines.make(s.train.engine, device)
+        job = FitJob(
+            model=model,
+            train=prepared.train,
+            eval=prepared.eval,
+            trial=trial,
+            settings=s.train,
+            device=device,
+            pad_id=prepared.pad_token_id,
+            num_labels=num_labels,
+        )
+        if resumable is not None:
+            job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
+            job.resume_state = checkpoint.load(resumable.folder)
+        result = engine.fit(job)
+    if device.type == "cuda":
+        result.engine["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return result
 
 
 def run_trial(
@@ -188,9 +213,11 @@ def run_trial(
     set_threads()
     started, t0 = utc_now(), time.perf_counter()
     if prepare_if_missing:
+        from ftvar.train.data import prepare
+
         prepare(study, paths)
-    prepared = load_prepared(study, paths)
-    device = pick_device(study.train.device)
+    prepared = load_prepared(study, paths, trial)
+    device = pick_device(settings(study, trial).train.device)
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
     result: FitResult | None = None
     status, error = "ok", None
