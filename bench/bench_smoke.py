@@ -21,8 +21,22 @@ from pathlib import Path
 
 def run_once(out: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ftvar", "launch", "smoke", "--executor", "local", "--report-after",
-                    "--out", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftvar",
+            "launch",
+            "smoke",
+            "--executor",
+            "local",
+            "--report-after",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -38,8 +52,10 @@ def main() -> None:
             trains = sorted(r["timings"]["train"] for r in records if r["kind"] == "trial")
             accs = [r["metrics"]["accuracy"] for r in records if r["kind"] == "trial"]
             assert (Path(tmp) / "smoke" / "report" / "report.html").is_file()
-        print(f"run {i + 1}: launch + report {wall:.1f} s wall · {len(records)} records · train per trial "
-              f"{trains[0]:.1f}–{trains[-1]:.1f} s · accuracy {min(accs):.3f}–{max(accs):.3f}")
+        print(
+            f"run {i + 1}: launch + report {wall:.1f} s wall · {len(records)} records · train per trial "
+            f"{trains[0]:.1f}–{trains[-1]:.1f} s · accuracy {min(accs):.3f}–{max(accs):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -127,12 +127,13 @@ def run_trial_cmd(
     Example: `ftvar run-trial smoke --trial baseline`
     """
     from ftvar.ledger import check_no_mixing
-    from ftvar.train.runner import run_trial
+    from ftvar.train.runner import run_trial, set_threads
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
     t = find_trial(s, trial)
     check_no_mixing(s, paths)
+    set_threads()
     record = run_trial(s, t, paths, prepare_if_missing=True)
     m = record["metrics"]
     console.print(
@@ -185,6 +186,15 @@ def launch(
     array_parallelism: Annotated[
         int | None, SlurmOpt(min=1, help="Tasks running at once (SLURM's %N).", rich_help_panel=SLURM)
     ] = None,
+    trials_per_task: Annotated[
+        int | None,
+        SlurmOpt(
+            min=1,
+            help="Trials packed into one task and run at once on its GPU (also each local process's lanes); "
+            "capped by free GPU memory. Default 1.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
     container: Annotated[
         str | None,
         SlurmOpt(
@@ -233,6 +243,7 @@ def launch(
         "mem": mem,
         "constraint": constraint,
         "array_parallelism": array_parallelism,
+        "trials_per_task": trials_per_task,
         "container": container,
         "slurm_args": parse_slurm_args(slurm_arg or []),
     }

@@ -282,6 +282,14 @@ class Study:
         return study_hash(model, data, train)
 
     @functools.cached_property
+    def data_hash(self) -> str:
+        """What a tokenized cache depends on beside the axes: the data (file contents) and a trained
+        tokenizer's vocabulary size — not the model or the training settings (ftvar.trial.data_key)."""
+        axes = {name for name, _ in self.grid.axes}
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
+        return study_hash({"vocab_size": self.model.vocab_size}, data, {})
+
+    @functools.cached_property
     def points(self) -> tuple[Point, ...]:
         """The design points (one value per hyperparameter axis), before the seeds cross them."""
         integer = {name for name, _ in self.grid.axes if SWEEPABLE.get(name) is int}

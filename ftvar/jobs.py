@@ -1,4 +1,4 @@
-"""What runs on a compute node: a resumable trial task, a group of trials, and the report job.
+"""What runs on a compute node: a pack of resumable trials (a SLURM task or a local job), and the report job.
 
 submitit pickles these callables on the login node and calls them in the task. The training code is imported
 lazily, inside the call, so that the login node never imports torch.
@@ -16,33 +16,36 @@ from ftvar.config import Study
 from ftvar.trial import StudyPaths, Trial
 
 
-def job_main(study: Study, trials: list[Trial], paths: StudyPaths) -> dict[str, str]:
-    """A local job: each trial in turn; one trial's crash does not stop the others."""
-    from ftvar.train.runner import log_to_stderr, run_trial  # lazily: torch is imported inside the job
+def job_main(
+    study: Study, trials: list[Trial], paths: StudyPaths, lanes: int | None = None
+) -> dict[str, str]:
+    """A local job: a pack of trials (`lanes` at a time); one trial's crash does not stop the others."""
+    from ftvar.train.pack import run_pack  # lazily: torch is only imported inside the job
 
-    log_to_stderr()
-    statuses = {}
-    for trial in trials:
-        record = run_trial(study, trial, paths)
-        statuses[trial.trial_id] = str(record["status"])
-    return statuses
+    return run_pack(None, study, trials, paths, lanes)
 
 
-class TrialTask(submitit.helpers.Checkpointable):
-    """One SLURM array task: a resumable trial. submitit calls `checkpoint()` before a time limit."""
+class PackTask(submitit.helpers.Checkpointable):
+    """One SLURM array task: a pack of resumable trials (one, unless --trials-per-task says more).
+    submitit calls `checkpoint()` before the time limit: every running trial saves its state and the task is
+    requeued with the same trials (the finished ones are skipped then)."""
 
     def __init__(self) -> None:
-        self.resumable: Any = None  # set by the running task: where and what to save
+        self.pack: Any = None  # set by the running task: what to save
 
-    def __call__(self, study: Study, trial: Trial, paths: StudyPaths) -> str:
-        from ftvar.train.runner import run_task
+    def __call__(
+        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1
+    ) -> dict[str, str]:
+        from ftvar.train.pack import run_pack
 
-        return run_task(self, study, trial, paths)
+        return run_pack(self, study, trials, paths, lanes)
 
-    def checkpoint(self, study: Study, trial: Trial, paths: StudyPaths) -> submitit.helpers.DelayedSubmission:
-        if self.resumable is not None:
-            self.resumable.save()
-        return submitit.helpers.DelayedSubmission(TrialTask(), study, trial, paths)
+    def checkpoint(
+        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1
+    ) -> submitit.helpers.DelayedSubmission:
+        if self.pack is not None:
+            self.pack.save_all()
+        return submitit.helpers.DelayedSubmission(PackTask(), study, trials, paths, lanes)
 
 
 def report_main(study: Study, out: Path) -> str:

@@ -33,11 +33,16 @@ def resolve_executor(name: str) -> str:
 
 def prepare_study(study: Study, paths: StudyPaths, console: Console) -> None:
     """Validate the model/data sources and tokenize once, before any trial runs."""
+    from ftvar.train.cache import is_prepared
+
+    if is_prepared(study, paths):
+        console.print(f"[dim]data cache up to date: {paths.cache}[/dim]")
+        return
     from ftvar.train.data import prepare
 
     with console.status(f"preparing {study.name}: loading and tokenizing the data once"):
-        built = prepare(study, paths)
-    console.print(f"[dim]data cache {'built' if built else 'up to date'}: {paths.cache}[/dim]")
+        prepare(study, paths)
+    console.print(f"[dim]data cache built: {paths.cache}[/dim]")
 
 
 def launch_study(
@@ -57,7 +62,8 @@ def launch_study(
     check_no_mixing(study, paths)
     todo, done = pending(study, paths)
     if dry_run:
-        print(slurm.dry_run_script(cluster, study, paths, len(todo)))
+        per_task = cluster.trials_per_task or 1
+        print(slurm.dry_run_script(cluster, study, paths, -(-len(todo) // per_task)))
         return 0
     if kind == "slurm" and not shutil.which("sbatch"):
         raise FtvarError("--executor slurm needs sbatch on PATH (a login node); or use --executor local")
@@ -75,7 +81,7 @@ def launch_study(
     if kind == "debug":
         job_ids, errors = ["in-process"], local.run_in_process(study, paths, todo, console)
     else:
-        job_ids, errors = local.run_local(study, paths, todo, max_parallel, console)
+        job_ids, errors = local.run_local(study, paths, todo, max_parallel, console, cluster.trials_per_task)
     append_launch(paths, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]})
     console.print(summary_table(study, paths, expand(study)))
     for line in errors:

@@ -191,10 +191,11 @@ def settings(study: Study, trial: Trial) -> Settings:
 
 
 def data_key(study: Study, s: Settings) -> str:
-    """The tokenized data a trial needs: one cache per distinct (tokenizer, max_length, train_limit) of the
-    study (whose hash covers the data itself), shared by every trial that needs the same."""
+    """The tokenized data a trial needs: one cache per distinct (data, tokenizer, max_length, train_limit),
+    shared by every trial that needs the same (training settings and the model do not enter: trials of
+    other engines, precisions or learning rates read the same cache)."""
     tokenizer = s.model.tokenizer if s.model.tokenizer is not None else s.model.name_or_path
-    payload = [study.hash, model_identity(tokenizer), s.data.max_length, s.data.train_limit]
+    payload = [study.data_hash, model_identity(tokenizer), s.data.max_length, s.data.train_limit]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

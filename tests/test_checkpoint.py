@@ -14,9 +14,9 @@ import torch
 
 from ftvar import record
 from ftvar.config import load_study
+from ftvar.jobs import PackTask
 from ftvar.train import checkpoint
 from ftvar.train.data import prepare
-from ftvar.train.runner import run_task
 from ftvar.trial import StudyPaths, expand
 
 OVERRIDES = [
@@ -34,13 +34,13 @@ CHILD = """
 import os, signal, sys, torch
 from ftvar import record
 from ftvar.config import load_study
-from ftvar.train.runner import run_task
+from ftvar.jobs import PackTask
 from ftvar.trial import StudyPaths, expand
 
 calls = 0
 clip = torch.nn.utils.clip_grad_norm_
 
-def clip_and_kill(*args, **kwargs):  # runs inside a guarded step
+def clip_and_kill(*args, **kwargs):  # runs inside a step (in the pack's lane thread)
     global calls
     calls += 1
     if calls == {kill_at}:
@@ -49,18 +49,12 @@ def clip_and_kill(*args, **kwargs):  # runs inside a guarded step
 
 torch.nn.utils.clip_grad_norm_ = clip_and_kill
 study = load_study("smoke", {overrides!r})
-class Holder:
-    resumable = None
-run_task(Holder(), study, expand(study)[0], StudyPaths.of({out!r}, study.name))
+PackTask()(study, expand(study), StudyPaths.of({out!r}, study.name))
 """
 
 
-class Holder:
-    resumable = None
-
-
 def run_child(out: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
-    """run_task in a fresh process (as in a SLURM task); SIGTERM in optimizer step `kill_at` (0: never)."""
+    """A task in a fresh process (as in SLURM); SIGTERM in optimizer step `kill_at` (0: never)."""
     script = textwrap.dedent(CHILD).format(kill_at=kill_at, overrides=OVERRIDES, out=str(out))
     return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
@@ -92,7 +86,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resume_is_exact(
     assert rec["steps"] == uninterrupted["steps"] == 75
     assert rec["metrics"] == uninterrupted["metrics"]  # bit for bit: weights, optimizer, schedule and RNG
     assert not (paths.ckpt / trial.trial_id).exists()  # deleted once the record is written
-    assert run_task(Holder(), study, trial, paths) == "ok"  # a finished trial does nothing when requeued
+    assert PackTask()(study, [trial], paths) == {trial.trial_id: "ok"}  # a finished trial: nothing to do
 
 
 def test_step_guard_defers_signals_to_the_end_of_a_step() -> None:

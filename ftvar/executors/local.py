@@ -81,8 +81,9 @@ def progress_bar(console: Console) -> Progress:
 
 def run_in_process(study: Study, paths: StudyPaths, todo: list[Trial], console: Console) -> list[str]:
     """The `debug` executor: every trial in turn, in this process."""
-    from ftvar.train.runner import run_trial
+    from ftvar.train.runner import run_trial, set_threads
 
+    set_threads()
     with progress_bar(console) as progress:
         task = progress.add_task("trials", total=len(todo))
         for trial in todo:
@@ -93,9 +94,15 @@ def run_in_process(study: Study, paths: StudyPaths, todo: list[Trial], console: 
 
 
 def run_local(
-    study: Study, paths: StudyPaths, todo: list[Trial], max_parallel: int | None, console: Console
+    study: Study,
+    paths: StudyPaths,
+    todo: list[Trial],
+    max_parallel: int | None,
+    console: Console,
+    lanes: int | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Run the trials in parallel subprocesses with submitit's LocalExecutor; poll records for progress."""
+    """Run the trials in parallel subprocesses with submitit's LocalExecutor, each process a pack of trials
+    run `lanes` at a time; poll the records for progress."""
     import submitit
 
     gpus = visible_gpus()
@@ -109,9 +116,10 @@ def run_local(
         if gpus:
             params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
         executor.update_parameters(**params)
-        jobs.append(executor.submit(job_main, study, group, paths))
+        jobs.append(executor.submit(job_main, study, group, paths, lanes))
+    packed = f", {lanes} at a time" if lanes and lanes > 1 else ""
     console.print(
-        f"[dim]{len(todo)} trial(s) in {len(jobs)} local process(es), "
+        f"[dim]{len(todo)} trial(s) in {len(jobs)} local process(es){packed}, "
         f"{'1 GPU each' if gpus else f'{threads} CPU thread(s) each'}; logs: {paths.submitit}[/dim]"
     )
     try:

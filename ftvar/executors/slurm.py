@@ -22,7 +22,7 @@ from rich.console import Console
 
 from ftvar.config import ClusterConfig, Study, is_local_path
 from ftvar.errors import FtvarError
-from ftvar.jobs import TrialTask, report_main
+from ftvar.jobs import PackTask, report_main
 from ftvar.ledger import append_launch, read_launches
 from ftvar.trial import StudyPaths, Trial
 
@@ -207,18 +207,27 @@ def max_array_size() -> int:
 
 
 def chunks(items: Sequence[Trial], size: int) -> list[list[Trial]]:
+    """Consecutive groups of `size` trials (the last one may be smaller)."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def submit_arrays(
-    executor: submitit.SlurmExecutor, study: Study, paths: StudyPaths, trials: Sequence[Trial], limit: int
+    executor: submitit.SlurmExecutor,
+    study: Study,
+    paths: StudyPaths,
+    trials: Sequence[Trial],
+    limit: int,
+    per_task: int = 1,
 ) -> list[tuple[str, list[Trial]]]:
-    """Submit the trials as arrays of at most `limit` tasks. Returns (array job id, its trials) per array."""
+    """Submit the trials as arrays of at most `limit` tasks, `per_task` trials packed into each task.
+    Returns (array job id, its trials in task order) per array."""
+    packs = chunks(trials, max(1, per_task))
     arrays = []
-    for group in chunks(trials, limit):
+    for start in range(0, len(packs), limit):
+        group = packs[start : start + limit]
         with executor.batch():
-            jobs = [executor.submit(TrialTask(), study, trial, paths) for trial in group]
-        arrays.append((str(jobs[0].job_id).split("_")[0], group))
+            jobs = [executor.submit(PackTask(), study, pack, paths, per_task) for pack in group]
+        arrays.append((str(jobs[0].job_id).split("_")[0], [t for pack in group for t in pack]))
     return arrays
 
 
@@ -300,14 +309,17 @@ def slurm_states(array_ids: Sequence[str]) -> dict[str, str]:
 
 
 def task_ids(paths: StudyPaths) -> dict[str, str]:
-    """Trial id → the SLURM task id of its latest launch ("123_4"; "123" for a one-task array)."""
+    """Trial id → the SLURM task id of its latest launch ("123_4"; "123" for a one-task array). With
+    `trials_per_task` K, trial i of an array ran in task i // K."""
     out = {}
     for entry in read_launches(paths):
         if entry.get("executor") != "slurm":
             continue
         trials = entry.get("trials", [])
+        per = max(1, int(entry.get("trials_per_task") or 1))
+        n_tasks = -(-len(trials) // per)
         for i, tid in enumerate(trials):
-            out[tid] = f"{entry['array_id']}_{i}" if len(trials) > 1 else str(entry["array_id"])
+            out[tid] = f"{entry['array_id']}_{i // per}" if n_tasks > 1 else str(entry["array_id"])
     return out
 
 
@@ -336,12 +348,20 @@ def run_slurm(
     if not submit:
         return []
     executor = make_executor(cluster, study, paths)
-    arrays = submit_arrays(executor, study, paths, submit, max_array_size())
+    per_task = cluster.trials_per_task or 1
+    arrays = submit_arrays(executor, study, paths, submit, max_array_size(), per_task)
     for array_id, group in arrays:
-        append_launch(
-            paths, {"executor": "slurm", "array_id": array_id, "trials": [t.trial_id for t in group]}
-        )
-        console.print(f"submitted array job {array_id}: {len(group)} task(s)")
+        entry: dict[str, Any] = {
+            "executor": "slurm",
+            "array_id": array_id,
+            "trials": [t.trial_id for t in group],
+        }
+        if per_task > 1:
+            entry["trials_per_task"] = per_task
+        append_launch(paths, entry)
+        n_tasks = -(-len(group) // per_task)
+        packed = f" ({per_task} trials per task)" if per_task > 1 else ""
+        console.print(f"submitted array job {array_id}: {n_tasks} task(s){packed}")
     if report_after:
         job_id = submit_report(cluster, study, paths, [a for a, _ in arrays])
         console.print(f"submitted report job {job_id} (runs after arrays {', '.join(a for a, _ in arrays)})")

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
-from ftvar.trial import StudyPaths, Trial, data_key, settings
+from ftvar.trial import Settings, StudyPaths, Trial, data_key, expand, settings
 
 CACHE_VERSION = 3  # 3: one folder per data key; 2: deterministic trained WordPiece vocabulary
 
@@ -69,6 +69,20 @@ def cache_folder(study: Study, paths: StudyPaths, trial: Trial) -> tuple[Path, s
 def is_ready(folder: Path, key: str) -> bool:
     meta = read_meta(folder)
     return meta is not None and meta.get("key") == key and meta.get("version") == CACHE_VERSION
+
+
+def variants(study: Study, paths: StudyPaths) -> dict[Path, tuple[str, Settings]]:
+    """Every cache folder the study's trials need: folder → (data key, settings of a trial that needs it)."""
+    out: dict[Path, tuple[str, Settings]] = {}
+    for trial in expand(study):
+        folder, key = cache_folder(study, paths, trial)
+        out.setdefault(folder, (key, settings(study, trial)))
+    return out
+
+
+def is_prepared(study: Study, paths: StudyPaths) -> bool:
+    """Whether every cache the study needs is built (checked without importing `datasets`)."""
+    return all(is_ready(folder, key) for folder, (key, _) in variants(study, paths).items())
 
 
 def read_split(folder: Path, pad_id: int) -> Split:

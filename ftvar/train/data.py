@@ -25,7 +25,7 @@ from ftvar import synthetic
 from ftvar.config import DataConfig, ModelConfig, Study
 from ftvar.errors import FtvarError
 from ftvar.record import utc_now
-from ftvar.train.cache import CACHE_VERSION, cache_folder, is_ready
+from ftvar.train.cache import CACHE_VERSION, is_ready, variants
 from ftvar.trial import Settings, StudyPaths, expand, settings
 
 datasets.disable_progress_bars()
@@ -214,19 +214,6 @@ def check_model_available(study: Study, m: ModelConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the cache
-
-
-def variants(study: Study, paths: StudyPaths) -> dict[Path, tuple[str, Settings]]:
-    """Every cache folder the study's trials need: folder → (data key, settings of a trial that needs it)."""
-    out: dict[Path, tuple[str, Settings]] = {}
-    for trial in expand(study):
-        folder, key = cache_folder(study, paths, trial)
-        out.setdefault(folder, (key, settings(study, trial)))
-    return out
-
-
-def is_prepared(study: Study, paths: StudyPaths) -> bool:
-    return all(is_ready(folder, key) for folder, (key, _) in variants(study, paths).items())
 
 
 def prepare(study: Study, paths: StudyPaths) -> bool:

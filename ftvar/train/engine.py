@@ -19,14 +19,20 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 from ftvar.config import TrainConfig
 from ftvar.train.cache import Split
-from ftvar.train.checkpoint import Snapshot, StepGuard, set_rng_state
+from ftvar.train.checkpoint import Snapshot, set_rng_state
 from ftvar.trial import Trial
 
 log = logging.getLogger("ftvar.train")
+
+
+class Guard(Protocol):
+    """Holds preemption back while an optimizer step runs (ftvar.train.checkpoint.StepGuard, or a pack's
+    Gate across its lanes)."""
+
+    def step(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -41,8 +47,9 @@ class FitJob:
     num_labels: int
     # preemption: called once with a function that snapshots the live state (at a step boundary)
     on_checkpointable: Callable[[Snapshot], None] | None = None
-    guard: StepGuard | None = None
+    guard: Guard | None = None
     resume_state: dict[str, Any] | None = None  # a loaded checkpoint to continue from
+    after_step: Callable[[], None] | None = None  # called at each optimizer-step boundary (periodic saves)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class FitResult:
     tokens: int = 0
     diverged: str | None = None  # why, when the loss stopped being finite
     resumed_from_step: int | None = None
+    first_step_at: float | None = None  # time.time() when the first optimizer step had run (start-up)
     eval_counts: dict[str, Any] = field(default_factory=dict)  # label and prediction counts (EvalResult)
     engine: dict[str, Any] = field(default_factory=dict)  # the record's `engine` block (name, graphs, …)
 
@@ -123,6 +131,8 @@ class EvalResult:
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: int) -> EvalResult:
     """Accuracy, F1 (binary for two classes, macro otherwise), mean cross-entropy and the class counts."""
+    from sklearn.metrics import accuracy_score, f1_score  # here: a trial needs them only once it has trained
+
     average = "binary" if num_labels == 2 else "macro"
     eval_loss = loss_sum / max(1, len(y_true))
     metrics: dict[str, float | None] = {
@@ -160,8 +170,11 @@ def evaluate(
     return scores(split.labels, y_pred, loss_sum, num_labels)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and LayerNorm weights (the usual BERT recipe)."""
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, lr_tensor: torch.Tensor | None = None
+) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases and LayerNorm weights (the usual BERT recipe). With `lr_tensor`
+    (a device tensor the caller updates in place), the fused, capturable AdamW a CUDA graph can hold."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -169,6 +182,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lr_tensor is not None:
+        return torch.optim.AdamW(groups, lr=lr_tensor, fused=True, capturable=True)
     return torch.optim.AdamW(groups, lr=lr)
 
 
@@ -221,7 +236,7 @@ class PlainEngine:
                 }
             )
         t0 = time.perf_counter()
-        result.diverged = self._train(job, optimizer, scheduler, state, total)
+        result.diverged = self._train(job, optimizer, scheduler, state, total, result)
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
         if result.diverged:  # a model with NaN weights has no meaningful metrics
@@ -239,7 +254,13 @@ class PlainEngine:
         return result
 
     def _train(
-        self, job: FitJob, optimizer: torch.optim.Optimizer, scheduler: Any, state: LoopState, total: int
+        self,
+        job: FitJob,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        state: LoopState,
+        total: int,
+        result: FitResult,
     ) -> str | None:
         """The loop. Each step runs under the job's StepGuard. Returns why training diverged, if it did."""
         trial, s, model, device = job.trial, job.settings, job.model, job.device
@@ -248,6 +269,7 @@ class PlainEngine:
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         steps_per_epoch = math.ceil(len(job.train) / trial.batch_size)
         guard = job.guard.step if job.guard is not None else contextlib.nullcontext
+        after_step = job.after_step or (lambda: None)
         model.train()
         while state.step < total:
             epoch, offset = divmod(state.step, steps_per_epoch)
@@ -271,9 +293,12 @@ class PlainEngine:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
+                    if result.first_step_at is None:
+                        result.first_step_at = time.time()
                     state.epoch_losses.append(loss.item())
                     state.samples += len(idx)
-                    state.tokens += int(batch["attention_mask"].sum().item())
+                    state.tokens += int(job.train.lengths[idx].sum())
+                after_step()
             losses = state.epoch_losses
             log.info(
                 "%s epoch %d/%d done: step %d/%d, train loss %.4f",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
-from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, read_status, utc_now, write_record
+from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, utc_now, write_record
 from ftvar.train import checkpoint, engines
 from ftvar.train.cache import Prepared, load_prepared
 from ftvar.train.checkpoint import Resumable
@@ -45,6 +47,21 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def process_started() -> float:
+    """When this process started (epoch seconds), from /proc; else when ftvar was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return IMPORTED_AT
+
+
+IMPORTED_AT = time.time()
+BUILD_LOCK = threading.Lock()
+STARTED = threading.Event()  # set once this process has started training its first trial
 
 
 def set_threads() -> None:
@@ -90,9 +107,16 @@ def build_model(study: Study, s: Settings, prepared: Prepared, init_seed: int) -
 
     from ftvar.train.data import not_loadable
 
+    # fp32 master weights whatever the checkpoint's dtype (autocast runs the bf16 maths): transformers 5
+    # would otherwise train a bf16 checkpoint in pure bf16; version 4 calls the argument torch_dtype
+    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            m.name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True
+            m.name_or_path,
+            num_labels=num_labels,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **{dtype_arg: torch.float32},
         )
     except OSError as exc:
         raise not_loadable(study, f"model {m.name_or_path}", exc) from None
@@ -158,9 +182,11 @@ def _fit(
     prepared: Prepared,
     device: torch.device,
     resumable: Resumable | None,
+    after_step: Callable[[], None] | None = None,
 ) -> FitResult:
     s = settings(study, trial)
-    model, head = build_model(study, s, prepared, trial.init_seed if trial.init_seed is not None else 0)
+    with BUILD_LOCK:  # lanes of a pack share the global RNG: seeding and initialising happen as one
+        model, head = build_model(study, s, prepared, trial.init_seed if trial.init_seed is not None else 0)
     num_labels = len(prepared.label_names)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,6 +212,7 @@ def _fit(
             device=device,
             pad_id=prepared.pad_token_id,
             num_labels=num_labels,
+            after_step=after_step,
         )
         if resumable is not None:
             job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
@@ -203,32 +230,44 @@ def run_trial(
     *,
     prepare_if_missing: bool = False,
     resumable: Resumable | None = None,
+    prepared: Prepared | None = None,
+    after_step: Callable[[], None] | None = None,
+    packed_with: int | None = None,
+    reraise: Callable[[BaseException], bool] | None = None,
 ) -> dict[str, Any]:
     """Run one trial and write its record. Input errors (FtvarError) propagate and write nothing; any other
-    failure during training is written as a `failed` record, and a non-finite loss as `diverged`.
+    failure during training is written as a `failed` record (unless `reraise` claims it), and a non-finite
+    loss as `diverged`.
 
-    With `resumable`, training continues from its checkpoint if there is one, the guard defers preemption
-    signals to step boundaries, and the checkpoint is deleted once the record is written."""
+    With `resumable`, training continues from its checkpoint if there is one, its guard holds preemption back
+    to step boundaries, and the checkpoint is deleted once the record is written. A pack passes the data it
+    has already read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
     set_offline()
-    set_threads()
     started, t0 = utc_now(), time.perf_counter()
     if prepare_if_missing:
         from ftvar.train.data import prepare
 
         prepare(study, paths)
-    prepared = load_prepared(study, paths, trial)
+    prepared = prepared or load_prepared(study, paths, trial)
     device = pick_device(settings(study, trial).train.device)
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
     result: FitResult | None = None
     status, error = "ok", None
     try:
-        result = _fit(study, trial, prepared, device, resumable)
+        result = _fit(study, trial, prepared, device, resumable, after_step)
         timings["train"], timings["eval"] = result.train_time, result.eval_time
+        if result.first_step_at is not None and not STARTED.is_set():
+            STARTED.set()  # the process' first trial: how long from the task's start to its first step
+            timings["startup"] = max(0.0, result.first_step_at - process_started())
+        if packed_with is not None:
+            result.engine["packed_with"] = packed_with
         if result.diverged:
             status, error = "diverged", result.diverged
     except FtvarError:
         raise
     except Exception as exc:  # a crash inside training: keep the evidence in the record
+        if reraise is not None and reraise(exc):
+            raise
         traceback.print_exc()  # the whole traceback goes to the task's log
         status, error = "failed", f"{exc.__class__.__name__}: {exc}"
     timings["total"] = time.perf_counter() - t0
@@ -242,29 +281,3 @@ def run_trial(
 def log_to_stderr() -> None:
     """Progress lines (one per epoch) in the task's log."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
-    """One SLURM array task: run the trial resumably. `holder.resumable` lets submitit's `checkpoint()` save.
-
-    SIGTERM (a requeue, a cancel, a preemption) saves a checkpoint at the next step boundary and exits; the
-    requeued or re-launched task resumes from it. A task whose trial already has an ok record does nothing.
-    """
-    if read_status(paths.record(trial.trial_id)) == "ok":
-        return "ok"
-    log_to_stderr()
-    resumable = Resumable(paths.ckpt / trial.trial_id)
-    holder.resumable = resumable
-
-    def on_term(signum: int, frame: Any) -> None:
-        resumable.save()
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    resumable.guard.install()
-    log.info("%s: %s (checkpoints in %s)", trial.trial_id, trial.label(), resumable.folder)
-    try:
-        return str(run_trial(study, trial, paths, resumable=resumable)["status"])
-    finally:
-        resumable.guard.uninstall()
-        signal.signal(signal.SIGTERM, previous)

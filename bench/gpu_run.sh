@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU benchmarks and the CUDA tests as one run on a lent H100/H200 (figures in docs/benchmarks.md).
+# First, here: bash bench/gpu_prepare.sh; then on the GPU machine, from the repo root, with .gpu carried:
+#   bash bench/gpu_run.sh            # writes its figures to $OUT (default ./gpu-out)
+# Sections run in order of importance, each with its own time limit, and a failing one does not stop the next.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
+B=(--device cuda --out .gpu/out --data .gpu/data/sst2 --tokenizer "$PWD/.gpu/out/tokenizer")
+section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+section environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, '· transformers', transformers.__version__, '· accelerate', accelerate.__version__)"
+
+section "CUDA tests (graph capture, bf16, fallback)"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+
+section "throughput: Trainer, plain, fast (DistilBERT-base shape, SST-2)"
+timeout 220 python3 bench/throughput.py "${B[@]}" --steps 200 --json "$OUT/throughput.json" 2>"$OUT/throughput.log"
+
+section "packed sweep: K trials per task"
+timeout 200 python3 bench/sweep.py "${B[@]}" --lanes 1 8 --json "$OUT/sweep.json" 2>"$OUT/sweep.log"
+
+section "accuracy: plain vs fast, MiniLM, 3 seeds, one packed task (ftvar launch)"
+timeout 150 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 9 \
+    --set model.name_or_path=.gpu/minilm --set data.train=.gpu/data/sst2/train.tsv \
+    --set data.eval=.gpu/data/sst2/validation.tsv --out .gpu/out >"$OUT/accuracy.log" 2>&1
+tail -n 5 "$OUT/accuracy.log"
+python3 - <<'PY'
+import json, statistics
+from pathlib import Path
+recs = [json.loads(p.read_text()) for p in Path(".gpu/out/engines-minilm/records").glob("*.json")]
+for engine in ("plain", "fast"):
+    rs = [r for r in recs if r["kind"] == "trial" and r["params"].get("train.engine") == engine and r["status"] == "ok"]
+    acc = [r["metrics"]["accuracy"] for r in rs]
+    if acc:
+        print(f"{engine}: accuracy {statistics.mean(acc):.4f} ± {statistics.pstdev(acc):.4f} over {len(acc)} seeds "
+              f"{[round(a, 4) for a in acc]}; engines {[r['engine'].get('cuda_graphs') for r in rs]}; "
+              f"packed_with {[r['engine'].get('packed_with') for r in rs]}; "
+              f"peak MB {[r['engine'].get('peak_gpu_memory_mb') for r in rs]}")
+base = [r["metrics"]["accuracy"] for r in recs if r["kind"] == "baseline"]
+print(f"baselines (new head, per init seed): {base}; statuses {sorted({r['status'] for r in recs})}")
+PY
+
+section "start-up: task start to first training step"
+timeout 90 python3 bench/startup.py "${B[@]}" --runs 2 2>"$OUT/startup.log"
+
+section "done"

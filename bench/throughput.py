@@ -1,0 +1,145 @@
+"""Benchmark: training throughput of the Hugging Face Trainer, the plain engine and the fast engine.
+
+    python bench/throughput.py                          # CPU: tiny DistilBERT, bs 16 and 32 (about a minute)
+    python bench/throughput.py --device cuda            # GPU: DistilBERT-base shape, bs 8, 16, 32, 64
+    python bench/throughput.py --device cuda --json throughput.json
+
+Every engine trains the same model (random init from the same seed), on the same SST-2 rows, at the same batch
+sizes, in this one process. A run is `--warmup` steps (start-up, CUDA-graph capture) then `--steps` timed
+steps; samples/s counts the timed steps only, with the device synchronised at both ends. The Trainer runs
+twice: with its defaults (fp32) and in bf16, the precision the other engines use on a GPU ("auto").
+Prints samples/s per engine and batch size, and each engine's ratio to the Trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+from ftvar.train import engines
+from ftvar.train.cache import Split, load_prepared
+from ftvar.train.engine import FitJob
+from ftvar.train.runner import build_model
+from ftvar.trial import expand, settings
+
+RUNS = (  # (label, engine, precision)
+    ("trainer fp32 (defaults)", "trainer", "fp32"),
+    ("trainer bf16", "trainer", "auto"),
+    ("plain", "plain", "auto"),
+    ("fast", "fast", "auto"),
+)
+
+
+def subset(split: Split, rows: int, seed: int = 0) -> Split:
+    idx = np.random.default_rng(seed).permutation(len(split))[:rows]
+    return Split(split.ids[idx], split.lengths[idx], split.labels[idx])
+
+
+def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> dict[str, Any]:
+    study = common.study(
+        args, f"grid.batch_size=[{bs}]", f"train.engine={engine}", f"train.precision={precision}"
+    )
+    paths = common.ensure_cache(study, args.out)
+    (trial,) = expand(study)
+    s = settings(study, trial)
+    prepared = load_prepared(study, paths, trial)
+    device = torch.device(args.device)
+    model, _ = build_model(study, s, prepared, 0)
+    marks: dict[str, float] = {}
+    count = 0
+
+    def after_step() -> None:
+        nonlocal count
+        count += 1
+        if count in (args.warmup, args.warmup + args.steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            marks["start" if count == args.warmup else "end"] = time.perf_counter()
+
+    job = FitJob(
+        model=model,
+        train=subset(prepared.train, bs * (args.warmup + args.steps)),
+        eval=subset(prepared.eval, 64),
+        trial=trial,
+        settings=s.train,
+        device=device,
+        pad_id=prepared.pad_token_id,
+        num_labels=len(prepared.label_names),
+        after_step=after_step,
+    )
+    result = engines.make(engine, device).fit(job)
+    seconds = marks["end"] - marks["start"]
+    out = {
+        "engine": engine,
+        "precision": precision,
+        "batch_size": bs,
+        "steps": args.steps,
+        "seconds": seconds,
+        "samples_per_s": args.steps * bs / seconds,
+        "train_loss": result.metrics.get("train_loss"),
+        "detail": {k: v for k, v in result.engine.items() if k != "name"},
+    }
+    del model, job
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_arguments(parser)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 300 GPU, 60 CPU)")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
+    parser.add_argument("--runs", nargs="+", default=[label for label, _, _ in RUNS], help="which engines")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    if args.prepare_only:
+        common.ensure_cache(common.study(args), args.out)
+        print(f"cache ready under {args.out}")
+        return
+    gpu = args.device == "cuda"
+    args.batch_sizes = args.batch_sizes or ([8, 16, 32, 64] if gpu else [16, 32])
+    args.steps = args.steps or (300 if gpu else 60)
+    device_name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    model = args.model or ("base" if gpu else "tiny")
+    print(f"device: {device_name} · torch {torch.__version__} · model {model}")
+    rows: list[dict[str, Any]] = []
+    for bs in args.batch_sizes:
+        for label, engine, precision in RUNS:
+            if label not in args.runs or (label == "trainer bf16" and not gpu):  # a CPU trains in fp32
+                continue
+            try:
+                row = measure(args, engine, precision, bs)
+            except Exception as exc:  # one failing engine must not hide the others' figures
+                row = {"engine": engine, "precision": precision, "batch_size": bs, "error": repr(exc)[:300]}
+            row["label"] = label
+            rows.append(row)
+            shown = f"{row['samples_per_s']:8.0f} samples/s" if "samples_per_s" in row else row["error"]
+            print(f"bs {bs:3d}  {label:24s} {shown}", flush=True)
+    print("\nratios to the Trainer (same batch size):")
+    for bs in args.batch_sizes:
+        at = {r["label"]: r.get("samples_per_s") for r in rows if r["batch_size"] == bs}
+        for base in ("trainer fp32 (defaults)", "trainer bf16"):
+            if not at.get(base):
+                continue
+            parts = [f"{label} {at[label] / at[base]:.2f}×" for label in ("plain", "fast") if at.get(label)]
+            print(f"bs {bs:3d}  vs {base:24s} " + ", ".join(parts))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""The fast engine: the train split on the device, a few static batch shapes, each step one CUDA graph.
+
+The plain loop (ftvar.train.engine) pads every batch to its own length, gathers and collates on the host and
+reads the loss back after every step, so the GPU waits on Python. Here:
+- the tokenized split lives on the device as one padded id tensor plus lengths and labels;
+- each batch (the same rows, in the same order, as the plain loop's) is padded to the next of a few static
+  lengths, so that there are only a handful of step shapes;
+- one training step — gather, forward, loss, backward, clipping, AdamW — is captured per shape as a CUDA graph
+  after a few eager warm-up steps, and replayed with one launch; the learning rate is a device tensor, the
+  loss is summed on the device and read once every CHECK_EVERY steps (the divergence check) and per epoch;
+- where capture fails (a model that syncs inside its forward, fp16's gradient scaler), the trial runs
+  eagerly, and the record says why.
+On a CPU it runs the same loop eagerly, with the plain loop's optimizer: both give the same numbers there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ftvar.train.cache import Split
+from ftvar.train.checkpoint import set_rng_state
+from ftvar.train.engine import (
+    FitJob,
+    FitResult,
+    LoopState,
+    autocast_dtype,
+    epoch_order,
+    make_optimizer,
+    scores,
+)
+
+log = logging.getLogger("ftvar.train")
+
+BUCKETS = (16, 32, 64, 128, 256, 512)  # static sequence lengths a batch is padded to
+WARMUP_STEPS = 3  # eager steps of a shape before it is captured (cuBLAS, autograd and AdamW state set up)
+CHECK_EVERY = 50  # steps between divergence checks: one host sync each
+
+
+@dataclasses.dataclass
+class DeviceSplit:
+    """A split on the device: padded ids [rows, longest], lengths and labels; lengths also on the host."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    host_lengths: np.ndarray
+
+    @classmethod
+    def of(cls, split: Split, device: torch.device) -> DeviceSplit:
+        return cls(
+            ids=torch.from_numpy(split.ids).to(device=device, dtype=torch.long),
+            lengths=torch.from_numpy(split.lengths).to(device),
+            labels=torch.from_numpy(split.labels).to(device),
+            host_lengths=split.lengths,
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def buckets(longest: int) -> list[int]:
+    """The static lengths batches are padded to: powers of two from 16, capped by the split's longest row."""
+    return [b for b in BUCKETS if b < longest] + [longest]
+
+
+def bucket_of(lengths: np.ndarray, sizes: list[int]) -> int:
+    """The smallest static length that holds every row of a batch."""
+    need = int(lengths.max())
+    return next(b for b in sizes if b >= need)
+
+
+def lr_multipliers(name: str, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of step k under a transformers schedule (what its LambdaLR applies)."""
+    from transformers import get_scheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total)
+    multiplier: Callable[[int], float] = schedule.lr_lambdas[0]
+    return multiplier
+
+
+@dataclasses.dataclass
+class Stats:
+    """What the record's `engine` block reports."""
+
+    graph_steps: int = 0
+    eager_steps: int = 0
+    shapes: list[int] = dataclasses.field(default_factory=list)
+    fallback: str | None = None
+
+
+class Stepper:
+    """Runs training steps of one trial: eagerly, or by replaying the CUDA graph of the batch's shape."""
+
+    def __init__(
+        self, job: FitJob, data: DeviceSplit, optimizer: torch.optim.Optimizer, lr: torch.Tensor
+    ) -> None:
+        self.job, self.data, self.optimizer, self.lr = job, data, optimizer, lr
+        self.model = job.model
+        self.params = [p for p in job.model.parameters() if p.requires_grad]
+        self.dtype = autocast_dtype(job.settings.precision, job.device)
+        self.cuda = job.device.type == "cuda"
+        self.loss_sum = torch.zeros((), device=job.device, dtype=torch.float32)
+        self.arange = torch.arange(int(data.ids.shape[1]), device=job.device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.warm: dict[int, int] = {}
+        self.stats = Stats()
+        self.use_graphs = self.cuda
+        if self.cuda and self.dtype == torch.float16:
+            self.use_graphs = False
+            self.stats.fallback = "fp16 needs a gradient scaler, which a graph cannot hold: eager steps"
+        self.scaler = torch.amp.GradScaler(job.device.type, enabled=self.dtype == torch.float16)
+        assert job.trial.batch_size is not None
+        self.idx = torch.zeros(job.trial.batch_size, dtype=torch.long, device=job.device)
+        self.side = torch.cuda.Stream() if self.cuda else None
+        self.first_step_at: float | None = None
+
+    def _compute(self, idx: torch.Tensor, length: int) -> None:
+        """One step on the rows `idx`, padded to `length`: what a graph captures."""
+        ids = self.data.ids[:, :length].index_select(0, idx)
+        mask = (self.arange[:length][None, :] < self.data.lengths.index_select(0, idx)[:, None]).long()
+        labels = self.data.labels.index_select(0, idx)
+        with torch.autocast(
+            self.job.device.type,
+            dtype=self.dtype or torch.float32,
+            enabled=self.dtype is not None,
+            cache_enabled=False,
+        ):
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        self.scaler.scale(loss).backward()
+        if self.job.settings.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.job.settings.max_grad_norm, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_sum.add_(loss.detach())
+
+    def _eager(self, idx: torch.Tensor, length: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._compute(idx, length)
+        self.stats.eager_steps += 1
+
+    def step(self, idx: torch.Tensor, length: int) -> None:
+        """A training step on the rows `idx` (a device tensor), padded to the static `length`."""
+        full = self.use_graphs and idx.shape[0] == self.idx.shape[0]
+        if not full:  # a CPU, fp16, or the epoch's last, smaller batch
+            self._eager(idx, length)
+            return
+        graph = self.graphs.get(length)
+        if graph is not None:
+            self.idx.copy_(idx)
+            graph.replay()
+            self.stats.graph_steps += 1
+            return
+        assert self.side is not None
+        if self.warm.get(length, 0) < WARMUP_STEPS:  # warm up on a side stream, as capture requires
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                self._eager(idx, length)
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.warm[length] = self.warm.get(length, 0) + 1
+            return
+        self.idx.copy_(idx)
+        try:
+            graph = self._capture(length)
+        except Exception as exc:  # any capture failure means: run this trial eagerly
+            self.use_graphs = False
+            self.stats.fallback = f"CUDA graph capture failed ({exc.__class__.__name__}: {exc}); eager steps"
+            log.warning("%s: %s", self.job.trial.trial_id, self.stats.fallback)
+            torch.cuda.synchronize()
+            self._eager(idx, length)
+            return
+        self.graphs[length] = graph
+        self.stats.shapes.append(length)
+        graph.replay()  # capture records the step; replaying runs it
+        self.stats.graph_steps += 1
+
+    def _capture(self, length: int) -> torch.cuda.CUDAGraph:
+        torch.cuda.synchronize()
+        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._compute(self.idx, length)
+        return graph
+
+
+class FastEngine:
+    """One trial on one device: static shapes and CUDA graphs on a GPU, the same loop eagerly on a CPU."""
+
+    name = "fast"
+
+    def fit(self, job: FitJob) -> FitResult:
+        trial, s, model = job.trial, job.settings, job.model
+        if trial.learning_rate is None or trial.batch_size is None or trial.order_seed is None:
+            raise ValueError("the fast engine trains a trial, not a baseline")
+        cuda = job.device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        model.to(job.device)
+        data = DeviceSplit.of(job.train, job.device)
+        steps_per_epoch = math.ceil(len(data) / trial.batch_size)
+        total = steps_per_epoch * trial.epochs
+        multiplier = lr_multipliers(s.scheduler, math.ceil(s.warmup_ratio * total), total)
+        lr = torch.tensor(trial.learning_rate, device=job.device) if cuda else None
+        optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay, lr_tensor=lr)
+        state, result = LoopState(), FitResult(metrics={})
+        if job.resume_state is not None:
+            model.load_state_dict(job.resume_state["model"])
+            optimizer.load_state_dict(job.resume_state["optimizer"])
+            state = LoopState(**job.resume_state["loop"])
+            result.resumed_from_step = state.step
+            set_rng_state(job.resume_state["rng"])
+        stepper = Stepper(job, data, optimizer, lr if lr is not None else torch.zeros(()))
+        if job.on_checkpointable is not None:
+            job.on_checkpointable(
+                lambda: {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": state.step,
+                    "loop": dataclasses.asdict(state),
+                }
+            )
+        t0 = time.perf_counter()
+        result.diverged = self._train(job, stepper, data, state, total, multiplier)
+        if cuda:
+            torch.cuda.synchronize(job.device)
+        result.steps, result.train_time = state.step, time.perf_counter() - t0
+        result.samples, result.tokens = state.samples, state.tokens
+        result.first_step_at = stepper.first_step_at
+        result.engine = {
+            "name": self.name,
+            "cuda_graphs": bool(stepper.stats.graph_steps),
+            "fallback": stepper.stats.fallback,
+            "graph_shapes": stepper.stats.shapes,
+            "graph_steps": stepper.stats.graph_steps,
+            "eager_steps": stepper.stats.eager_steps,
+        }
+        if result.diverged:
+            result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+            return result
+        t1 = time.perf_counter()
+        evaluated = evaluate_fast(
+            model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype
+        )
+        result.eval_time = time.perf_counter() - t1
+        losses = state.epoch_losses
+        result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
+        result.eval_counts = evaluated.counts()
+        if result.metrics["eval_loss"] is None:
+            result.diverged = "non-finite evaluation loss"
+        return result
+
+    def _train(
+        self,
+        job: FitJob,
+        stepper: Stepper,
+        data: DeviceSplit,
+        state: LoopState,
+        total: int,
+        multiplier: Callable[[int], float],
+    ) -> str | None:
+        trial, device = job.trial, job.device
+        assert (
+            trial.batch_size is not None and trial.learning_rate is not None and trial.order_seed is not None
+        )
+        bs, sizes = trial.batch_size, buckets(int(data.ids.shape[1]))
+        steps_per_epoch = math.ceil(len(data) / bs)
+        guard = job.guard.step if job.guard is not None else contextlib.nullcontext
+        after_step = job.after_step or (lambda: None)
+        job.model.train()
+        while state.step < total:
+            epoch, offset = divmod(state.step, steps_per_epoch)
+            if offset == 0:
+                state.epoch_losses = []
+            order = epoch_order(len(data), trial.order_seed, epoch)[offset * bs :]
+            host = order.numpy()
+            on_device = order.to(device)
+            stepper.loss_sum.zero_()
+            done, checked = 0, 0
+            for start in range(0, len(host), bs):
+                rows = host[start : start + bs]
+                # static lengths for graphs; on a CPU each batch's own (dropout masks, drawn over the padded
+                # batch, then match the plain loop's exactly)
+                length = bucket_of(
+                    data.host_lengths[rows], sizes if stepper.cuda else [int(data.ids.shape[1])]
+                )
+                if not stepper.cuda:
+                    length = int(data.host_lengths[rows].max())
+                with guard():
+                    value = trial.learning_rate * multiplier(state.step)
+                    if stepper.cuda:
+                        stepper.lr.fill_(value)
+                    else:
+                        for group in stepper.optimizer.param_groups:
+                            group["lr"] = value
+                    stepper.step(on_device[start : start + bs], length)
+                    state.step += 1
+                    state.samples += len(rows)
+                    state.tokens += int(data.host_lengths[rows].sum())
+                    done += 1
+                if stepper.first_step_at is None:  # start-up: when the first step has really run
+                    if stepper.cuda:
+                        torch.cuda.synchronize(device)
+                    stepper.first_step_at = time.time()
+                after_step()
+                if done - checked >= CHECK_EVERY:  # one host sync every CHECK_EVERY steps
+                    checked = done
+                    if not math.isfinite(float(stepper.loss_sum)):
+                        since = state.step - CHECK_EVERY
+                        return f"non-finite training loss between steps {since} and {state.step}"
+            mean = float(stepper.loss_sum) / max(1, done)
+            if not math.isfinite(mean):
+                return f"non-finite training loss in epoch {epoch + 1} (by step {state.step} of {total})"
+            state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
+            log.info(
+                "%s epoch %d/%d done: step %d/%d, train loss %.4f",
+                trial.trial_id,
+                epoch + 1,
+                trial.epochs,
+                state.step,
+                total,
+                sum(state.epoch_losses) / max(1, len(state.epoch_losses)),
+            )
+        return None
+
+
+@torch.no_grad()
+def evaluate_fast(
+    model: torch.nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    num_labels: int,
+    dtype: torch.dtype | None,
+) -> Any:
+    """Metrics on `split` with rows sorted by length (little padding), results gathered on the device and read
+    once."""
+    model.eval()
+    order = np.argsort(split.lengths, kind="stable")
+    data = DeviceSplit.of(split, device)
+    preds = torch.empty(len(split), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = int(split.lengths[rows].max())
+        idx = torch.from_numpy(rows).to(device)
+        ids = data.ids[:, :width].index_select(0, idx)
+        mask = (
+            torch.arange(width, device=device)[None, :] < data.lengths.index_select(0, idx)[:, None]
+        ).long()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        loss_sum += F.cross_entropy(logits, data.labels.index_select(0, idx), reduction="sum")
+        preds[idx] = logits.argmax(-1)
+    return scores(split.labels, preds.cpu().numpy(), float(loss_sum), num_labels)

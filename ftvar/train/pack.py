@@ -1,0 +1,263 @@
+"""Packed tasks: several trials in one process on one device, run concurrently, imports and data paid once.
+
+A SLURM array task (or a local process) gets a list of trials and a number of lanes K. Each lane is a thread
+that takes the next trial from the task's queue and runs it to its record; the lanes share the imported
+libraries, the tokenized data (read once per data key) and the device. On a GPU, kernels of different lanes
+run concurrently (one process, one CUDA context), which is what fills a GPU that one small trial leaves idle.
+
+Memory: on a GPU the lanes start one after another, each once the one before has trained a few steps, and
+only while the free memory holds another lane as large as the largest so far (with a margin); the pack says
+when it runs fewer lanes than asked. A lane that runs out of memory anyway hands its trial back to the queue
+and stops, so packing never costs a trial.
+
+Preemption: every optimizer step of every lane runs inside the task's `Gate`. On SIGTERM (a cancel, a
+requeue, a preemption), or when submitit asks for a checkpoint before the time limit, the gate waits for the
+steps in flight to end and holds the lanes there while each running trial's state is saved: a resumed trial
+ends as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ftvar.config import Study
+from ftvar.record import read_status
+from ftvar.train.cache import Prepared, cache_folder, load_prepared
+from ftvar.train.checkpoint import Resumable
+from ftvar.train.runner import log_to_stderr, pick_device, run_trial, set_offline
+from ftvar.trial import StudyPaths, Trial, settings
+
+log = logging.getLogger("ftvar.train")
+
+WARM_STEPS = 50  # steps a lane trains before the next lane may start (its memory is known by then)
+MEMORY_MARGIN = 1.25  # a new lane needs this many times the largest lane's memory free
+
+
+class Gate:
+    """Optimizer-step boundaries across lanes: lanes run each step inside `step()`; `pause()` waits for the
+    steps in flight to end and keeps new ones from starting (until `resume()`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._paused = False
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        with self._cond:
+            while self._paused:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+            while self._active:
+                self._cond.wait()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+
+@dataclass
+class Pack:
+    """A running pack: its gate and the checkpoint state of the trials its lanes are running."""
+
+    gate: Gate = field(default_factory=Gate)
+    running: dict[str, Resumable] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def save_all(self) -> int:
+        """Hold every lane at a step boundary and save each running trial's state. Returns how many saved."""
+        self.gate.pause()
+        with self.lock:
+            running = list(self.running.values())
+        return sum(1 for r in running if r.save())
+
+
+@dataclass
+class Lane:
+    index: int
+    thread: threading.Thread | None = None
+    ready: threading.Event = field(default_factory=threading.Event)  # trained WARM_STEPS steps, or finished
+    error: BaseException | None = None
+
+
+def heaviness(trial: Trial) -> tuple[int, int]:
+    """Largest batches first: the first lane's memory then bounds every later lane's."""
+    return (-(trial.batch_size or 0), -trial.epochs)
+
+
+def run_pack(
+    holder: Any,
+    study: Study,
+    trials: list[Trial],
+    paths: StudyPaths,
+    lanes: int | None = None,
+) -> dict[str, str]:
+    """Run the trials that have no ok record yet, `lanes` at a time, each to its record. Returns trial id →
+    status. `holder.pack` is set to the running Pack (submitit's checkpoint() saves through it)."""
+    statuses = {t.trial_id: "ok" for t in trials if read_status(paths.record(t.trial_id)) == "ok"}
+    todo = sorted((t for t in trials if t.trial_id not in statuses), key=heaviness)
+    if not todo:
+        return statuses
+    log_to_stderr()
+    set_offline()
+    device = pick_device(settings(study, todo[0]).train.device)
+    want = min(max(1, lanes or 1), len(todo))
+    torch.set_num_threads(threads_per_lane(want))
+    pack = Pack()
+    if holder is not None:
+        holder.pack = pack
+    queue: collections.deque[Trial] = collections.deque(todo)
+    data: dict[str, Prepared] = {}
+    data_lock = threading.Lock()
+
+    def prepared_for(trial: Trial) -> Prepared:
+        folder, _ = cache_folder(study, paths, trial)
+        with data_lock:  # read once per data key, shared by every lane
+            if str(folder) not in data:
+                data[str(folder)] = load_prepared(study, paths, trial)
+            return data[str(folder)]
+
+    running_lanes: list[Lane] = []
+
+    def lane_main(lane: Lane) -> None:
+        try:
+            while True:
+                with pack.lock:
+                    if not queue:
+                        return
+                    trial = queue.popleft()
+                    resumable = Resumable(paths.ckpt / trial.trial_id, guard=pack.gate)  # type: ignore[arg-type]
+                    pack.running[trial.trial_id] = resumable
+                steps = 0
+
+                def after_step() -> None:
+                    nonlocal steps
+                    steps += 1
+                    if steps >= WARM_STEPS:
+                        lane.ready.set()
+
+                log.info("lane %d: %s %s", lane.index, trial.trial_id, trial.label())
+                try:
+                    record = run_trial(
+                        study,
+                        trial,
+                        paths,
+                        resumable=resumable,
+                        prepared=prepared_for(trial),
+                        after_step=after_step,
+                        packed_with=len(running_lanes),
+                        reraise=lambda exc: _out_of_memory(exc) and _others_alive(running_lanes, lane),
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    log.warning(
+                        "lane %d ran out of GPU memory: %s goes back to the queue, the lane stops",
+                        lane.index,
+                        trial.trial_id,
+                    )
+                    with pack.lock:
+                        pack.running.pop(trial.trial_id, None)
+                        queue.append(trial)
+                    torch.cuda.empty_cache()
+                    return
+                with pack.lock:
+                    pack.running.pop(trial.trial_id, None)
+                statuses[trial.trial_id] = str(record["status"])
+                lane.ready.set()
+        except BaseException as exc:  # raised again in the main thread
+            lane.error = exc
+        finally:
+            lane.ready.set()
+
+    def start_lane() -> None:
+        lane = Lane(len(running_lanes))
+        lane.thread = threading.Thread(
+            target=lane_main, args=(lane,), name=f"ftvar-lane-{lane.index}", daemon=True
+        )
+        running_lanes.append(lane)
+        lane.thread.start()
+
+    def on_term(signum: int, frame: Any) -> None:
+        saved = pack.save_all()
+        log.info("signal %d: saved %d checkpoint(s) at a step boundary; exiting", signum, saved)
+        raise SystemExit(128 + signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
+    if want > 1:
+        log.info("%d trial(s) in up to %d lanes on %s", len(todo), want, device)
+    try:
+        start_lane()
+        capped = False
+        while True:
+            alive = [lane for lane in running_lanes if lane.thread is not None and lane.thread.is_alive()]
+            for lane in running_lanes:
+                if lane.error is not None:
+                    raise lane.error
+            if not alive and not queue:
+                break
+            if not alive and queue:  # every lane stopped (out of memory) with work left: one more lane
+                start_lane()
+                continue
+            last = running_lanes[-1]
+            if len(alive) < want and queue and last.ready.is_set() and not capped:
+                if _memory_allows(device, len(alive)):
+                    start_lane()
+                else:
+                    capped = True
+                    log.warning(
+                        "running %d lane(s), not the %d asked for: free GPU memory holds no more",
+                        len(alive),
+                        want,
+                    )
+            thread = alive[0].thread
+            if thread is not None:
+                thread.join(timeout=0.2)
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return statuses
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _others_alive(lanes: list[Lane], me: Lane) -> bool:
+    return any(lane is not me and lane.thread is not None and lane.thread.is_alive() for lane in lanes)
+
+
+def _memory_allows(device: torch.device, running: int) -> bool:
+    """Whether free GPU memory holds one more lane as large as the average lane so far, with a margin."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    per_lane = torch.cuda.max_memory_reserved(device) / max(1, running)
+    return bool(free > MEMORY_MARGIN * per_lane)
+
+
+def threads_per_lane(lanes: int) -> int:
+    """CPU threads for torch when `lanes` lanes share this process' cores."""
+    value = os.environ.get("FTVAR_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
+    cores = int(value) if value and value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+    return max(1, cores // max(1, lanes))

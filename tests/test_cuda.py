@@ -1,0 +1,112 @@
+"""The fast engine's CUDA path: graph capture, bf16, the eager fallback. Runs wherever CUDA is present (CI
+has no GPU: these skip there; the device run in docs/benchmarks.md ran them on an H100/H200)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ftvar import record
+from ftvar.config import Study, load_study
+from ftvar.train import fast
+from ftvar.train.cache import load_prepared
+from ftvar.train.engine import FitJob, make_optimizer
+from ftvar.train.runner import build_model, run_trial
+from ftvar.trial import StudyPaths, Trial, expand, settings
+from tests.helpers import fake_cache
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+OVERRIDES = [
+    "data.synthetic.train=512",
+    "data.synthetic.eval=128",
+    "model.tiny.dim=64",
+    "model.tiny.layers=2",
+    "grid.batch_size=[16]",
+    "grid.epochs=[1]",
+    "grid.learning_rate=[1e-3]",
+    "grid.seed=[0]",
+    "train.device=cuda",
+    "analysis.baseline=none",
+]
+
+
+def tiny(tmp_path: Path, *extra: str) -> tuple[Study, StudyPaths, Trial]:
+    study = load_study("smoke", [*OVERRIDES, *extra])
+    paths = StudyPaths.of(tmp_path, study.name)
+    fake_cache(study, paths)  # random tokens: what is tested here is the device path, not learning
+    return study, paths, expand(study)[0]
+
+
+def losses(study: Study, paths: StudyPaths, trial: Trial, graphs: bool, steps: int) -> list[float]:
+    """Per-step losses of the fast engine's stepper, without dropout, from the same initial weights."""
+    s = settings(study, trial)
+    prepared = load_prepared(study, paths, trial)
+    model, _ = build_model(study, s, prepared, 0)
+    for module in model.modules():  # no dropout: the same batches must give the same losses
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.to("cuda").train()
+    job = FitJob(model, prepared.train, prepared.eval, trial, s.train, torch.device("cuda"), 0, 2)
+    data = fast.DeviceSplit.of(prepared.train, job.device)
+    lr = torch.tensor(1e-3, device="cuda")
+    stepper = fast.Stepper(job, data, make_optimizer(model, 1e-3, 0.01, lr_tensor=lr), lr)
+    stepper.use_graphs = graphs
+    order = torch.arange(len(data), device="cuda")
+    out = []
+    for i in range(steps):
+        before = float(stepper.loss_sum)
+        stepper.step(order[i * 16 : (i + 1) * 16], 32)
+        out.append(float(stepper.loss_sum) - before)
+    return out
+
+
+def test_graph_steps_give_the_eager_losses(tmp_path: Path) -> None:
+    study, paths, trial = tiny(tmp_path)
+    eager = losses(study, paths, trial, graphs=False, steps=12)
+    graphed = losses(study, paths, trial, graphs=True, steps=12)
+    assert graphed[0] == pytest.approx(eager[0], rel=1e-6)  # identical before any update
+    # after WARMUP_STEPS eager steps, the graph replays the same step: bf16 tolerance
+    assert graphed == pytest.approx(eager, rel=2e-2, abs=2e-3)
+
+
+def test_a_trial_runs_in_cuda_graphs_with_bf16(tmp_path: Path) -> None:
+    study, paths, trial = tiny(tmp_path, "train.engine=fast")
+    rec = run_trial(study, trial, paths)
+    assert rec["status"] == "ok", rec["error"]
+    engine = rec["engine"]
+    assert engine["name"] == "fast" and engine["cuda_graphs"] is True and engine["fallback"] is None
+    assert engine["graph_steps"] > engine["eager_steps"] and engine["peak_gpu_memory_mb"] > 0
+    assert rec["metrics"]["accuracy"] is not None
+
+
+def test_a_failed_capture_falls_back_to_eager_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, length: int) -> Any:
+        raise RuntimeError("operation not permitted when stream is capturing (simulated)")
+
+    monkeypatch.setattr(fast.Stepper, "_capture", broken)
+    study, paths, trial = tiny(tmp_path, "train.engine=fast")
+    rec = run_trial(study, trial, paths)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["engine"]["cuda_graphs"] is False
+    assert "capture failed" in rec["engine"]["fallback"] and "simulated" in rec["engine"]["fallback"]
+    assert record.read_record(paths.record(trial.trial_id))["engine"]["graph_steps"] == 0
+
+
+def test_fp16_runs_eagerly_and_says_why(tmp_path: Path) -> None:
+    study, paths, trial = tiny(tmp_path, "train.engine=fast", "train.precision=fp16")
+    rec = run_trial(study, trial, paths)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["engine"]["cuda_graphs"] is False and "fp16" in rec["engine"]["fallback"]
+
+
+def test_auto_is_the_fast_engine_on_cuda(tmp_path: Path) -> None:
+    study, paths, trial = tiny(tmp_path)
+    assert dataclasses.replace(study.train).engine == "auto"
+    assert run_trial(study, trial, paths)["engine"]["name"] == "fast"

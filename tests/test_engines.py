@@ -1,0 +1,56 @@
+"""The engines side by side on a CPU: the fast loop gives the plain loop's numbers, the Trainer runs too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftvar.config import load_study
+from ftvar.train.data import prepare
+from ftvar.train.runner import run_trial
+from ftvar.trial import StudyPaths, expand
+
+OVERRIDES = [
+    "data.synthetic.train=1000",
+    "data.synthetic.eval=100",
+    "model.tiny.dim=64",
+    "model.tiny.layers=2",
+    "grid.batch_size=[16]",
+    "grid.epochs=[2]",
+    "grid.learning_rate=[3e-3]",
+    "grid.seed=[0]",
+    "analysis.baseline=none",
+]
+
+
+def run(tmp_path: Path, engine: str) -> dict[str, Any]:
+    study = load_study("smoke", [*OVERRIDES, f"train.engine={engine}"])
+    paths = StudyPaths.of(tmp_path / engine, study.name)
+    prepare(study, paths)
+    return run_trial(study, expand(study)[0], paths)
+
+
+@pytest.mark.slow
+def test_on_a_cpu_the_fast_loop_gives_the_plain_loops_numbers(tmp_path: Path) -> None:
+    plain, fast = run(tmp_path, "plain"), run(tmp_path, "fast")
+    assert plain["status"] == fast["status"] == "ok"
+    assert (plain["engine"]["name"], fast["engine"]["name"]) == ("plain", "fast")
+    assert fast["engine"]["cuda_graphs"] is False and fast["engine"]["eager_steps"] == fast["steps"] == 126
+    # the same batches, dropout masks, optimizer and schedule: only summation order may differ
+    for key in ("accuracy", "f1"):
+        assert fast["metrics"][key] == plain["metrics"][key]
+    for key in ("eval_loss", "train_loss"):
+        assert fast["metrics"][key] == pytest.approx(plain["metrics"][key], rel=1e-5)
+    assert fast["throughput"]["train_tokens_per_s"] > 0 and fast["eval"] == plain["eval"]
+    assert run(tmp_path, "auto")["engine"]["name"] == "plain"  # auto: plain on a CPU
+
+
+@pytest.mark.slow
+def test_the_trainer_engine_trains_and_is_evaluated_like_the_others(tmp_path: Path) -> None:
+    rec = run(tmp_path, "trainer")
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["engine"]["name"] == "trainer" and rec["steps"] == 126
+    assert rec["metrics"]["accuracy"] > 0.6 and rec["metrics"]["train_loss"] is not None
+    assert sum(rec["eval"]["pred_counts"]) == 100
