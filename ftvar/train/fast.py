@@ -122,7 +122,10 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(job.device.type, enabled=self.dtype == torch.float16)
         assert job.trial.batch_size is not None
         self.idx = torch.zeros(job.trial.batch_size, dtype=torch.long, device=job.device)
-        self.side = torch.cuda.Stream() if self.cuda else None
+        self.side = torch.cuda.Stream() if self.cuda else None  # eager warm-up before a capture
+        self.capture_stream = (
+            torch.cuda.Stream() if self.cuda else None
+        )  # this trial's own (lanes capture at once)
         self.first_step_at: float | None = None
 
     def _compute(self, idx: torch.Tensor, length: int) -> None:
@@ -190,7 +193,8 @@ class Stepper:
         torch.cuda.synchronize()
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other lanes of a pack keep running (and allocating) while this one captures
+        with torch.cuda.graph(graph, stream=self.capture_stream, capture_error_mode="thread_local"):
             self._compute(self.idx, length)
         return graph
 

@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ from ftvar.trial import StudyPaths, Trial, settings
 log = logging.getLogger("ftvar.train")
 
 WARM_STEPS = 50  # steps a lane trains before the next lane may start (its memory is known by then)
-MEMORY_MARGIN = 1.25  # a new lane needs this many times the largest lane's memory free
+MEMORY_MARGIN = 1.5  # a new lane needs this many times the average lane's memory free
 
 
 class Gate:
@@ -88,6 +89,8 @@ class Pack:
     def save_all(self) -> int:
         """Hold every lane at a step boundary and save each running trial's state. Returns how many saved."""
         self.gate.pause()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the lanes' streams have finished the steps they launched
         with self.lock:
             running = list(self.running.values())
         return sum(1 for r in running if r.save())
@@ -158,17 +161,20 @@ def run_pack(
                         lane.ready.set()
 
                 log.info("lane %d: %s %s", lane.index, trial.trial_id, trial.label())
+                # each lane launches on its own CUDA stream: lanes' kernels run side by side on the GPU
+                stream = torch.cuda.stream(torch.cuda.Stream()) if device.type == "cuda" else nullcontext()
                 try:
-                    record = run_trial(
-                        study,
-                        trial,
-                        paths,
-                        resumable=resumable,
-                        prepared=prepared_for(trial),
-                        after_step=after_step,
-                        packed_with=len(running_lanes),
-                        reraise=lambda exc: _out_of_memory(exc) and _others_alive(running_lanes, lane),
-                    )
+                    with stream:
+                        record = run_trial(
+                            study,
+                            trial,
+                            paths,
+                            resumable=resumable,
+                            prepared=prepared_for(trial),
+                            after_step=after_step,
+                            packed_with=len(running_lanes),
+                            reraise=lambda exc: _out_of_memory(exc) and _others_alive(running_lanes, lane),
+                        )
                 except torch.cuda.OutOfMemoryError:
                     log.warning(
                         "lane %d ran out of GPU memory: %s goes back to the queue, the lane stops",
@@ -252,7 +258,7 @@ def _memory_allows(device: torch.device, running: int) -> bool:
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
-    per_lane = torch.cuda.max_memory_reserved(device) / max(1, running)
+    per_lane = torch.cuda.memory_reserved(device) / max(1, running)  # (peaks are reset per trial)
     return bool(free > MEMORY_MARGIN * per_lane)
 
 
