@@ -20,7 +20,13 @@ section "CUDA tests (graph capture, bf16, fallback)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
 
 section "throughput: Trainer, plain, fast (DistilBERT-base shape, SST-2)"
-timeout 220 python3 bench/throughput.py "${B[@]}" --steps 200 --json "$OUT/throughput.json" 2>"$OUT/throughput.log"
+# shellcheck disable=SC2086  # THROUGHPUT_ARGS: extra arguments, e.g. --runs to measure fewer engines
+timeout 220 python3 bench/throughput.py "${B[@]}" --steps 300 ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" \
+    2>"$OUT/throughput.log"
+
+section "import time of the model class (transformers), top entries"
+python3 -X importtime -c "import transformers.models.distilbert.modeling_distilbert" 2>&1 \
+    | sort -t'|' -k2 -n -r | head -n 12
 
 section "packed sweep: K trials per task"
 timeout 200 python3 bench/sweep.py "${B[@]}" --lanes 1 8 --json "$OUT/sweep.json" 2>"$OUT/sweep.log"
@@ -47,6 +53,6 @@ print(f"baselines (new head, per init seed): {base}; statuses {sorted({r['status
 PY
 
 section "start-up: task start to first training step"
-timeout 90 python3 bench/startup.py "${B[@]}" --runs 2 2>"$OUT/startup.log"
+timeout 90 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
 
 section "done"

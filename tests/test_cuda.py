@@ -110,3 +110,24 @@ def test_auto_is_the_fast_engine_on_cuda(tmp_path: Path) -> None:
     study, paths, trial = tiny(tmp_path)
     assert dataclasses.replace(study.train).engine == "auto"
     assert run_trial(study, trial, paths)["engine"]["name"] == "fast"
+
+
+def test_packed_lanes_capture_and_train_at_once(tmp_path: Path) -> None:
+    """Four trials in four lanes on one GPU: each lane captures its graphs alone (the others wait at a step
+    boundary), then they replay side by side on their own streams; every trial writes an ok record."""
+    from ftvar.train import pack
+
+    study = load_study("smoke", [*OVERRIDES, "grid.seed=[0,1,2,3]", "train.engine=fast"])
+    paths = StudyPaths.of(tmp_path, study.name)
+    fake_cache(study, paths)
+    trials = expand(study)
+    old = pack.WARM_STEPS
+    pack.WARM_STEPS = 1  # start the next lane at once, so that lanes capture while others train
+    try:
+        statuses = pack.run_pack(None, study, trials, paths, lanes=4)
+    finally:
+        pack.WARM_STEPS = old
+    assert statuses == dict.fromkeys((t.trial_id for t in trials), "ok")
+    recs = [record.read_record(paths.record(t.trial_id)) for t in trials]
+    assert all(r["engine"]["cuda_graphs"] and r["engine"]["fallback"] is None for r in recs)
+    assert max(r["engine"]["packed_with"] for r in recs) > 1

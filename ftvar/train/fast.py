@@ -3,8 +3,8 @@
 The plain loop (ftvar.train.engine) pads every batch to its own length, gathers and collates on the host and
 reads the loss back after every step, so the GPU waits on Python. Here:
 - the tokenized split lives on the device as one padded id tensor plus lengths and labels;
-- each batch (the same rows, in the same order, as the plain loop's) is padded to the next of a few static
-  lengths, so that there are only a handful of step shapes;
+- each batch (the same rows, in the same order, as the plain loop's) is padded to the next multiple of 8
+  tokens, so that there are only a handful of step shapes;
 - one training step — gather, forward, loss, backward, clipping, AdamW — is captured per shape as a CUDA graph
   after a few eager warm-up steps, and replayed with one launch; the learning rate is a device tensor, the
   loss is summed on the device and read once every CHECK_EVERY steps (the divergence check) and per epoch;
@@ -41,7 +41,7 @@ from ftvar.train.engine import (
 
 log = logging.getLogger("ftvar.train")
 
-BUCKETS = (16, 32, 64, 128, 256, 512)  # static sequence lengths a batch is padded to
+BUCKET_STEP = 8  # batches are padded to a multiple of 8 tokens (at least 16): few shapes, little padding
 WARMUP_STEPS = 3  # eager steps of a shape before it is captured (cuBLAS, autograd and AdamW state set up)
 CHECK_EVERY = 50  # steps between divergence checks: one host sync each
 
@@ -69,8 +69,14 @@ class DeviceSplit:
 
 
 def buckets(longest: int) -> list[int]:
-    """The static lengths batches are padded to: powers of two from 16, capped by the split's longest row."""
-    return [b for b in BUCKETS if b < longest] + [longest]
+    """The static lengths batches are padded to: multiples of BUCKET_STEP from 16 to the split's longest row
+    (then powers of two past 128, where long sequences would otherwise need many graphs)."""
+    sizes = [b for b in range(16, min(longest, 128), BUCKET_STEP)]
+    b = 128
+    while b < longest:
+        sizes.append(b)
+        b *= 2
+    return [s for s in sizes if s < longest] + [longest]
 
 
 def bucket_of(lengths: np.ndarray, sizes: list[int]) -> int:
@@ -97,6 +103,7 @@ class Stats:
     eager_steps: int = 0
     shapes: list[int] = dataclasses.field(default_factory=list)
     fallback: str | None = None
+    capture_seconds: float = 0.0
 
 
 class Stepper:
@@ -127,6 +134,7 @@ class Stepper:
             torch.cuda.Stream() if self.cuda else None
         )  # this trial's own (lanes capture at once)
         self.first_step_at: float | None = None
+        self.pool: Any = None  # the memory pool the trial's graphs share
 
     def _compute(self, idx: torch.Tensor, length: int) -> None:
         """One step on the rows `idx`, padded to `length`: what a graph captures."""
@@ -167,7 +175,8 @@ class Stepper:
             self.stats.graph_steps += 1
             return
         assert self.side is not None
-        if self.warm.get(length, 0) < WARMUP_STEPS:  # warm up on a side stream, as capture requires
+        warmup = WARMUP_STEPS if not self.graphs else 1  # later shapes: the libraries and AdamW are set up
+        if self.warm.get(length, 0) < warmup:  # warm up on a side stream, as capture requires
             self.side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side):
                 self._eager(idx, length)
@@ -175,13 +184,15 @@ class Stepper:
             self.warm[length] = self.warm.get(length, 0) + 1
             return
         self.idx.copy_(idx)
+        alone = getattr(self.job.guard, "exclusive", None)  # a pack's lanes wait while this one captures
         try:
-            graph = self._capture(length)
+            with alone() if alone is not None else contextlib.nullcontext():
+                graph = self._capture(length)
         except Exception as exc:  # any capture failure means: run this trial eagerly
             self.use_graphs = False
             self.stats.fallback = f"CUDA graph capture failed ({exc.__class__.__name__}: {exc}); eager steps"
             log.warning("%s: %s", self.job.trial.trial_id, self.stats.fallback)
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()
             self._eager(idx, length)
             return
         self.graphs[length] = graph
@@ -191,11 +202,19 @@ class Stepper:
 
     def _capture(self, length: int) -> torch.cuda.CUDAGraph:
         torch.cuda.synchronize()
+        t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other lanes of a pack keep running (and allocating) while this one captures
-        with torch.cuda.graph(graph, stream=self.capture_stream, capture_error_mode="thread_local"):
+        # One memory pool for all of a trial's graphs: they replay one at a time on one stream, and nothing
+        # a step allocates outlives it (its gradients and loss are used up inside the same graph), so the
+        # shapes can share memory. thread_local: a pack's other lanes may allocate and evaluate meanwhile.
+        with torch.cuda.graph(
+            graph, pool=self.pool, stream=self.capture_stream, capture_error_mode="thread_local"
+        ):
             self._compute(self.idx, length)
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.stats.capture_seconds += time.perf_counter() - t0
         return graph
 
 
@@ -238,8 +257,8 @@ class FastEngine:
             )
         t0 = time.perf_counter()
         result.diverged = self._train(job, stepper, data, state, total, multiplier)
-        if cuda:
-            torch.cuda.synchronize(job.device)
+        if cuda:  # this lane's stream only: a device-wide wait would also wait for (or break) other lanes
+            torch.cuda.current_stream(job.device).synchronize()
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
         result.first_step_at = stepper.first_step_at
@@ -250,6 +269,7 @@ class FastEngine:
             "graph_shapes": stepper.stats.shapes,
             "graph_steps": stepper.stats.graph_steps,
             "eager_steps": stepper.stats.eager_steps,
+            "capture_seconds": round(stepper.stats.capture_seconds, 3),
         }
         if result.diverged:
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
@@ -316,7 +336,7 @@ class FastEngine:
                     done += 1
                 if stepper.first_step_at is None:  # start-up: when the first step has really run
                     if stepper.cuda:
-                        torch.cuda.synchronize(device)
+                        torch.cuda.current_stream(device).synchronize()
                     stepper.first_step_at = time.time()
                 after_step()
                 if done - checked >= CHECK_EVERY:  # one host sync every CHECK_EVERY steps

@@ -35,7 +35,7 @@ from ftvar.config import Study
 from ftvar.record import read_status
 from ftvar.train.cache import Prepared, cache_folder, load_prepared
 from ftvar.train.checkpoint import Resumable
-from ftvar.train.runner import log_to_stderr, pick_device, run_trial, set_offline
+from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
 from ftvar.trial import StudyPaths, Trial, settings
 
 log = logging.getLogger("ftvar.train")
@@ -45,18 +45,21 @@ MEMORY_MARGIN = 1.5  # a new lane needs this many times the average lane's memor
 
 
 class Gate:
-    """Optimizer-step boundaries across lanes: lanes run each step inside `step()`; `pause()` waits for the
-    steps in flight to end and keeps new ones from starting (until `resume()`)."""
+    """Optimizer-step boundaries across lanes. Lanes run each step inside `step()`. `pause()` (a checkpoint)
+    waits for the steps in flight to end and keeps new ones from starting until `resume()`. `exclusive()`,
+    entered from inside a step, runs it alone: a CUDA-graph capture must not see another lane's kernels,
+    random numbers or device-wide synchronisation."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0
-        self._paused = False
+        self._held = False  # pause(): a checkpoint is being taken
+        self._alone = False  # exclusive(): one lane captures
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
         with self._cond:
-            while self._paused:
+            while self._held or self._alone:
                 self._cond.wait()
             self._active += 1
         try:
@@ -66,15 +69,33 @@ class Gate:
                 self._active -= 1
                 self._cond.notify_all()
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._active -= 1  # while it waits, this lane counts as outside any step
+            self._cond.notify_all()
+            while self._alone or self._held:
+                self._cond.wait()
+            self._alone = True
+            while self._active:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
     def pause(self) -> None:
         with self._cond:
-            self._paused = True
+            self._held = True
             while self._active:
                 self._cond.wait()
 
     def resume(self) -> None:
         with self._cond:
-            self._paused = False
+            self._held = False
             self._cond.notify_all()
 
 
@@ -124,7 +145,10 @@ def run_pack(
         return statuses
     log_to_stderr()
     set_offline()
+    preload(list(dict.fromkeys(m for t in todo for m in model_modules(settings(study, t)))))
     device = pick_device(settings(study, todo[0]).train.device)
+    if device.type == "cuda":
+        torch.cuda.init()  # the device's context, while the model's modules import
     want = min(max(1, lanes or 1), len(todo))
     torch.set_num_threads(threads_per_lane(want))
     pack = Pack()
@@ -184,7 +208,6 @@ def run_pack(
                     with pack.lock:
                         pack.running.pop(trial.trial_id, None)
                         queue.append(trial)
-                    torch.cuda.empty_cache()
                     return
                 with pack.lock:
                     pack.running.pop(trial.trial_id, None)

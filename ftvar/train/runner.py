@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import logging
 import os
 import random
@@ -71,13 +74,48 @@ def set_threads() -> None:
         torch.set_num_threads(int(value))
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, cuda: bool = True) -> None:
+    """Seed Python, numpy and torch. `cuda=False` leaves the GPU's generator alone: lanes of a pack share it
+    (and one of them may be capturing a CUDA graph, which no other seeding may disturb)."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    if cuda:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
-def build_model(study: Study, s: Settings, prepared: Prepared, init_seed: int) -> tuple[torch.nn.Module, str]:
+def model_modules(s: Settings) -> list[str]:
+    """The transformers modules a trial's model needs (what `build_model` imports)."""
+    if s.model.tiny is not None:
+        return ["transformers.models.distilbert.modeling_distilbert"]
+    modules = ["transformers.models.auto.modeling_auto"]
+    try:
+        config = json.loads((Path(s.model.name_or_path) / "config.json").read_text())
+        kind = str(config["model_type"]).replace("-", "_")
+        modules.append(f"transformers.models.{kind}.modeling_{kind}")
+    except (OSError, ValueError, KeyError):
+        pass  # a Hub id: the auto classes find the module when the model is built
+    return modules
+
+
+def preload(modules: list[str]) -> threading.Thread:
+    """Import the model's modules in a background thread (transformers takes seconds to import), while the
+    task sets up the device and reads its data."""
+
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="ftvar-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def build_model(
+    study: Study, s: Settings, prepared: Prepared, init_seed: int, seed_cuda: bool = True
+) -> tuple[torch.nn.Module, str]:
     """A tiny random-init DistilBERT, or a pretrained checkpoint with a head for the study's labels; and
     whether that head was "trained" (loaded from the checkpoint) or is "new" (initialised from the seed)."""
     import transformers
@@ -85,7 +123,8 @@ def build_model(study: Study, s: Settings, prepared: Prepared, init_seed: int) -
     transformers.logging.set_verbosity_error()
     num_labels = len(prepared.label_names)
     id2label = dict(enumerate(prepared.label_names))
-    seed_everything(init_seed)  # the head (and a tiny model) is initialised from the init seed, and dropout
+    # the head (and a tiny model) is initialised from the init seed, and so is dropout's generator
+    seed_everything(init_seed, cuda=seed_cuda)
     m = s.model
     if m.tiny is not None:
         from transformers.models.distilbert import DistilBertConfig, DistilBertForSequenceClassification
@@ -183,10 +222,12 @@ def _fit(
     device: torch.device,
     resumable: Resumable | None,
     after_step: Callable[[], None] | None = None,
+    packed: bool = False,
 ) -> FitResult:
     s = settings(study, trial)
+    seed = trial.init_seed if trial.init_seed is not None else 0
     with BUILD_LOCK:  # lanes of a pack share the global RNG: seeding and initialising happen as one
-        model, head = build_model(study, s, prepared, trial.init_seed if trial.init_seed is not None else 0)
+        model, head = build_model(study, s, prepared, seed, seed_cuda=not packed)
     num_labels = len(prepared.label_names)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -254,7 +295,8 @@ def run_trial(
     result: FitResult | None = None
     status, error = "ok", None
     try:
-        result = _fit(study, trial, prepared, device, resumable, after_step)
+        packed = packed_with is not None and packed_with > 1
+        result = _fit(study, trial, prepared, device, resumable, after_step, packed)
         timings["train"], timings["eval"] = result.train_time, result.eval_time
         if result.first_step_at is not None and not STARTED.is_set():
             STARTED.set()  # the process' first trial: how long from the task's start to its first step
