@@ -8,8 +8,8 @@ Every engine trains the same model (random init from the same seed), on the same
 sizes, in this one process. A run is `--warmup` steps (start-up, CUDA-graph capture) then `--steps` timed
 steps; samples/s counts the timed steps only, with the device synchronised at both ends. The fast engine
 warms up longer (--warmup-fast), so that the graphs of the common batch shapes are captured before timing.
-The Trainer runs twice: with its defaults (fp32) and in bf16, the precision the other engines use on a GPU
-("auto").
+The Trainer runs twice: with its defaults (fp32: `trainer-fp32`) and in bf16 (`trainer-bf16`), the precision
+the other engines use on a GPU ("auto").
 Prints samples/s per engine and batch size, and each engine's ratio to the Trainer.
 """
 
@@ -35,8 +35,8 @@ from ftvar.train.runner import build_model
 from ftvar.trial import expand, settings
 
 RUNS = (  # (label, engine, precision)
-    ("trainer fp32 (defaults)", "trainer", "fp32"),
-    ("trainer bf16", "trainer", "auto"),
+    ("trainer-fp32", "trainer", "fp32"),
+    ("trainer-bf16", "trainer", "auto"),
     ("plain", "plain", "auto"),
     ("fast", "fast", "auto"),
 )
@@ -122,7 +122,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for bs in args.batch_sizes:
         for label, engine, precision in RUNS:
-            if label not in args.runs or (label == "trainer bf16" and not gpu):  # a CPU trains in fp32
+            if label not in args.runs or (label == "trainer-bf16" and not gpu):  # a CPU trains in fp32
                 continue
             try:
                 row = measure(args, engine, precision, bs)
@@ -131,15 +131,15 @@ def main() -> None:
             row["label"] = label
             rows.append(row)
             shown = f"{row['samples_per_s']:8.0f} samples/s" if "samples_per_s" in row else row["error"]
-            print(f"bs {bs:3d}  {label:24s} {shown}", flush=True)
+            print(f"bs {bs:3d}  {label:14s} {shown}", flush=True)
     print("\nratios to the Trainer (same batch size):")
     for bs in args.batch_sizes:
         at = {r["label"]: r.get("samples_per_s") for r in rows if r["batch_size"] == bs}
-        for base in ("trainer fp32 (defaults)", "trainer bf16"):
+        for base in ("trainer-fp32", "trainer-bf16"):
             if not at.get(base):
                 continue
             parts = [f"{label} {at[label] / at[base]:.2f}×" for label in ("plain", "fast") if at.get(label)]
-            print(f"bs {bs:3d}  vs {base:24s} " + ", ".join(parts))
+            print(f"bs {bs:3d}  vs {base:14s} " + ", ".join(parts))
     if args.json:
         args.json.write_text(
             json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=1)
