@@ -54,3 +54,18 @@ def test_the_trainer_engine_trains_and_is_evaluated_like_the_others(tmp_path: Pa
     assert rec["engine"]["name"] == "trainer" and rec["steps"] == 126
     assert rec["metrics"]["accuracy"] > 0.6 and rec["metrics"]["train_loss"] is not None
     assert sum(rec["eval"]["pred_counts"]) == 100
+
+
+def test_fresh_weights_reads_both_forms_of_the_loading_info() -> None:
+    """transformers ≥ 5.24 (and 4.x) return a dict; earlier 5.x releases an object with the same fields."""
+    from types import SimpleNamespace
+
+    from ftvar.train.runner import fresh_weights
+
+    assert fresh_weights({"missing_keys": {"classifier.weight"}, "mismatched_keys": []}) == [
+        "classifier.weight"
+    ]
+    assert fresh_weights(SimpleNamespace(missing_keys=set(), mismatched_keys=["pre_classifier.bias"])) == [
+        "pre_classifier.bias"
+    ]
+    assert fresh_weights({}) == [] and fresh_weights(SimpleNamespace()) == []

@@ -278,8 +278,8 @@ class PlainEngine:
             assert trial.order_seed is not None
             order = epoch_order(len(job.train), trial.order_seed, epoch)[offset * trial.batch_size :]
             for idx in batches(len(job.train), trial.batch_size, order):
-                batch = collate(job.train, idx, device)
-                with guard():
+                with guard():  # the copy to the device too: a pack's capturing lane sees no other work
+                    batch = collate(job.train, idx, device)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                         loss = model(**batch).loss
                     if not torch.isfinite(loss):

@@ -159,8 +159,17 @@ def build_model(
         )
     except OSError as exc:
         raise not_loadable(study, f"model {m.name_or_path}", exc) from None
-    fresh = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
-    return model, "new" if fresh else "trained"
+    return model, "new" if fresh_weights(info) else "trained"
+
+
+def fresh_weights(info: Any) -> list[str]:
+    """The weights `from_pretrained` initialised instead of loading (missing or of another shape). Its loading
+    info is a dict in transformers ≥ 5.24 and 4.x, an object with the same fields in earlier 5.x releases."""
+    keys: list[str] = []
+    for name in ("missing_keys", "mismatched_keys"):
+        value = info.get(name) if isinstance(info, dict) else getattr(info, name, None)
+        keys += [str(k) for k in value or []]
+    return keys
 
 
 def _record(
@@ -232,10 +241,13 @@ def _fit(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if trial.is_baseline:  # the un-fine-tuned model, evaluated once
-        model.to(device)
+        # in a pack, as one step: no other lane captures a CUDA graph meanwhile
+        guard = resumable.guard.step() if resumable is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
         dtype = autocast_dtype(s.train.precision, device)
-        evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
+        with guard:
+            model.to(device)
+            evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
             metrics={**evaluated.metrics, "train_loss": None},
             eval_time=time.perf_counter() - t0,
