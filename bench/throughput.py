@@ -10,7 +10,8 @@ steps; samples/s counts the timed steps only, with the device synchronised at bo
 warms up longer (--warmup-fast), so that the graphs of the common batch shapes are captured before timing.
 The Trainer runs twice: with its defaults (fp32: `trainer-fp32`) and in bf16 (`trainer-bf16`), the precision
 the other engines use on a GPU ("auto").
-Prints samples/s per engine and batch size, and each engine's ratio to the Trainer.
+Prints samples/s per engine and batch size (the median of --repeat runs, each run's figure beside it), and
+each engine's ratio to the Trainer.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--warmup-fast", type=int, default=None, help="the fast engine's (default 300 GPU)")
     parser.add_argument("--runs", nargs="+", default=[label for label, _, _ in RUNS], help="which engines")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per figure, median shown (3 CPU, 1 GPU)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.prepare_only:
@@ -116,6 +120,7 @@ def main() -> None:
     args.batch_sizes = args.batch_sizes or ([8, 16, 32, 64] if gpu else [16, 32])
     args.steps = args.steps or (300 if gpu else 60)
     args.warmup_fast = args.warmup_fast or (300 if gpu else args.warmup)
+    args.repeat = args.repeat or (1 if gpu else 3)
     device_name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
     model = args.model or ("base" if gpu else "tiny")
     print(f"device: {device_name} · torch {torch.__version__} · model {model}")
@@ -125,12 +130,16 @@ def main() -> None:
             if label not in args.runs or (label == "trainer-bf16" and not gpu):  # a CPU trains in fp32
                 continue
             try:
-                row = measure(args, engine, precision, bs)
+                runs = [measure(args, engine, precision, bs) for _ in range(args.repeat)]
+                row = sorted(runs, key=lambda r: r["samples_per_s"])[len(runs) // 2]  # the median run
+                row["all_samples_per_s"] = [round(r["samples_per_s"], 1) for r in runs]
             except Exception as exc:  # one failing engine must not hide the others' figures
                 row = {"engine": engine, "precision": precision, "batch_size": bs, "error": repr(exc)[:300]}
             row["label"] = label
             rows.append(row)
-            shown = f"{row['samples_per_s']:8.0f} samples/s" if "samples_per_s" in row else row["error"]
+            shown = row.get("error", "")
+            if "samples_per_s" in row:
+                shown = f"{row['samples_per_s']:8.0f} samples/s (runs: {row['all_samples_per_s']})"
             print(f"bs {bs:3d}  {label:14s} {shown}", flush=True)
     print("\nratios to the Trainer (same batch size):")
     for bs in args.batch_sizes:
