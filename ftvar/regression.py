@@ -1,0 +1,239 @@
+"""One metric's regression on the hyperparameter terms with the seeds as blocks (OLS) or as random intercepts
+(statsmodels MixedLM), its term tests, and their Holm and Benjamini–Hochberg adjustment.
+
+Seeds as blocks, `metric ~ terms + C(init_seed) + C(order_seed)`, estimate every hyperparameter effect within
+seeds: a seed that is lucky everywhere shifts its block, not the slopes, and its variance leaves the residual.
+When every configuration has every seed (the designs ftvar runs, unless trials fail) the block fit and the
+mixed model give the same hyperparameter estimates; the mixed model recovers information across seeds when
+the seeds are unbalanced and there are enough of them to estimate their variance.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.regression.mixed_linear_model import VCSpec
+
+from ftvar.fits import ALPHA, Coef, Fit, TermTest
+from ftvar.terms import ModelData
+
+MIXED_MIN_LEVELS = 5  # a random-effect variance needs at least this many seed levels to be estimated
+
+
+def balanced(md: ModelData) -> bool:
+    """Whether every configuration has the same seed combinations."""
+    if not md.seeds:
+        return True
+    combos = np.column_stack([s.codes for s in md.seeds])
+    per_config: dict[int, set[tuple[int, ...]]] = {}
+    for c, row in zip(md.config.tolist(), map(tuple, combos.tolist()), strict=True):
+        per_config.setdefault(c, set()).add(row)
+    sets = list(per_config.values())
+    counts = np.bincount(md.config)
+    return all(s == sets[0] for s in sets) and bool((counts == counts[0]).all())
+
+
+def resolve_seed_model(md: ModelData, wanted: str) -> tuple[str, str]:
+    """(blocks | mixed | none, why) for `analysis.seed_model` = auto | blocks | mixed."""
+    if not md.seeds:
+        return (
+            "none",
+            "a single seed: no seed blocks (seed noise and hyperparameter effects share the residual)",
+        )
+    fewest = min(len(s.levels) for s in md.seeds)
+    if wanted == "blocks":
+        return "blocks", "seeds as fixed blocks (analysis.seed_model = blocks)"
+    if wanted == "mixed":
+        if fewest < 3:
+            return (
+                "blocks",
+                f"analysis.seed_model = mixed, but {fewest} seed levels cannot give a variance: blocks",
+            )
+        return "mixed", "random seed intercepts (analysis.seed_model = mixed)"
+    if balanced(md):
+        return "blocks", (
+            "seeds as fixed blocks: every configuration has every seed, so blocks and a mixed model give the "
+            "same hyperparameter estimates and blocks assume nothing about how seed effects are distributed"
+        )
+    if fewest >= MIXED_MIN_LEVELS:
+        return "mixed", (
+            f"random seed intercepts (MixedLM, REML): seeds are unbalanced across configurations and each "
+            f"seed axis has ≥ {MIXED_MIN_LEVELS} levels, enough to estimate its variance"
+        )
+    return "blocks", (
+        f"seeds as fixed blocks: seeds are unbalanced but {fewest} seed level(s) are too few (< "
+        f"{MIXED_MIN_LEVELS}) to estimate a random-effect variance"
+    )
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error)."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg step-up adjusted p-values (false discovery rate)."""
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def adjust(p_values: list[float]) -> tuple[list[float], list[float]]:
+    """Holm and Benjamini–Hochberg adjusted p-values over one family, NaN kept as NaN (the same numbers as
+    statsmodels' multipletests "holm" and "fdr_bh", without its per-call overhead)."""
+    p = np.asarray(p_values, dtype="float64")
+    h, bh = np.full(len(p), np.nan), np.full(len(p), np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        h[ok] = holm(p[ok])
+        bh[ok] = benjamini_hochberg(p[ok])
+    return h.tolist(), bh.tolist()
+
+
+def _skipped(md: ModelData, y_name: str, metric: str, kind: str, subset: str, message: str) -> Fit:
+    return Fit(
+        metric, kind, subset, y_name, md.formula(y_name), "none", md.n, md.X.shape[1], "skipped", message
+    )
+
+
+def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_model: str = "auto") -> Fit:
+    """Fit `y` (one value per row of `md`); a skipped Fit (never an exception) when it cannot be fitted."""
+    y_name = metric if kind == "absolute" else f"{metric}_rel"
+    seed_x, _ = md.seed_dummies()
+    k = md.X.shape[1] + seed_x.shape[1]
+    if md.n <= k:
+        return _skipped(
+            md,
+            y_name,
+            metric,
+            kind,
+            subset,
+            f"too few trials: {md.n} ok trial(s) for {k} parameters (with seed blocks); need at least "
+            f"{k + 1} (add seeds or design points, or lower analysis.degree)",
+        )
+    if not np.isfinite(y).all():
+        return _skipped(md, y_name, metric, kind, subset, "the response has missing or non-finite values")
+    model, why = resolve_seed_model(md, seed_model)
+    out = Fit(metric, kind, subset, y_name, md.formula(y_name), model, md.n, md.X.shape[1])
+    out.notes.append(why)
+    estimates: Estimates | None = None
+    if model == "mixed":
+        try:
+            estimates = _mixed(out, md, y)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            out.notes.append(f"the mixed model failed ({exc}); seeds as fixed blocks instead")
+            out.seed_model = "blocks"
+    if estimates is None:
+        estimates = _ols(out, md, y, seed_x)
+    _tests(out, md, *estimates)
+    return out
+
+
+Estimates = tuple[np.ndarray, np.ndarray, float]  # hyperparameter coefficients, their covariance, residual df
+
+
+def _ols(out: Fit, md: ModelData, y: np.ndarray, seed_x: np.ndarray) -> Estimates:
+    exog = np.column_stack([md.X, seed_x])
+    res = sm.OLS(y, exog).fit()
+    p = md.X.shape[1]
+    params, cov = np.asarray(res.params), np.asarray(res.cov_params())
+    out.r2, out.adj_r2 = float(res.rsquared), float(res.rsquared_adj)
+    out.aic, out.bic, out.df_resid = float(res.aic), float(res.bic), float(res.df_resid)
+    out.sigma = float(np.sqrt(res.scale))
+    out.fitted, out.observed = np.asarray(res.fittedvalues), y
+    return params[:p], cov[:p, :p], float(res.df_resid)
+
+
+def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
+    kwargs: dict[str, Any] = {}
+    if len(md.seeds) == 1:
+        groups = md.seeds[0].codes
+    else:
+        groups = np.zeros(md.n, dtype=int)
+        names, colnames, mats = [], [], []
+        for s in md.seeds:
+            z = np.column_stack([(s.codes == j).astype("float64") for j in range(len(s.levels))])
+            names.append(s.name)
+            colnames.append([[f"{s.name}[{v}]" for v in s.levels]])
+            mats.append([z])
+        kwargs["exog_vc"] = VCSpec(names, colnames, mats)
+        kwargs["exog_re"] = np.zeros((md.n, 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = sm.MixedLM(y, md.X, groups, **kwargs)
+        res = model.fit(reml=True)
+    if any("converge" in str(w.message).lower() for w in caught):
+        out.notes.append("the mixed model reported convergence problems; read its estimates with care")
+    p = md.X.shape[1]
+    params = np.asarray(res.fe_params)
+    cov = np.asarray(res.cov_params())[:p, :p]
+    if not np.isfinite(cov).all():
+        raise ValueError("non-finite covariance of the fixed effects")
+    fitted = np.asarray(res.fittedvalues)
+    ss_res = float(((y - fitted) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    out.r2 = 1 - ss_res / ss_tot if ss_tot > 0 else None
+    out.df_resid = float(md.n - p)
+    out.sigma = float(np.sqrt(res.scale))
+    out.fitted, out.observed = fitted, y
+    return params, cov, float("inf")
+
+
+def _wald(params: np.ndarray, cov: np.ndarray, cols: list[int], df: float) -> tuple[float, float]:
+    b = params[cols]
+    v = cov[np.ix_(cols, cols)]
+    stat = float(b @ np.linalg.pinv(v) @ b) / len(cols)
+    if np.isinf(df):
+        return stat, float(stats.chi2.sf(stat * len(cols), len(cols)))
+    return stat, float(stats.f.sf(stat, len(cols), df))
+
+
+def _tests(out: Fit, md: ModelData, params: np.ndarray, cov: np.ndarray, df: float) -> None:
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    crit = stats.norm.ppf(1 - ALPHA / 2) if np.isinf(df) else stats.t.ppf(1 - ALPHA / 2, df)
+    owner = {c: name for name, cols in md.term_columns.items() for c in cols}
+    for j, name in enumerate(md.columns):
+        t = params[j] / se[j] if se[j] > 0 else float("nan")
+        p = 2 * (stats.norm.sf(abs(t)) if np.isinf(df) else stats.t.sf(abs(t), df))
+        ci = (params[j] - crit * se[j], params[j] + crit * se[j])
+        out.coefs.append(
+            Coef(
+                name,
+                owner.get(j, "Intercept"),
+                float(params[j]),
+                float(se[j]),
+                float(t),
+                float(p),
+                *map(float, ci),
+            )
+        )
+    labels = {t.name: t.label for t in md.terms}
+    for term, cols in md.term_columns.items():
+        if len(cols) == 1:
+            c = out.coefs[cols[0]]
+            out.tests.append(
+                TermTest(
+                    term, labels[term], 1, c.t, c.p, coef=c.coef, se=c.se, ci_low=c.ci_low, ci_high=c.ci_high
+                )
+            )
+        else:
+            stat, p = _wald(params, cov, cols, df)
+            out.tests.append(TermTest(term, labels[term], len(cols), stat, p))
+    holm, bh = adjust([t.p for t in out.tests])
+    for t, h, b in zip(out.tests, holm, bh, strict=True):
+        t.p_holm, t.p_bh = h, b
+    hp_cols = [c for cols in md.term_columns.values() for c in cols]
+    out.f_pvalue = _wald(params, cov, hp_cols, df)[1] if hp_cols else None

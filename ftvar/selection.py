@@ -1,0 +1,96 @@
+"""Polynomial degree by leave-one-configuration-out cross-validation: each fold holds out every trial (all
+seeds) of one configuration, so a model is judged on configurations it has not seen, never on another seed of
+a configuration it was fitted to.
+
+The held-out residuals come from the exact group-deletion formula of least squares, e_(g) = (I − H_gg)⁻¹ e_g,
+so the folds cost one fit. CV R² = 1 − Σ e_(g)² / Σ (y − ȳ)². A fold whose configuration is needed to identify
+a term (an axial point of a central composite design for a square) cannot be predicted: that degree has no CV
+R² (n/a), which is itself a warning that the design supports it only just.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ftvar.terms import ModelData
+
+OVERFIT_MARGIN = 0.01  # CV R² lower than the best degree's by more than this: the full model overfits
+
+
+@dataclass
+class DegreeScore:
+    degree: int
+    n_params: int
+    r2: float | None
+    cv_r2: float | None
+    note: str | None = None
+
+
+@dataclass
+class Selection:
+    metric: str
+    scores: list[DegreeScore]
+    chosen: int | None  # the degree with the best CV R²
+    full: int  # analysis.degree
+    warning: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None, str | None]:
+    """(in-sample R², leave-one-configuration-out CV R², why CV R² is missing) of the seed-blocked fit."""
+    seed_x, _ = md.seed_dummies()
+    x = np.column_stack([md.X, seed_x])
+    n, k = x.shape
+    if n <= k:
+        return None, None, f"too few trials ({n}) for {k} parameters"
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    if ss_tot <= 0:
+        return None, None, "the metric does not vary"
+    xtx_inv = np.linalg.pinv(x.T @ x)
+    beta = xtx_inv @ x.T @ y
+    e = y - x @ beta
+    r2 = 1 - float(e @ e) / ss_tot
+    press = 0.0
+    for g in range(md.n_configs):
+        idx = np.flatnonzero(md.config == g)
+        xg = x[idx]
+        m = np.eye(len(idx)) - xg @ xtx_inv @ xg.T
+        if np.linalg.cond(m) > 1e8:
+            return r2, None, "leaving out some configuration makes a term unidentifiable"
+        eg = np.linalg.solve(m, e[idx])
+        press += float(eg @ eg)
+    return r2, 1 - press / ss_tot, None
+
+
+def select(
+    metric: str, build: Callable[[int], ModelData], y_of: Callable[[ModelData], np.ndarray], full: int
+) -> Selection:
+    """CV R² of every degree 1..full (`build(d)` gives the rows' model at degree d) and the best of them."""
+    scores = []
+    for d in range(1, full + 1):
+        md = build(d)
+        seed_cols = sum(len(s.levels) - 1 for s in md.seeds)
+        r2, cv, why = cv_scores(md, y_of(md))
+        scores.append(DegreeScore(d, md.X.shape[1] + seed_cols, r2, cv, why))
+    valid = [s for s in scores if s.cv_r2 is not None]
+    if not valid:
+        return Selection(metric, scores, None, full, None, ["no degree could be cross-validated"])
+    best = max(valid, key=lambda s: s.cv_r2 if s.cv_r2 is not None else -np.inf)
+    out = Selection(metric, scores, best.degree, full)
+    top = scores[-1]
+    if top.cv_r2 is not None and best.cv_r2 is not None and top.degree != best.degree:
+        if top.cv_r2 < best.cv_r2 - OVERFIT_MARGIN:
+            out.warning = (
+                f"the degree-{top.degree} model overfits: its cross-validated R² ({top.cv_r2:.3f}) is below "
+                f"degree {best.degree}'s ({best.cv_r2:.3f}) although its in-sample R² is "
+                f"{top.r2 if top.r2 is not None else float('nan'):.3f}"
+            )
+    elif top.cv_r2 is not None and top.cv_r2 < 0:
+        out.warning = (
+            f"the degree-{top.degree} model predicts held-out configurations worse than their mean "
+            f"(CV R² {top.cv_r2:.3f})"
+        )
+    return out
