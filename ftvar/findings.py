@@ -18,7 +18,7 @@ UNIT = {"log10": "per 10× {label}", "log2": "per doubling of {label}", "raw": "
 
 
 def _show(value: float) -> str:
-    return f"{value:.2g}"
+    return f"{value:.3g}"
 
 
 def _p(t: TermTest) -> str:
@@ -80,8 +80,12 @@ def describe(fit: Fit, t: TermTest, md: ModelData) -> str:
 
 
 def findings(fits: list[Fit], models: dict[str, ModelData]) -> list[dict[str, Any]]:
-    """The significant terms (Holm) of the absolute fits of all trials, at most PER_METRIC per metric."""
-    out = []
+    """The significant terms (Holm) of the absolute fits of all trials: at most PER_METRIC for the first
+    metric (accuracy), then for the others only the terms the first did not already show, with one line when
+    they show the same."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    same: list[str] = []
     for metric in FIT_METRICS:
         fit = next(
             (f for f in fits if f.metric == metric and f.kind == "absolute" and f.subset == "all"), None
@@ -90,6 +94,12 @@ def findings(fits: list[Fit], models: dict[str, ModelData]) -> list[dict[str, An
         if fit is None or not fit.ok or md is None:
             continue
         terms = sorted((t for t in fit.tests if t.significant), key=lambda t: t.p_holm)
+        if out or seen:
+            new = [t for t in terms if t.term not in seen]
+            if not new and terms:
+                same.append(METRIC_LABELS[metric])
+            terms = new
+        seen.update(t.term for t in terms)
         for t in terms[:PER_METRIC]:
             out.append(
                 {
@@ -115,4 +125,17 @@ def findings(fits: list[Fit], models: dict[str, ModelData]) -> list[dict[str, An
                     f"{METRIC_LABELS[metric]}: see its fit",
                 }
             )
+    if same:
+        text = f"{' and '.join(same)}: the same terms are significant as above (directions in their fits)"
+        out.append(
+            {
+                "metric": None,
+                "term": None,
+                "coef": None,
+                "p": None,
+                "p_holm": None,
+                "p_bh": None,
+                "text": text,
+            }
+        )
     return out

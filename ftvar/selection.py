@@ -84,13 +84,13 @@ def select(
     if top.cv_r2 is not None and best.cv_r2 is not None and top.degree != best.degree:
         if top.cv_r2 < best.cv_r2 - OVERFIT_MARGIN:
             out.warning = (
-                f"the degree-{top.degree} model overfits: its cross-validated R² ({top.cv_r2:.3f}) is below "
-                f"degree {best.degree}'s ({best.cv_r2:.3f}) although its in-sample R² is "
+                f"{metric}: the degree-{top.degree} model overfits: its cross-validated R² ({top.cv_r2:.3f}) "
+                f"is below degree {best.degree}'s ({best.cv_r2:.3f}) although its in-sample R² is "
                 f"{top.r2 if top.r2 is not None else float('nan'):.3f}"
             )
     elif top.cv_r2 is not None and top.cv_r2 < 0:
         out.warning = (
-            f"the degree-{top.degree} model predicts held-out configurations worse than their mean "
+            f"{metric}: the degree-{top.degree} model predicts held-out configurations worse than their mean "
             f"(CV R² {top.cv_r2:.3f})"
         )
     return out
