@@ -13,7 +13,7 @@ from ftvar.fits import FIT_METRICS, METRIC_LABELS, Fit, TermTest
 from ftvar.optimum import vertex
 from ftvar.terms import ModelData, Predictor
 
-PER_METRIC = 3
+PER_METRIC = 4
 UNIT = {"log10": "per 10× {label}", "log2": "per doubling of {label}", "raw": "per unit of {label}"}
 
 

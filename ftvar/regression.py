@@ -147,11 +147,14 @@ Estimates = tuple[np.ndarray, np.ndarray, float]  # hyperparameter coefficients,
 
 def _ols(out: Fit, md: ModelData, y: np.ndarray, seed_x: np.ndarray) -> Estimates:
     exog = np.column_stack([md.X, seed_x])
-    res = sm.OLS(y, exog).fit()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # a constant response: R² is undefined (nan), not an error
+        res = sm.OLS(y, exog).fit()
+        stats_ = (res.rsquared, res.rsquared_adj, res.aic, res.bic)
     p = md.X.shape[1]
     params, cov = np.asarray(res.params), np.asarray(res.cov_params())
-    out.r2, out.adj_r2 = float(res.rsquared), float(res.rsquared_adj)
-    out.aic, out.bic, out.df_resid = float(res.aic), float(res.bic), float(res.df_resid)
+    out.r2, out.adj_r2, out.aic, out.bic = (float(x) for x in stats_)
+    out.df_resid = float(res.df_resid)
     out.sigma = float(np.sqrt(res.scale))
     out.fitted, out.observed = np.asarray(res.fittedvalues), y
     return params[:p], cov[:p, :p], float(res.df_resid)

@@ -299,7 +299,8 @@ def build(
         if p.kind == "numeric" and degree >= 2 and len(p.values) <= degree:
             powers = [k for k in range(len(p.values), degree + 1) if k >= 2]
             if powers:
-                what = "square" if powers == [2] else "powers " + ", ".join(map(str, powers))
+                names = {2: "square", 3: "cube"}
+                what = " and ".join(names.get(k, f"power {k}") for k in powers)
                 notes.append(
                     f"{p.label} has {len(p.values)} distinct values: its {what} cannot be identified and "
                     "is left out"
@@ -331,8 +332,8 @@ def build(
         if r < current_rank + cols.shape[1]:
             if r == current_rank:
                 notes.append(
-                    f"{term.label} ({term.name}) cannot be identified in this design (it is aliased with "
-                    "lower-order terms, e.g. a cube in a central composite design): left out"
+                    f"{term.label} ({term.name}) cannot be identified in this design (its column is a "
+                    "combination of the terms before it: too few distinct configurations): left out"
                 )
             else:
                 notes.append(
