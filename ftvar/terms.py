@@ -299,8 +299,8 @@ def build(
         if p.kind == "numeric" and degree >= 2 and len(p.values) <= degree:
             powers = [k for k in range(len(p.values), degree + 1) if k >= 2]
             if powers:
-                names = {2: "square", 3: "cube"}
-                what = " and ".join(names.get(k, f"power {k}") for k in powers)
+                words = {2: "square", 3: "cube"}
+                what = " and ".join(words.get(k, f"power {k}") for k in powers)
                 notes.append(
                     f"{p.label} has {len(p.values)} distinct values: its {what} cannot be identified and "
                     "is left out"
