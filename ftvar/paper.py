@@ -126,7 +126,7 @@ def compare(
             "term": term,
             "metric": metric,
             "fit": fit.kind if fit else kind,
-            "coding": " × ".join(codings.get(part, "not an axis") for part in term.split(":")),
+            "coding": " × ".join(codings.get(part, "not a varying axis") for part in term.split(":")),
             "paper_p": paper_p,
             "paper_direction": paper_dir or None,
             "coef": None,
