@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ftvar.absorb import absorb
+from ftvar.regression import absorbed_fit
 from ftvar.resample import responses
 from ftvar.terms import ModelData, Predictor, term_matrix
 
@@ -85,31 +87,29 @@ def best(
     md: ModelData, y: np.ndarray, metric: str, maximise: bool, degree: int, b: int, seed: int = 0
 ) -> Best:
     """The best point of the fitted surface and its bootstrap intervals (`b` resamples of the seeds)."""
-    seed_x, _ = md.seed_dummies()
-    x = np.column_stack([md.X, seed_x])
-    pinv = np.linalg.pinv(x)
-    p = md.X.shape[1]
+    fit_ = absorbed_fit(md, y)
+    xbar = md.X[:, 1:].mean(axis=0)
     points = _grid(md.predictors)
-    f = _matrix(md, points)
-    beta = pinv @ y
-    offset = float(np.mean(seed_x @ beta[p:])) if seed_x.shape[1] else 0.0
-    pred = f @ beta[:p] + offset
+    f = _matrix(md, points)[:, 1:]
+    pred = f @ fit_.beta + (float(y.mean()) - float(xbar @ fit_.beta))  # at the mean of the seeds' effects
     pick = np.argmax if maximise else np.argmin
     i = int(pick(pred))
     out = Best(metric, maximise, degree, float(pred[i]), None, None, [], 0)
-    ystar = responses(md, y, b, seed)
-    picks = None
-    if ystar is not None:
-        bstar = pinv @ ystar
-        offsets = (seed_x @ bstar[p:]).mean(axis=0) if seed_x.shape[1] else np.zeros(ystar.shape[1])
-        picks = np.empty(ystar.shape[1], dtype=int)
-        values = np.empty(ystar.shape[1])
+    blocks = md.seed_blocks()
+    picked, values = [], []
+    for ystar in responses(md, y, b, seed):
+        ya, _ = absorb(ystar, blocks)
+        bstar = fit_.xtx_inv @ (fit_.xa.T @ ya)
+        const = ystar.mean(axis=0) - xbar @ bstar
         for s in range(0, ystar.shape[1], CHUNK):
-            pstar = f @ bstar[:p, s : s + CHUNK] + offsets[s : s + CHUNK]
-            picks[s : s + CHUNK] = pick(pstar, axis=0)
-            values[s : s + CHUNK] = pstar[picks[s : s + CHUNK], np.arange(pstar.shape[1])]
-        lo, hi = np.quantile(values, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-        out.ci_low, out.ci_high, out.bootstrap = float(lo), float(hi), int(ystar.shape[1])
+            pstar = f @ bstar[:, s : s + CHUNK] + const[s : s + CHUNK]
+            top = pick(pstar, axis=0)
+            picked.append(top)
+            values.append(pstar[top, np.arange(pstar.shape[1])])
+    picks = np.concatenate(picked) if picked else None
+    if picks is not None:
+        lo, hi = np.quantile(np.concatenate(values), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        out.ci_low, out.ci_high, out.bootstrap = float(lo), float(hi), len(picks)
     for pr in md.predictors:
         col = points[pr.axis.name]
         value = col.iloc[i]

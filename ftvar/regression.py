@@ -11,6 +11,7 @@ the seeds are unbalanced and there are enough of them to estimate their variance
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,12 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.regression.mixed_linear_model import VCSpec
 
+from ftvar.absorb import absorb, rank_of_blocks
 from ftvar.fits import ALPHA, Coef, Fit, TermTest
 from ftvar.terms import ModelData
 
 MIXED_MIN_LEVELS = 5  # a random-effect variance needs at least this many seed levels to be estimated
+MIXED_MAX_CELLS = 2_000_000  # crossed seeds: MixedLM holds n × levels dense
 
 
 def balanced(md: ModelData) -> bool:
@@ -54,6 +57,11 @@ def resolve_seed_model(md: ModelData, wanted: str) -> tuple[str, str]:
                 f"analysis.seed_model = mixed, but {fewest} seed levels cannot give a variance: blocks",
             )
         return "mixed", "random seed intercepts (analysis.seed_model = mixed)"
+    if len(md.seeds) > 1 and md.n * sum(len(s.levels) for s in md.seeds) > MIXED_MAX_CELLS:
+        return "blocks", (
+            "seeds as fixed blocks: crossed random seed effects over this many trials and seeds are too large "
+            "for statsmodels' MixedLM"
+        )
     if balanced(md):
         return "blocks", (
             "seeds as fixed blocks: every configuration has every seed, so blocks and a mixed model give the "
@@ -112,8 +120,7 @@ def _skipped(md: ModelData, y_name: str, metric: str, kind: str, subset: str, me
 def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_model: str = "auto") -> Fit:
     """Fit `y` (one value per row of `md`); a skipped Fit (never an exception) when it cannot be fitted."""
     y_name = metric if kind == "absolute" else f"{metric}_rel"
-    seed_x, _ = md.seed_dummies()
-    k = md.X.shape[1] + seed_x.shape[1]
+    k = md.X.shape[1] - 1 + rank_of_blocks(md.seed_blocks())
     if md.n <= k:
         return _skipped(
             md,
@@ -137,7 +144,7 @@ def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_
             out.notes.append(f"the mixed model failed ({exc}); seeds as fixed blocks instead")
             out.seed_model = "blocks"
     if estimates is None:
-        estimates = _ols(out, md, y, seed_x)
+        estimates = _ols(out, md, y)
     _tests(out, md, *estimates)
     return out
 
@@ -145,19 +152,54 @@ def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_
 Estimates = tuple[np.ndarray, np.ndarray, float]  # hyperparameter coefficients, their covariance, residual df
 
 
-def _ols(out: Fit, md: ModelData, y: np.ndarray, seed_x: np.ndarray) -> Estimates:
-    exog = np.column_stack([md.X, seed_x])
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")  # a constant response: R² is undefined (nan), not an error
-        res = sm.OLS(y, exog).fit()
-        stats_ = (res.rsquared, res.rsquared_adj, res.aic, res.bic)
-    p = md.X.shape[1]
-    params, cov = np.asarray(res.params), np.asarray(res.cov_params())
-    out.r2, out.adj_r2, out.aic, out.bic = (float(x) for x in stats_)
-    out.df_resid = float(res.df_resid)
-    out.sigma = float(np.sqrt(res.scale))
-    out.fitted, out.observed = np.asarray(res.fittedvalues), y
-    return params[:p], cov[:p, :p], float(res.df_resid)
+@dataclass
+class Absorbed:
+    """The seed-blocked least-squares fit, the blocks absorbed (ftvar.absorb) instead of dummy columns."""
+
+    beta: np.ndarray  # slopes of the model matrix' columns after the intercept
+    xa: np.ndarray  # those columns, blocks absorbed
+    xtx_inv: np.ndarray
+    resid: np.ndarray
+    df: float
+    blocks_rank: int
+
+
+def absorbed_fit(md: ModelData, y: np.ndarray) -> Absorbed:
+    blocks = md.seed_blocks()
+    ya, _ = absorb(y, blocks)
+    xa, _ = absorb(md.X[:, 1:], blocks)
+    xtx_inv = np.linalg.pinv(xa.T @ xa) if xa.shape[1] else np.zeros((0, 0))
+    beta = xtx_inv @ (xa.T @ ya) if xa.shape[1] else np.zeros(0)
+    resid = ya - xa @ beta if xa.shape[1] else ya
+    k = rank_of_blocks(blocks)
+    return Absorbed(beta, xa, xtx_inv, resid, float(md.n - xa.shape[1] - k), k)
+
+
+def _ols(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
+    """OLS with the seeds as blocks. The intercept is the mean at the design's centre over this study's seeds
+    (not one seed's level): mean(y − X β), with its standard error given these seeds."""
+    fit_ = absorbed_fit(md, y)
+    n, p = md.n, md.X.shape[1]
+    rss = float(fit_.resid @ fit_.resid)
+    sigma2 = rss / fit_.df if fit_.df > 0 else float("nan")
+    xbar = md.X[:, 1:].mean(axis=0)
+    intercept = float(np.mean(y - md.X[:, 1:] @ fit_.beta))
+    cov = np.zeros((p, p))
+    cov[1:, 1:] = sigma2 * fit_.xtx_inv
+    cov[0, 0] = sigma2 / n + float(xbar @ cov[1:, 1:] @ xbar)
+    cov[0, 1:] = cov[1:, 0] = -(cov[1:, 1:] @ xbar)
+    tss = float(((y - y.mean()) ** 2).sum())
+    k = p - 1 + fit_.blocks_rank
+    with np.errstate(all="ignore"):
+        out.r2 = 1 - rss / tss if tss > 0 else None
+        out.adj_r2 = 1 - (rss / fit_.df) / (tss / (n - 1)) if tss > 0 and fit_.df > 0 else None
+        llf = -n / 2 * (np.log(2 * np.pi * rss / n) + 1) if rss > 0 else float("inf")
+    out.aic = float(-2 * llf + 2 * k) if np.isfinite(llf) else None
+    out.bic = float(-2 * llf + np.log(n) * k) if np.isfinite(llf) else None
+    out.df_resid = fit_.df
+    out.sigma = float(np.sqrt(sigma2)) if np.isfinite(sigma2) else None
+    out.fitted, out.observed = y - fit_.resid, y
+    return np.concatenate([[intercept], fit_.beta]), cov, fit_.df
 
 
 def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:

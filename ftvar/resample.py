@@ -13,9 +13,11 @@ two seeds; the rows and the model matrix stay as they are, so every resample is 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
+from ftvar.absorb import absorb, rank_of_blocks
 from ftvar.terms import ModelData
 
 
@@ -28,43 +30,40 @@ def distinct_resamples(md: ModelData) -> int:
     return out
 
 
-def _saturated(md: ModelData) -> np.ndarray:
-    cfg = np.zeros((md.n, md.n_configs))
-    cfg[np.arange(md.n), md.config] = 1.0
-    seeds = [(s.codes == j).astype("float64")[:, None] for s in md.seeds for j in range(1, len(s.levels))]
-    return np.column_stack([cfg, *seeds]) if seeds else cfg
+CELLS = 4_000_000  # floats per chunk of resamples (n × chunk)
 
 
-def responses(md: ModelData, y: np.ndarray, b: int, seed: int = 0) -> np.ndarray | None:
-    """`b` bootstrap responses (n × b) for the response `y`, seeded; None when the rows have no seed axis or
-    no configuration was run with two seeds (nothing to resample from)."""
+def responses(md: ModelData, y: np.ndarray, b: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """`b` bootstrap responses for the response `y`, seeded, in chunks (n × chunk, at most CELLS floats);
+    nothing when the rows have no seed axis or no configuration ran with two seeds (nothing to resample)."""
     if not md.seeds or b <= 0:
-        return None
+        return
     y = np.asarray(y, dtype="float64")
-    x = _saturated(md)
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    fitted = x @ coef
-    resid = y - fitted
-    rank = np.linalg.matrix_rank(x)
-    df = md.n - rank
+    seeds = md.seed_blocks()
+    factors = [md.config_block(), *seeds]
+    resid, effects = absorb(y, factors, effects=True)
+    df = md.n - rank_of_blocks(factors)
     if df <= 0:
-        return None
+        return
     ms_e = float(resid @ resid) / df
-    rng = np.random.default_rng(seed)
-    out = np.repeat(fitted[:, None], b, axis=1)
-    start = md.n_configs
-    for s in md.seeds:
+    base = y - resid  # configuration means plus seed effects
+    scaled = []
+    for s, f, eff in zip(md.seeds, seeds, effects[1:], strict=True):
+        e = eff[:, 0] - eff[:, 0].mean()
+        base = base - e[f.codes]  # keep the configurations' means, drop the seeds' own effects
         k = len(s.levels)
-        effects = np.concatenate([[0.0], coef[start : start + k - 1]])
-        start += k - 1
-        out -= effects[s.codes][:, None]  # the configuration means μ stay; the seeds' own effects go
-        effects = effects - effects.mean()
-        per_level = np.bincount(s.codes, minlength=k)
-        raw = float(effects.var(ddof=1)) if k > 1 else 0.0
-        target = max(0.0, raw - ms_e * float(np.mean(1.0 / np.maximum(per_level, 1))))
+        raw = float(e.var(ddof=1)) if k > 1 else 0.0
+        target = max(0.0, raw - ms_e * float(np.mean(1.0 / np.maximum(f.counts, 1))))
         scale = math.sqrt(target / raw * k / (k - 1)) if raw > 0 and k > 1 else 0.0
-        draws = rng.integers(0, k, size=(b, k))  # per resample, the effect each level gets
-        out += (effects * scale)[draws][:, s.codes].T
+        scaled.append(e * scale)
     noise = (resid - resid.mean()) * math.sqrt(md.n / df)
-    out += noise[rng.integers(0, md.n, size=(md.n, b))]
-    return out
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(b, CELLS // max(md.n, 1)))
+    for start in range(0, b, chunk):
+        m = min(chunk, b - start)
+        out = np.repeat(base[:, None], m, axis=1)
+        for f, e in zip(seeds, scaled, strict=True):
+            draws = rng.integers(0, f.n_levels, size=(m, f.n_levels))  # per resample, each level's new effect
+            out += e[draws][:, f.codes].T
+        out += noise[rng.integers(0, md.n, size=(md.n, m))]
+        yield out

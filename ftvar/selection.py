@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ftvar.absorb import block_hat, rank_of_blocks
+from ftvar.regression import absorbed_fit
 from ftvar.terms import ModelData
 
 OVERFIT_MARGIN = 0.01  # CV R² lower than the best degree's by more than this: the full model overfits
@@ -41,23 +43,21 @@ class Selection:
 
 def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None, str | None]:
     """(in-sample R², leave-one-configuration-out CV R², why CV R² is missing) of the seed-blocked fit."""
-    seed_x, _ = md.seed_dummies()
-    x = np.column_stack([md.X, seed_x])
-    n, k = x.shape
-    if n <= k:
-        return None, None, f"too few trials ({n}) for {k} parameters"
+    blocks = md.seed_blocks()
+    k = md.X.shape[1] - 1 + rank_of_blocks(blocks)
+    if md.n <= k:
+        return None, None, f"too few trials ({md.n}) for {k} parameters"
     ss_tot = float(((y - y.mean()) ** 2).sum())
     if ss_tot <= 0:
         return None, None, "the metric does not vary"
-    xtx_inv = np.linalg.pinv(x.T @ x)
-    beta = xtx_inv @ x.T @ y
-    e = y - x @ beta
+    fit_ = absorbed_fit(md, y)
+    e = fit_.resid
     r2 = 1 - float(e @ e) / ss_tot
     press = 0.0
     for g in range(md.n_configs):
         idx = np.flatnonzero(md.config == g)
-        xg = x[idx]
-        m = np.eye(len(idx)) - xg @ xtx_inv @ xg.T
+        xg = fit_.xa[idx]
+        m = np.eye(len(idx)) - block_hat(blocks, idx, md.n) - xg @ fit_.xtx_inv @ xg.T
         if np.linalg.cond(m) > 1e8:
             return r2, None, "leaving out some configuration makes a term unidentifiable"
         eg = np.linalg.solve(m, e[idx])

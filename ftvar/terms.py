@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ftvar.absorb import Factor
 from ftvar.axes import Axis
 
 
@@ -122,6 +123,13 @@ class ModelData:
     @property
     def n(self) -> int:
         return len(self.rows)
+
+    def seed_blocks(self) -> list[Factor]:
+        """The seed factors, to absorb (ftvar.absorb)."""
+        return [Factor(s.codes, len(s.levels)) for s in self.seeds]
+
+    def config_block(self) -> Factor:
+        return Factor(self.config, self.n_configs)
 
     @property
     def n_configs(self) -> int:

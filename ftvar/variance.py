@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ftvar.absorb import Factor, absorb, rank_of_blocks
 from ftvar.resample import distinct_resamples, responses
 from ftvar.terms import ModelData
 
@@ -54,88 +55,84 @@ class Decomposition:
         return next((c for c in self.components if c.name == name), None)
 
 
-def _matrix(md: ModelData) -> np.ndarray:
-    """[intercept + terms | configuration one-hot | one-hot of each seed factor]."""
-    cfg = np.zeros((md.n, md.n_configs))
-    cfg[np.arange(md.n), md.config] = 1.0
-    seeds = []
-    for s in md.seeds:
-        z = np.zeros((md.n, len(s.levels)))
-        z[np.arange(md.n), s.codes] = 1.0
-        seeds.append(z)
-    return np.column_stack([md.X, cfg, *seeds])
-
-
 def _ss_fit(gram: np.ndarray, xty: np.ndarray, idx: list[int]) -> tuple[np.ndarray, int]:
-    """y'Py per column of y for the projection on columns `idx`, and the rank of those columns."""
+    """y'Py per column of y for the projection on the columns `idx` (of a matrix with this Gram matrix and
+    X'y), and the rank of those columns."""
     if not idx:
         return np.zeros(xty.shape[1]), 0
     g = gram[np.ix_(idx, idx)]
     d = np.sqrt(np.diag(g))
     d[d == 0] = 1.0
     w, v = np.linalg.eigh(g / np.outer(d, d))
-    keep = w > max(w.max(), 1e-300) * 1e-10
+    keep = w > max(float(w.max()), 1e-300) * 1e-10
     z = v[:, keep].T @ (xty[idx] / d[:, None])
     return np.sum(z**2 / w[keep][:, None], axis=0), int(keep.sum())
 
 
-def _components(
-    md: ModelData, x: np.ndarray, y: np.ndarray, n_seed_levels: list[int]
-) -> tuple[np.ndarray, list[tuple[str, str, str]], bool]:
-    """Variance of every component (rows) for every metric (columns) from one data set."""
-    n = len(y)
-    p = md.X.shape[1]
-    cfg = list(range(p, p + md.n_configs))
-    seed_idx: list[list[int]] = []
-    start = p + md.n_configs
-    for k in n_seed_levels:
-        seed_idx.append(list(range(start, start + k)))
-        start += k
-    all_seeds = [c for s in seed_idx for c in s]
-    targets = np.column_stack([y, x[:, all_seeds]]) if all_seeds else y
-    gram = x.T @ x
-    xty = x.T @ targets
-    m = y.shape[1]
-    yy = np.sum(y**2, axis=0)
+class _Design:
+    """What every resample shares: the absorbed hyperparameter columns and the blocks."""
 
-    def ss(idx: list[int]) -> tuple[np.ndarray, np.ndarray, int]:
-        full, r = _ss_fit(gram, xty, idx)
-        return full[:m], full[m:], r
+    def __init__(self, md: ModelData) -> None:
+        self.md = md
+        self.seeds = md.seed_blocks()
+        self.config = md.config_block()
+        xa, _ = absorb(md.X[:, 1:], self.seeds)
+        self.xa = xa
+        self.gram = xa.T @ xa
+        self.r_seeds = rank_of_blocks(self.seeds)
+        self.r_sat = rank_of_blocks([self.config, *self.seeds])
+        self.henderson = [self._henderson(f) for f in self.seeds]
+        # type II: each term after every term that does not contain it (column indices without the intercept)
+        self.type2: list[tuple[list[int], list[int]]] = []
+        for term in md.terms:
+            others = [t for t in md.terms if t is not term and not t.contains(term)]
+            rest = [c - 1 for t in others for c in md.term_columns[t.name]]
+            self.type2.append((rest, [*rest, *(c - 1 for c in md.term_columns[term.name])]))
 
-    ss_full, _, r_full = ss([*range(p), *all_seeds])
-    ss_sat, _, r_sat = ss([*cfg, *all_seeds])
-    df_pe = n - r_sat
+    def _henderson(self, f: Factor) -> float:
+        """‖(P_full − P_without f) Z_f‖² = Σ over levels of n_l − Σ_c n_lc² / n_c (exact for one seed factor
+        and for balanced crossed seeds)."""
+        cells = np.zeros((f.n_levels, self.config.n_levels))
+        np.add.at(cells, (f.codes, self.config.codes), 1.0)
+        per_config = np.where(self.config.counts > 0, self.config.counts, 1)
+        return float(np.sum(f.counts - (cells**2 / per_config[None, :]).sum(axis=1)))
+
+
+def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str, str]], bool]:
+    """Variance of every component (rows) for every column of `y` (one data set per column)."""
+    md = d.md
+    n = md.n
+    ya, _ = absorb(y, d.seeds)
+    yy = np.sum(ya**2, axis=0)  # residual sum of squares of [intercept + seeds]
+    xty = d.xa.T @ ya
+    all_cols = list(range(d.xa.shape[1]))
+    ss_hp, r_hp = _ss_fit(d.gram, xty, all_cols)
+    res_poly = yy - ss_hp
+    sat, _ = absorb(y, [d.config, *d.seeds])
+    res_sat = np.sum(sat**2, axis=0)
+    df_pe = n - d.r_sat
     pure = df_pe > 0
-    res_poly = yy - ss_full
-    ms_e = (yy - ss_sat) / df_pe if pure else res_poly / max(1, n - r_full)
-    rows: list[np.ndarray] = []
-    names: list[tuple[str, str, str]] = []
-    base, _, r_base = ss([0, *all_seeds])
-    hp = np.clip((ss_full - base - (r_full - r_base) * ms_e) / n, 0, None)
-    rows.append(hp)
-    names.append(("hyperparameters", "hyperparameters (all terms)", "hyperparameters"))
-    for term in md.terms:
-        others = [t for t in md.terms if t is not term and not t.contains(term)]
-        rest = [0, *(c for t in others for c in md.term_columns[t.name]), *all_seeds]
-        with_term = [*rest, *md.term_columns[term.name]]
-        a, _, ra = ss(with_term)
-        b, _, rb = ss(rest)
+    ms_e = res_sat / df_pe if pure else res_poly / max(1, n - r_hp - d.r_seeds)
+    rows: list[np.ndarray] = [np.clip((ss_hp - r_hp * ms_e) / n, 0, None)]
+    names: list[tuple[str, str, str]] = [
+        ("hyperparameters", "hyperparameters (all terms)", "hyperparameters")
+    ]
+    for term, (rest, with_term) in zip(md.terms, d.type2, strict=True):
+        a, ra = _ss_fit(d.gram, xty, with_term)
+        b, rb = _ss_fit(d.gram, xty, rest)
         rows.append(np.clip((a - b - (ra - rb) * ms_e) / n, 0, None))
         names.append((term.name, term.label, "term"))
     if pure:
-        lof = np.clip(((yy - ss_full) - (yy - ss_sat) - (r_sat - r_full) * ms_e) / n, 0, None)
-        rows.append(lof)
+        df_lof = d.r_sat - r_hp - d.r_seeds
+        rows.append(np.clip((res_poly - res_sat - df_lof * ms_e) / n, 0, None))
         names.append(("lack of fit", "lack of fit (configurations beyond the polynomial)", "lack_of_fit"))
-    for f, s in enumerate(md.seeds):
-        other = [c for g, idx in enumerate(seed_idx) if g != f for c in idx]
-        a, za, ra = ss([*cfg, *all_seeds])
-        b, zb, rb = ss([*cfg, *other])
-        # Henderson III: E[SS] = df σ² + σ²_s ‖(P_a − P_b) Z_s‖²; Z_s's columns are targets m.. of x'
-        cols = [all_seeds.index(c) for c in seed_idx[f]]
-        coef = float(np.sum(za[cols]) - np.sum(zb[cols]))
-        value = np.clip((a - b - (ra - rb) * ms_e) / coef, 0, None) if coef > 1e-12 else np.zeros(m)
-        rows.append(value)
-        names.append((s.name, s.label, "seed"))
+    for f, (seed, coef) in enumerate(zip(md.seeds, d.henderson, strict=True)):
+        others = [b for g, b in enumerate(d.seeds) if g != f]
+        without, _ = absorb(y, [d.config, *others])
+        ss = np.sum(without**2, axis=0) - res_sat
+        df = len(seed.levels) - 1
+        rows.append(np.clip((ss - df * ms_e) / coef, 0, None) if coef > 1e-12 else np.zeros(y.shape[1]))
+        names.append((seed.name, seed.label, "seed"))
     rows.append(np.clip(ms_e, 0, None))
     names.append(("residual", "residual (seed × configuration noise)" if pure else "residual", "residual"))
     return np.vstack(rows), names, pure
@@ -157,8 +154,8 @@ def decompose(
     resamples of the seeds (ftvar.resample) for percentile intervals of the shares."""
     y = np.asarray(y, dtype="float64").reshape(md.n, -1)
     levels = [len(s.levels) for s in md.seeds]
-    x = _matrix(md)
-    values, names, pure = _components(md, x, y, levels)
+    design = _Design(md)
+    values, names, pure = _components(design, y)
     shares = _shares(values, names)
     notes: list[str] = []
     if not md.seeds:
@@ -169,11 +166,11 @@ def decompose(
     out = []
     alpha = (1 - LEVEL) / 2
     for j, metric in enumerate(metrics):
-        ystar = responses(md, y[:, j], bootstrap, seed + j)
-        stack = None
-        if ystar is not None:
-            vb, _, _ = _components(md, x, ystar, levels)
-            stack = _shares(vb, names)  # (components, b)
+        chunks = [
+            _shares(_components(design, ystar)[0], names)
+            for ystar in responses(md, y[:, j], bootstrap, seed + j)
+        ]
+        stack = np.concatenate(chunks, axis=1) if chunks else None  # (components, b)
         comps = []
         for i, (name, label, kind) in enumerate(names):
             lo, hi = _interval(stack[i] if stack is not None else None, alpha)
@@ -189,7 +186,7 @@ def decompose(
             lo,
             hi,
         )
-        b = 0 if ystar is None else ystar.shape[1]
+        b = 0 if stack is None else stack.shape[1]
         out.append(Decomposition(metric, md.n, comps, luck, b, distinct, list(notes)))
     if md.seeds and distinct < 100 and bootstrap > 0:
         for d in out:

@@ -96,7 +96,11 @@ def test_coefficients_match_least_squares_with_seed_dummies() -> None:
     f = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all")
     seed_x, _ = md.seed_dummies()
     expected, *_ = np.linalg.lstsq(np.column_stack([md.X, seed_x]), rows["accuracy"].to_numpy(), rcond=None)
-    np.testing.assert_allclose([c.coef for c in f.coefs], expected[: md.X.shape[1]], rtol=1e-8, atol=1e-10)
+    slopes = [c.coef for c in f.coefs[1:]]
+    np.testing.assert_allclose(slopes, expected[1 : md.X.shape[1]], rtol=1e-8, atol=1e-10)
+    # the intercept: the mean at the design's centre over the study's seeds, not the first seed's level
+    at_centre = rows["accuracy"].to_numpy() - md.X[:, 1:] @ np.array(slopes)
+    assert f.coefs[0].coef == pytest.approx(at_centre.mean())
     coded = md.rows.assign(
         lr=np.log10(rows["learning_rate"].to_numpy(dtype=float)),
         bs=np.log2(rows["batch_size"].to_numpy(dtype=float)),
