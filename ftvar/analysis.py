@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+BOOTSTRAP_CELLS = 20_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
+BOOTSTRAP_MIN = 100
 BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
 
 
@@ -223,6 +225,14 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
     bests: list[Best] = []
     relative_note = None
     seed_model, seed_model_why = "none", ""
+    resamples = a.bootstrap
+    n_ok = max(1, len(trials))
+    if resamples > BOOTSTRAP_MIN and n_ok * resamples > BOOTSTRAP_CELLS:
+        resamples = max(BOOTSTRAP_MIN, BOOTSTRAP_CELLS // n_ok)
+        notes.append(
+            f"bootstrap: {resamples} resamples instead of analysis.bootstrap = {a.bootstrap}, to keep "
+            f"{n_ok} trials fast (intervals from fewer resamples are a little rougher)"
+        )
     for i, metric in enumerate(FIT_METRICS):
         finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
         rows = trials.loc[finite].reset_index(drop=True)
@@ -265,7 +275,7 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
             notes,
             f"the variance decomposition of {METRIC_LABELS[metric]}",
             [],
-            partial(decompose, md, y[:, None], [metric], a.bootstrap, i),
+            partial(decompose, md, y[:, None], [metric], resamples, i),
         )
         sel = _guard(
             notes,
@@ -279,7 +289,7 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
         md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
         if md_best.predictors and md_best.n > md_best.X.shape[1]:
             maximise = HIGHER_IS_BETTER[metric]
-            compute = partial(best, md_best, y, metric, maximise, degree, a.bootstrap, 100 + i)
+            compute = partial(best, md_best, y, metric, maximise, degree, resamples, 100 + i)
             b = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
             if b is not None:
                 bests.append(b)

@@ -28,16 +28,13 @@ MIXED_MAX_CELLS = 2_000_000  # crossed seeds: MixedLM holds n × levels dense
 
 
 def balanced(md: ModelData) -> bool:
-    """Whether every configuration has the same seed combinations."""
+    """Whether every configuration has the same seed combinations, each once."""
     if not md.seeds:
         return True
-    combos = np.column_stack([s.codes for s in md.seeds])
-    per_config: dict[int, set[tuple[int, ...]]] = {}
-    for c, row in zip(md.config.tolist(), map(tuple, combos.tolist()), strict=True):
-        per_config.setdefault(c, set()).add(row)
-    sets = list(per_config.values())
-    counts = np.bincount(md.config)
-    return all(s == sets[0] for s in sets) and bool((counts == counts[0]).all())
+    combos = np.column_stack([md.config, *(s.codes for s in md.seeds)])
+    cells, counts = np.unique(combos, axis=0, return_counts=True)
+    n_combos = len(np.unique(combos[:, 1:], axis=0))
+    return bool(len(cells) == md.n_configs * n_combos and (counts == 1).all())
 
 
 def resolve_seed_model(md: ModelData, wanted: str) -> tuple[str, str]:
@@ -59,8 +56,8 @@ def resolve_seed_model(md: ModelData, wanted: str) -> tuple[str, str]:
         return "mixed", "random seed intercepts (analysis.seed_model = mixed)"
     if len(md.seeds) > 1 and md.n * sum(len(s.levels) for s in md.seeds) > MIXED_MAX_CELLS:
         return "blocks", (
-            "seeds as fixed blocks: crossed random seed effects over this many trials and seeds are too large "
-            "for statsmodels' MixedLM"
+            "seeds as fixed blocks: crossed random seed effects over this many trials and seeds are too "
+            "large for statsmodels' MixedLM"
         )
     if balanced(md):
         return "blocks", (

@@ -41,6 +41,25 @@ class Selection:
     notes: list[str] = field(default_factory=list)
 
 
+def _deleted(d: np.ndarray, xg: np.ndarray, a: np.ndarray, eg: np.ndarray) -> np.ndarray | None:
+    """(D − xg A xg')⁻¹ eg, the held-out residuals of one group; None when the matrix is singular (the group
+    is needed to identify a term). When D is a multiple of the identity (one seed per trial of the group, the
+    usual case) the Woodbury identity keeps this a p × p problem."""
+    k, p = xg.shape
+    scale = float(d[0, 0])
+    if scale > 1e-12 and np.allclose(d, scale * np.eye(k), rtol=0, atol=1e-12):
+        small = scale * np.eye(p) - a @ (xg.T @ xg)
+        if p and np.linalg.cond(small) > 1e8:
+            return None
+        out: np.ndarray = (eg + xg @ np.linalg.solve(small, a @ (xg.T @ eg))) / scale if p else eg / scale
+        return out
+    m = d - xg @ a @ xg.T
+    if np.linalg.cond(m) > 1e8:
+        return None
+    solved: np.ndarray = np.linalg.solve(m, eg)
+    return solved
+
+
 def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None, str | None]:
     """(in-sample R², leave-one-configuration-out CV R², why CV R² is missing) of the seed-blocked fit."""
     blocks = md.seed_blocks()
@@ -56,11 +75,9 @@ def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None,
     press = 0.0
     for g in range(md.n_configs):
         idx = np.flatnonzero(md.config == g)
-        xg = fit_.xa[idx]
-        m = np.eye(len(idx)) - block_hat(blocks, idx, md.n) - xg @ fit_.xtx_inv @ xg.T
-        if np.linalg.cond(m) > 1e8:
+        eg = _deleted(np.eye(len(idx)) - block_hat(blocks, idx, md.n), fit_.xa[idx], fit_.xtx_inv, e[idx])
+        if eg is None:
             return r2, None, "leaving out some configuration makes a term unidentifiable"
-        eg = np.linalg.solve(m, e[idx])
         press += float(eg @ eg)
     return r2, 1 - press / ss_tot, None
 

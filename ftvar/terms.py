@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.absorb import Factor
+from ftvar.absorb import Factor, absorb
 from ftvar.axes import Axis
 
 
@@ -253,16 +253,17 @@ def term_matrix(
 
 
 def rank(matrix: np.ndarray) -> int:
-    """Numerical rank, with columns scaled to unit norm (codings mix scales)."""
+    """Numerical rank, from the Gram matrix of the columns scaled to unit norm (codings mix scales)."""
     if matrix.shape[1] == 0:
         return 0
-    norms = np.linalg.norm(matrix, axis=0)
-    keep = norms > 0
+    gram = matrix.T @ matrix
+    norms = np.sqrt(np.diag(gram))
+    keep = norms > 1e-12 * max(1.0, float(norms.max()))
     if not keep.any():
         return 0
-    scaled = matrix[:, keep] / norms[keep]
-    s = np.linalg.svd(scaled, compute_uv=False)
-    return int(np.count_nonzero(s > s.max() * 1e-9 * max(scaled.shape)))
+    scaled = gram[np.ix_(keep, keep)] / np.outer(norms[keep], norms[keep])
+    w = np.linalg.eigvalsh(scaled)
+    return int(np.count_nonzero(w > w.max() * 1e-10))
 
 
 def seed_factors(rows: pd.DataFrame, notes: list[str]) -> list[SeedFactor]:
@@ -283,15 +284,18 @@ def seed_factors(rows: pd.DataFrame, notes: list[str]) -> list[SeedFactor]:
         n_pairs = len(rows[["init_seed", "order_seed"]].drop_duplicates())
         n_init, n_order = rows["init_seed"].nunique(), rows["order_seed"].nunique()
         if n_pairs == n_init == n_order:  # one-to-one: the seed shorthand
-            col = rows["init_seed"]
-            levels = sorted(dict.fromkeys(col.tolist()))
-            codes = np.array([levels.index(v) for v in col.tolist()])
+            codes, levels = _codes(rows["init_seed"])
             return [SeedFactor("seed", "seed (init = data order)", codes, levels)]
-    for name, (label, col, levels) in present.items():
-        levels = sorted(levels, key=lambda v: (str(type(v)), v))
-        codes = np.array([levels.index(v) for v in col.tolist()])
+    for name, (label, col, _) in present.items():
+        codes, levels = _codes(col)
         out.append(SeedFactor(name, label, codes, levels))
     return out
+
+
+def _codes(col: pd.Series) -> tuple[np.ndarray, list[Any]]:
+    """Level index per row and the levels, sorted."""
+    codes, uniques = pd.factorize(col, sort=True)
+    return np.asarray(codes), list(uniques)
 
 
 def build(
@@ -319,23 +323,20 @@ def build(
         if hp_cols
         else np.zeros(len(rows), dtype=int)
     )
-    seed_x = np.zeros((len(rows), 0))
-    if seeds:
-        seed_x = np.column_stack(
-            [(s.codes == j).astype("float64") for s in seeds for j in range(1, len(s.levels))]
-        )
+    blocks = [Factor(s.codes, len(s.levels)) for s in seeds]
     X = [np.ones((len(rows), 1))]
     columns = ["Intercept"]
     term_columns: dict[str, list[int]] = {}
     terms: list[TermSpec] = []
-    current = np.column_stack([X[0], seed_x])
-    current_rank = rank(current)
+    current = np.zeros((len(rows), 0))  # the accepted term columns, seeds and intercept absorbed
+    current_rank = 0
     for term in candidate_terms(preds, degree, factor_interactions):
         counts = Counter(term.parts)
         if any(by_name[v].kind == "numeric" and k >= len(by_name[v].values) for v, k in counts.items()):
             continue  # a power of an axis with too few values (noted above)
         cols, names = term_matrix(term, by_name, rows)
-        trial = np.column_stack([current, cols])
+        absorbed, _ = absorb(cols, blocks)
+        trial = np.column_stack([current, absorbed])
         r = rank(trial)
         if r < current_rank + cols.shape[1]:
             if r == current_rank:

@@ -17,7 +17,7 @@ from records_factory import make_study, simulate, study_with
 from ftvar.config import Study
 from ftvar.expected_max import curves, expected_max
 from ftvar.optimum import best
-from ftvar.selection import select
+from ftvar.selection import cv_scores, select
 from ftvar.terms import build
 from ftvar.variance import decompose
 
@@ -170,3 +170,25 @@ def test_expected_max_curves_per_value_of_an_axis() -> None:
         and out[1].mean[0] == pytest.approx(0.55)
         and out[1].mean[1] == pytest.approx(0.575)
     )
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_fast_leave_one_configuration_out_equals_refitting(drop: bool) -> None:
+    """The group-deletion formula against refitting without each configuration (seed dummies included)."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16, 32], ep=[1, 2], seeds=[0, 1, 2])
+    rows = _trials(simulate(study, _mean(study), init_sd=0.02, noise=0.01, rng=np.random.default_rng(5)))
+    if drop:  # unbalanced: some configurations miss a seed
+        rows = rows.drop(index=rows.index[(rows["init_seed"] == 0) & (rows["epochs"] == 2)][:4]).reset_index(
+            drop=True
+        )
+    md = build(rows, study.axes, 2)
+    y = rows["accuracy"].to_numpy(dtype=float)
+    _, cv, _ = cv_scores(md, y)
+    seed_x, _ = md.seed_dummies()
+    x = np.column_stack([md.X, seed_x])
+    press = 0.0
+    for g in range(md.n_configs):
+        out = md.config == g
+        beta, *_ = np.linalg.lstsq(x[~out], y[~out], rcond=None)
+        press += float(((y[out] - x[out] @ beta) ** 2).sum())
+    assert cv == pytest.approx(1 - press / float(((y - y.mean()) ** 2).sum()), rel=1e-6)
