@@ -214,7 +214,7 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
     flagged, from_acc = flags(trials)
     trials["degenerate_flag"] = flagged.to_numpy()
     hp_axes = hyperparameter_axes(study)
-    config_cols = [x.name for x in hp_axes if x.name in trials.columns]
+    config_cols = [x.name for x in hp_axes if x.name in trials.columns and trials[x.name].nunique() > 1]
     degenerate = summarise(trials, flagged, config_cols, from_acc)
     baseline, baselines = _baseline_of(table, trials, study)
 

@@ -129,9 +129,15 @@ def report_data(
 # ------------------------------------------------------------------------------------------------ the content
 
 
-def variance_sentence(d: Decomposition) -> str:
-    """ "what moves accuracy, and how much of it is luck" in one sentence."""
+def variance_sentence(d: Decomposition, short: bool = False) -> str:
+    """What moves the metric, and how much of it is luck, in one sentence (`short`: the two totals only)."""
     hp = d.component("hyperparameters")
+    if short:
+        return (
+            f"**{METRIC_LABELS[d.metric]}**: hyperparameters {pct(hp.share if hp else None)}"
+            f"{_ci(hp.ci_low, hp.ci_high, pct) if hp else ''}, luck {pct(d.luck.share)}"
+            f"{_ci(d.luck.ci_low, d.luck.ci_high, pct)} (tables below)."
+        )
     terms = sorted((c for c in d.components if c.kind == "term"), key=lambda c: -c.share)[:TOP_TERMS]
     seeds = [c for c in d.components if c.kind == "seed"]
     residual = d.component("residual")
@@ -418,7 +424,7 @@ def _axes_lines(analysis: Analysis) -> list[Block]:
 def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: list[Plot]) -> Sections:
     """The report's content once, as (heading, blocks), rendered to Markdown and HTML."""
     lead_plots = [p for p in plots if p.kind in LEAD_PLOTS]
-    what: list[Block] = [variance_sentence(d) for d in analysis.variance]
+    what: list[Block] = [variance_sentence(d, short=i > 0) for i, d in enumerate(analysis.variance)]
     what += [best_sentence(b) for b in analysis.best if b.metric == "accuracy"]
     em = expected_max_sentence(analysis)
     if em:

@@ -170,8 +170,9 @@ def predictors(rows: pd.DataFrame, axes: tuple[Axis, ...], notes: list[str]) -> 
             continue
         col = rows[axis.name]
         present = col.dropna()
-        if axis.kind == "categorical":
-            values = list(dict.fromkeys(present.tolist()))
+        if axis.kind == "categorical":  # the study's order: its first level is the reference
+            seen = list(dict.fromkeys(present.tolist()))
+            values = [v for v in axis.values if v in seen] + [v for v in seen if v not in axis.values]
         else:
             values = sorted({float(v) for v in pd.to_numeric(present, errors="coerce").dropna()})
         if len(values) < 2:
