@@ -165,7 +165,12 @@ def absorbed_fit(md: ModelData, y: np.ndarray) -> Absorbed:
     blocks = md.seed_blocks()
     ya, _ = absorb(y, blocks)
     xa, _ = absorb(md.X[:, 1:], blocks)
-    xtx_inv = np.linalg.pinv(xa.T @ xa) if xa.shape[1] else np.zeros((0, 0))
+    # columns scaled to unit norm before inverting: raw codings mix scales from 1e-15 (a cubed learning rate)
+    # to 1e2, far beyond what an unscaled X'X keeps in double precision
+    norms = np.linalg.norm(xa, axis=0)
+    norms[norms == 0] = 1.0
+    scaled = xa / norms
+    xtx_inv = np.linalg.pinv(scaled.T @ scaled) / np.outer(norms, norms) if xa.shape[1] else np.zeros((0, 0))
     beta = xtx_inv @ (xa.T @ ya) if xa.shape[1] else np.zeros(0)
     resid = ya - xa @ beta if xa.shape[1] else ya
     k = rank_of_blocks(blocks)
@@ -237,7 +242,9 @@ def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
 def _wald(params: np.ndarray, cov: np.ndarray, cols: list[int], df: float) -> tuple[float, float]:
     b = params[cols]
     v = cov[np.ix_(cols, cols)]
-    stat = float(b @ np.linalg.pinv(v) @ b) / len(cols)
+    d = np.sqrt(np.clip(np.diag(v), 1e-300, None))  # scaled: the columns' variances differ by many orders
+    z = b / d
+    stat = float(z @ np.linalg.pinv(v / np.outer(d, d)) @ z) / len(cols)
     if np.isinf(df):
         return stat, float(stats.chi2.sf(stat * len(cols), len(cols)))
     return stat, float(stats.f.sf(stat, len(cols), df))

@@ -259,7 +259,7 @@ def rank(matrix: np.ndarray) -> int:
         return 0
     gram = matrix.T @ matrix
     norms = np.sqrt(np.diag(gram))
-    keep = norms > 1e-12 * max(1.0, float(norms.max()))
+    keep = norms > 0
     if not keep.any():
         return 0
     scaled = gram[np.ix_(keep, keep)] / np.outer(norms[keep], norms[keep])
@@ -337,6 +337,9 @@ def build(
             continue  # a power of an axis with too few values (noted above)
         cols, names = term_matrix(term, by_name, rows)
         absorbed, _ = absorb(cols, blocks)
+        raw_norm = np.linalg.norm(cols, axis=0)
+        gone = np.linalg.norm(absorbed, axis=0) <= 1e-9 * np.where(raw_norm > 0, raw_norm, 1.0)
+        absorbed[:, gone] = 0.0  # a column the intercept and the seed blocks explain: no information left
         trial = np.column_stack([current, absorbed])
         r = rank(trial)
         if r < current_rank + cols.shape[1]:

@@ -89,27 +89,35 @@ def test_seed_blocks_give_nominal_coverage_and_smaller_errors_than_ignoring_seed
     assert np.median(se_ratio) < 0.5  # blocks remove the seeds' shared offsets from the error
 
 
-def test_coefficients_match_least_squares_with_seed_dummies() -> None:
-    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2, 3], seeds=[0, 1, 2])
+@pytest.mark.parametrize("coding", ["log", "raw"])
+def test_coefficients_match_least_squares_with_seed_dummies(coding: str) -> None:
+    """Against statsmodels' formula OLS with C(seed) dummies; raw coding mixes scales from 1e-10 (a squared
+    learning rate) to 1e1 (batch size), which the fit must survive."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2, 3], seeds=[0, 1, 2], coding=coding)
     rows = trials(simulate(study, quadratic(study), init_sd=0.01, rng=np.random.default_rng(1)))
     md = build(rows, study.axes, 2)
     f = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all")
-    seed_x, _ = md.seed_dummies()
-    expected, *_ = np.linalg.lstsq(np.column_stack([md.X, seed_x]), rows["accuracy"].to_numpy(), rcond=None)
-    slopes = [c.coef for c in f.coefs[1:]]
-    np.testing.assert_allclose(slopes, expected[1 : md.X.shape[1]], rtol=1e-8, atol=1e-10)
-    # the intercept: the mean at the design's centre over the study's seeds, not the first seed's level
-    at_centre = rows["accuracy"].to_numpy() - md.X[:, 1:] @ np.array(slopes)
-    assert f.coefs[0].coef == pytest.approx(at_centre.mean())
+    transform = {"log": (np.log10, np.log2), "raw": (lambda v: v, lambda v: v)}[coding]
     coded = md.rows.assign(
-        lr=np.log10(rows["learning_rate"].to_numpy(dtype=float)),
-        bs=np.log2(rows["batch_size"].to_numpy(dtype=float)),
+        lr=transform[0](rows["learning_rate"].to_numpy(dtype=float)),
+        bs=transform[1](rows["batch_size"].to_numpy(dtype=float)),
         ep=rows["epochs"].to_numpy(dtype=float),
     )
     coded[["lr", "bs", "ep"]] -= coded[["lr", "bs", "ep"]].mean()
     formula = smf.ols(md.formula("accuracy"), coded.assign(seed=coded["init_seed"].astype(int))).fit()
-    assert f.coef("lr").p == pytest.approx(formula.pvalues["lr"], rel=1e-6)  # type: ignore[union-attr]
-    assert f.coef("I(lr ** 2)").se == pytest.approx(formula.bse["I(lr ** 2)"], rel=1e-6)  # type: ignore[union-attr]
+    seed_x, _ = md.seed_dummies()
+    x = np.column_stack([md.X, seed_x])
+    norms = np.linalg.norm(x, axis=0)  # exact least squares needs the columns scaled (raw coding)
+    exact = np.linalg.lstsq(x / norms, rows["accuracy"].to_numpy(), rcond=None)[0] / norms
+    for j, c in enumerate(f.coefs[1:], start=1):
+        assert c.coef == pytest.approx(exact[j], rel=1e-9), c.name
+        # statsmodels solves unscaled: equal within a ten-thousandth of a standard error
+        assert c.coef == pytest.approx(formula.params[c.name], abs=1e-4 * c.se), c.name
+        assert c.se == pytest.approx(formula.bse[c.name], rel=1e-5), c.name
+        assert c.t == pytest.approx(formula.tvalues[c.name], abs=1e-4), c.name
+    # the intercept: the mean at the design's centre over the study's seeds, not the first seed's level
+    at_centre = rows["accuracy"].to_numpy() - md.X[:, 1:] @ np.array([c.coef for c in f.coefs[1:]])
+    assert f.coefs[0].coef == pytest.approx(at_centre.mean())
 
 
 @pytest.mark.parametrize("seed", range(5))
