@@ -109,7 +109,7 @@ def expected_max_plot(analysis: Analysis, path: Path) -> None:
     ax.set_ylabel("expected best accuracy")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title("expected best validation accuracy vs budget (Dodge et al. 2019), ± 1 sd")
+    ax.set_title("expected best accuracy vs budget (Dodge et al. 2019), ± 1 sd", fontsize=10)
     _save(fig, path)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftvar.absorb import block_hat, rank_of_blocks
+from ftvar.absorb import Factor, block_hat, rank_of_blocks
 from ftvar.regression import absorbed_fit
 from ftvar.terms import ModelData
 
@@ -43,21 +43,37 @@ class Selection:
 
 def _deleted(d: np.ndarray, xg: np.ndarray, a: np.ndarray, eg: np.ndarray) -> np.ndarray | None:
     """(D − xg A xg')⁻¹ eg, the held-out residuals of one group; None when the matrix is singular (the group
-    is needed to identify a term). When D is a multiple of the identity (one seed per trial of the group, the
-    usual case) the Woodbury identity keeps this a p × p problem."""
-    k, p = xg.shape
-    scale = float(d[0, 0])
-    if scale > 1e-12 and np.allclose(d, scale * np.eye(k), rtol=0, atol=1e-12):
-        small = scale * np.eye(p) - a @ (xg.T @ xg)
-        if p and np.linalg.cond(small) > 1e8:
+    is needed to identify a term). `d` is D's diagonal when D is diagonal (one seed axis, each seed once in
+    the group: the usual case), and then the Woodbury identity keeps this a p × p problem; else D itself."""
+    if d.ndim == 1:
+        if (d <= 1e-12).any():
             return None
-        out: np.ndarray = (eg + xg @ np.linalg.solve(small, a @ (xg.T @ eg))) / scale if p else eg / scale
+        p = xg.shape[1]
+        if not p:
+            out: np.ndarray = eg / d
+            return out
+        u = xg / d[:, None]  # D⁻¹ xg
+        small = np.eye(p) - a @ (xg.T @ u)
+        if np.linalg.cond(small) > 1e8:
+            return None
+        out = eg / d + u @ np.linalg.solve(small, a @ (u.T @ eg))
         return out
     m = d - xg @ a @ xg.T
     if np.linalg.cond(m) > 1e8:
         return None
     solved: np.ndarray = np.linalg.solve(m, eg)
     return solved
+
+
+def _d(blocks: list[Factor], idx: np.ndarray, n: int) -> np.ndarray:
+    """I − the blocks' hat matrix on a group's rows: its diagonal when that is all there is."""
+    if len(blocks) == 1:
+        codes = blocks[0].codes[idx]
+        if len(np.unique(codes)) == len(codes):
+            diagonal: np.ndarray = 1.0 - 1.0 / blocks[0].counts[codes]
+            return diagonal
+    full: np.ndarray = np.eye(len(idx)) - block_hat(blocks, idx, n)
+    return full
 
 
 def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None, str | None]:
@@ -75,7 +91,7 @@ def cv_scores(md: ModelData, y: np.ndarray) -> tuple[float | None, float | None,
     press = 0.0
     for g in range(md.n_configs):
         idx = np.flatnonzero(md.config == g)
-        eg = _deleted(np.eye(len(idx)) - block_hat(blocks, idx, md.n), fit_.xa[idx], fit_.xtx_inv, e[idx])
+        eg = _deleted(_d(blocks, idx, md.n), fit_.xa[idx], fit_.xtx_inv, e[idx])
         if eg is None:
             return r2, None, "leaving out some configuration makes a term unidentifiable"
         press += float(eg @ eg)
