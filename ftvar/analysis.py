@@ -146,8 +146,8 @@ def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tup
             out.loc[match & out[m].isna(), m] = b[m]
     seeded = "init_seed" in keys
     what = (
-        f"{len(rows)} baselines, one per init seed (the classifier head is new: its accuracy depends on the "
-        "seed)"
+        f"{len(rows)} baseline(s), one per init seed (the classifier head is new: its accuracy depends on "
+        "the seed)"
         if seeded
         else "one baseline (the model's classification head was trained)"
         if len(rows) == 1

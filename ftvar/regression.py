@@ -125,8 +125,9 @@ def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_
             metric,
             kind,
             subset,
-            f"too few trials: {md.n} ok trial(s) for {k} parameters (with seed blocks); need at least "
-            f"{k + 1} (add seeds or design points, or lower analysis.degree)",
+            f"too few trials: {md.n} ok trial(s) for {k} parameters"
+            + (" (with seed blocks)" if md.seeds else "")
+            + f"; need at least {k + 1} (add seeds or design points, or lower analysis.degree)",
         )
     if not np.isfinite(y).all():
         return _skipped(md, y_name, metric, kind, subset, "the response has missing or non-finite values")

@@ -226,11 +226,14 @@ def _config_table(analysis: Analysis, n: int = BEST_N) -> Table:
     axes = [a for a in analysis.axes if not a.is_seed and a.name in analysis.configurations.columns]
     header = [*(a.label for a in axes), "ok/trials", "degenerate", "accuracy", "F1", "eval loss"]
     rows = []
+    one_seed = bool((analysis.configurations["n_ok"] <= 1).all())
     for r in analysis.configurations.head(n).to_dict(orient="records"):
         cells = []
         for m in ("accuracy", "f1", "eval_loss"):
             mean, sd = r.get(f"{m}_mean"), r.get(f"{m}_sd")
-            if r["n_ok"] == 1:
+            if one_seed:
+                cells.append(fmt(mean))
+            elif r["n_ok"] == 1:
                 cells.append(f"{fmt(mean)} (1 seed)")
             elif sd is None or sd != sd:
                 cells.append(fmt(mean))
@@ -244,7 +247,8 @@ def _config_table(analysis: Analysis, n: int = BEST_N) -> Table:
                 *cells,
             ]
         )
-    return (f"Best configurations observed (top {n} by mean accuracy; mean ± sd over seeds)", header, rows)
+    spread = "one trial per configuration: no spread to show" if one_seed else "mean ± sd over seeds"
+    return (f"Best configurations observed (top {n} by mean accuracy; {spread})", header, rows)
 
 
 def _selection_table(analysis: Analysis) -> Table:

@@ -158,6 +158,12 @@ def decompose(
     values, names, pure = _components(design, y)
     shares = _shares(values, names)
     notes: list[str] = []
+    df_resid = md.n - design.r_sat if pure else md.n - md.X.shape[1] - design.r_seeds + 1
+    if df_resid < 10:
+        notes.append(
+            f"the noise is estimated from only {max(df_resid, 0)} degree(s) of freedom: every share is very "
+            "uncertain, and single terms can exceed the hyperparameters' total"
+        )
     if not md.seeds:
         notes.append("a single seed: seed luck cannot be told from the residual or the lack of fit")
     elif not pure:

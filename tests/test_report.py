@@ -117,7 +117,8 @@ def test_one_seed_says_so_and_renders_the_smoke_shape(tmp_path: Path) -> None:
     write_table(tmp_path, study, simulate(study, mean))
     result = build_report(study, tmp_path)
     md = result.markdown.read_text()
-    assert "(1 seed)" in md and "± —" not in md and "±  —" not in md
+    observed = md.split("**Best configurations observed")[1].split("##")[0]
+    assert "one trial per configuration: no spread to show" in observed and "±" not in observed
     data = strict_json(result.json.read_text())
     assert data["analysis"]["seed_model"] == "none"  # type: ignore[index]
     assert any("single seed" in n for n in data["variance"][0]["notes"])  # type: ignore[index]
@@ -131,9 +132,13 @@ def test_heatmaps_only_for_axes_with_two_values_and_a_non_comparable_study_says_
     study = type(base)(
         name="mini", model=ModelConfig(name_or_path="/models/minilm"), grid=base.grid, analysis=base.analysis
     )
-    write_table(tmp_path, study, simulate(study, mean))
+    table = simulate(study, mean)
+    table.loc[table.index[table["kind"] == "trial"][0], "status"] = "failed"  # one configuration keeps 1 seed
+    write_table(tmp_path, study, table)
     result = build_report(study, tmp_path)
     assert not list(result.folder.glob("*_heatmaps.png"))
+    observed = result.markdown.read_text().split("**Best configurations observed")[1].split("##")[0]
+    assert "(1 seed)" in observed and "± —" not in observed and " ± " in observed
     md = result.markdown.read_text()
     section = md.split("## Paper comparison")[1].split("## ")[0]
     assert "left out: this study uses another model" in section and "| effect |" not in section
