@@ -369,3 +369,32 @@ def test_odd_tables_give_an_analysis_not_a_crash(damage: str) -> None:
         f.to_dict()
     for metric in FIT_METRICS:
         assert result.fit(metric) is None or isinstance(result.fit(metric).n, int)  # type: ignore[union-attr]
+
+
+def test_a_sobol_design_is_analysed_like_a_grid() -> None:
+    study = study_with(
+        {
+            "learning_rate": {"min": 1e-5, "max": 1e-3, "scale": "log"},
+            "batch_size": [16, 32],
+            "epochs": [1],
+            "train.warmup_ratio": {"min": 0.0, "max": 0.2},
+            "seed": [0, 1],
+        },
+        design=DesignConfig(kind="sobol", n=16, seed=0),
+        bootstrap=50,
+    )
+
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        x = np.log10(rows["learning_rate"].to_numpy(dtype=float)) + 4
+        return np.asarray(0.85 - 0.03 * x * x + 0.05 * rows["train.warmup_ratio"].to_numpy(dtype=float))
+
+    squares = []
+    for seed in range(4):
+        result = analyze(study, simulate(study, mean, noise=0.003, rng=np.random.default_rng(seed)))
+        f = result.fit("accuracy")
+        assert f is not None and f.ok and "I(lr ** 2)" in f.formula and "warmup_ratio" in f.formula
+        squares.append(f.coef("I(lr ** 2)").coef)  # type: ignore[union-attr]
+    assert np.mean(squares) == pytest.approx(-0.03, abs=0.003)  # 16 points, 2 seeds: unbiased on average
+    best = next(b for b in result.best if b.metric == "accuracy")
+    lr = best.axes[0]
+    assert lr.ci_low is not None and lr.ci_low <= 1e-4 <= lr.ci_high  # type: ignore[operator]
