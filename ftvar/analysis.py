@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-BOOTSTRAP_CELLS = 20_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
+BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
 BOOTSTRAP_MIN = 100
 BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
 
@@ -138,12 +138,19 @@ def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tup
         for a in study.axes
         if a.name in rows.columns and a.name not in BASELINE_MATCH_SKIP and rows[a.name].notna().any()
     ]
-    for _, b in rows.iterrows():
-        match = pd.Series(True, index=trials.index)
-        for k in keys:
-            match &= trials[k].astype(str) == str(b[k])
-        for m in FIT_METRICS:
-            out.loc[match & out[m].isna(), m] = b[m]
+    # a baseline matches the trials that share its values of the keys it has (a null key matches all)
+    as_text = {k: trials[k].astype(str).to_numpy() for k in keys}
+    for has, group in rows.groupby([rows[k].notna() for k in keys] if keys else [[True] * len(rows)]):
+        used = [
+            k for k, present in zip(keys, has if isinstance(has, tuple) else (has,), strict=False) if present
+        ]
+        values = {tuple(str(r[k]) for k in used): [r[m] for m in FIT_METRICS] for _, r in group.iterrows()}
+        found = [values.get(key) for key in zip(*(as_text[k] for k in used), strict=True)] if used else []
+        if not used:
+            found = [next(iter(values.values()))] * len(trials)
+        for j, m in enumerate(FIT_METRICS):
+            col = np.array([np.nan if f is None else f[j] for f in found], dtype="float64")
+            out[m] = out[m].fillna(pd.Series(col, index=trials.index))
     seeded = "init_seed" in keys
     what = (
         f"{len(rows)} baseline(s), one per init seed (the classifier head is new: its accuracy depends on "
