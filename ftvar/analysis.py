@@ -113,14 +113,15 @@ def _usable(table: pd.DataFrame, study: Study, notes: list[str]) -> pd.DataFrame
     )
     if n_out:
         notes.append(f"{n_out} ok record(s) of this study are outside the current design and left out")
+    for a in study.axes:  # numbers as numbers; a value that is not one counts as missing
+        if a.name in trials.columns and a.kind != "categorical" and not a.is_seed:
+            values = pd.to_numeric(trials[a.name], errors="coerce").astype("float64")
+            trials[a.name] = values.where(np.isfinite(values))
     cols = [a.name for a in study.axes if a.name in trials.columns and not trials[a.name].isna().all()]
     missing = trials[cols].isna().any(axis=1) if cols else pd.Series(False, index=trials.index)
     if missing.any():
-        notes.append(f"{int(missing.sum())} ok trial(s) without a value for every axis are left out")
+        notes.append(f"{int(missing.sum())} ok trial(s) without a valid value for every axis are left out")
         trials = trials.loc[~missing]
-    for a in study.axes:
-        if a.name in trials.columns and a.kind != "categorical" and not a.is_seed:
-            trials[a.name] = pd.to_numeric(trials[a.name], errors="coerce")
     return trials.reset_index(drop=True)
 
 

@@ -339,6 +339,7 @@ def test_crossed_init_and_order_seeds_are_two_blocks() -> None:
         "one_trial",
         "constant",
         "missing_axis",
+        "junk_axis_value",
         "failed_half",
         "no_seeds_column",
     ],
@@ -358,6 +359,9 @@ def test_odd_tables_give_an_analysis_not_a_crash(damage: str) -> None:
         table.loc[is_trial, ["accuracy", "f1", "eval_loss"]] = 0.5
     elif damage == "missing_axis":
         table.loc[table.index[is_trial][:2], "batch_size"] = pd.NA
+    elif damage == "junk_axis_value":
+        table["learning_rate"] = table["learning_rate"].astype(object)
+        table.loc[table.index[is_trial][0], "learning_rate"] = "fast"
     elif damage == "failed_half":
         table.loc[table.index[is_trial][::2], "status"] = "failed"
     elif damage == "no_seeds_column":
