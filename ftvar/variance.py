@@ -179,16 +179,18 @@ def decompose(
         stack = np.concatenate(chunks, axis=1) if chunks else None  # (components, b)
         comps = []
         for i, (name, label, kind) in enumerate(names):
-            lo, hi = _interval(stack[i] if stack is not None else None, alpha)
+            estimate = float(shares[i, j]) if kind == "seed" else None
+            lo, hi = _interval(stack[i] if stack is not None else None, alpha, estimate)
             comps.append(Component(name, label, kind, float(values[i, j]), float(shares[i, j]), lo, hi))
         luck_rows = [i for i, (_, _, k) in enumerate(names) if k in ("seed", "residual")]
-        lo, hi = _interval(stack[luck_rows].sum(axis=0) if stack is not None else None, alpha)
+        luck_share = float(shares[luck_rows, j].sum())
+        lo, hi = _interval(stack[luck_rows].sum(axis=0) if stack is not None else None, alpha, luck_share)
         luck = Component(
             "luck",
             "luck (seeds and residual)",
             "luck",
             float(values[luck_rows, j].sum()),
-            float(shares[luck_rows, j].sum()),
+            luck_share,
             lo,
             hi,
         )
@@ -203,11 +205,30 @@ def decompose(
     return out
 
 
-def _interval(values: np.ndarray | None, alpha: float) -> tuple[float | None, float | None]:
+LOGIT_EPS = 1e-4
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    q = np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def _interval(
+    values: np.ndarray | None, alpha: float, estimate: float | None = None
+) -> tuple[float | None, float | None]:
+    """A bootstrap interval of a share: percentile; or, given the estimate, the basic interval on the logit
+    scale (2·logit(θ̂) − the resamples' quantiles). The seed shares (and luck, which they dominate when there
+    are few seeds) rest on as many values as there are seeds: skewed, scale-like estimates whose percentile
+    interval leans the wrong way; the basic interval reverses that skew (measured in bench/bench_analysis.py).
+    A share estimated as 0 keeps the percentile interval (its logit is not informative)."""
     if values is None:
         return None, None
     finite = values[np.isfinite(values)]
     if not len(finite):
         return None, None
     lo, hi = np.quantile(finite, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    if estimate is None or not LOGIT_EPS < estimate < 1 - LOGIT_EPS:
+        return float(lo), float(hi)
+    q_lo, q_hi = np.quantile(_logit(finite), [alpha, 1 - alpha])
+    centre = 2 * float(_logit(estimate))
+    return float(1 / (1 + np.exp(-(centre - q_hi)))), float(1 / (1 + np.exp(-(centre - q_lo))))
