@@ -71,9 +71,9 @@ def test_variance_components_are_unbiased_and_their_intervals_cover_the_truth() 
     assert est["residual"] == pytest.approx(noise**2, rel=0.1)
     assert est["lack of fit"] < 0.05 * noise**2  # the polynomial is the truth
     rates = {k: v / runs for k, v in hits.items()}
-    # nominal 0.95; with 10 seeds the seed share's percentile interval is known to undercover a little
-    assert rates["hyperparameters"] >= 0.75 and rates["residual"] >= 0.75 and rates["luck"] >= 0.7, rates
-    assert rates["seed"] >= 0.6, rates
+    # nominal 0.95; bench/bench_analysis.py measures 0.9–0.93 for these with 10 seeds over 200 studies
+    assert rates["hyperparameters"] >= 0.75 and rates["residual"] >= 0.75 and rates["luck"] >= 0.75, rates
+    assert rates["seed"] >= 0.75, rates
 
 
 def test_crossed_seeds_separate_init_from_order_variance() -> None:
