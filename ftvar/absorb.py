@@ -58,6 +58,14 @@ def absorb(
     return out, found
 
 
+def cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x'y for tall x and y (n × p, n × k), computed as (y'x)': numpy's matmul of a transposed tall matrix by
+    a tall one can take 100× longer on some BLAS builds (measured: 3 s against 0.02 s for 96,000 × 9 and
+    96,000 × 41)."""
+    out: np.ndarray = (y.T @ x).T
+    return out
+
+
 def block_hat(factors: list[Factor], rows: np.ndarray, n: int) -> np.ndarray:
     """The block of the hat matrix of [intercept + factors] (n rows) for `rows`: exact for one factor and for
     balanced crossed factors (which are orthogonal after the intercept)."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.absorb import absorb
+from ftvar.absorb import absorb, cross
 from ftvar.regression import absorbed_fit
 from ftvar.resample import responses
 from ftvar.terms import ModelData, Predictor, term_matrix
@@ -99,7 +99,7 @@ def best(
     picked, values = [], []
     for ystar in responses(md, y, b, seed):
         ya, _ = absorb(ystar, blocks)
-        bstar = fit_.xtx_inv @ (fit_.xa.T @ ya)
+        bstar = fit_.xtx_inv @ cross(fit_.xa, ya)
         const = ystar.mean(axis=0) - xbar @ bstar
         for s in range(0, ystar.shape[1], CHUNK):
             pstar = f @ bstar[:, s : s + CHUNK] + const[s : s + CHUNK]

@@ -19,7 +19,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.regression.mixed_linear_model import VCSpec
 
-from ftvar.absorb import absorb, rank_of_blocks
+from ftvar.absorb import absorb, cross, rank_of_blocks
 from ftvar.fits import ALPHA, Coef, Fit, TermTest
 from ftvar.terms import ModelData
 
@@ -171,8 +171,10 @@ def absorbed_fit(md: ModelData, y: np.ndarray) -> Absorbed:
     norms = np.linalg.norm(xa, axis=0)
     norms[norms == 0] = 1.0
     scaled = xa / norms
-    xtx_inv = np.linalg.pinv(scaled.T @ scaled) / np.outer(norms, norms) if xa.shape[1] else np.zeros((0, 0))
-    beta = xtx_inv @ (xa.T @ ya) if xa.shape[1] else np.zeros(0)
+    xtx_inv = (
+        np.linalg.pinv(cross(scaled, scaled)) / np.outer(norms, norms) if xa.shape[1] else np.zeros((0, 0))
+    )
+    beta = xtx_inv @ cross(xa, ya) if xa.shape[1] else np.zeros(0)
     resid = ya - xa @ beta if xa.shape[1] else ya
     k = rank_of_blocks(blocks)
     return Absorbed(beta, xa, xtx_inv, resid, float(md.n - xa.shape[1] - k), k)

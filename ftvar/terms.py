@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.absorb import Factor, absorb
+from ftvar.absorb import Factor, absorb, cross
 from ftvar.axes import Axis
 
 
@@ -174,7 +174,8 @@ def predictors(rows: pd.DataFrame, axes: tuple[Axis, ...], notes: list[str]) -> 
             seen = list(dict.fromkeys(present.tolist()))
             values = [v for v in axis.values if v in seen] + [v for v in seen if v not in axis.values]
         else:
-            values = sorted({float(v) for v in pd.to_numeric(present, errors="coerce").dropna()})
+            numbers = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype="float64")
+            values = [float(v) for v in np.unique(numbers)]
         if len(values) < 2:
             shown = _level_label(values[0]) if values else "none"
             notes.append(f"{axis.label} has a single value ({shown}) in these trials: not in the fits")
@@ -257,7 +258,7 @@ def rank(matrix: np.ndarray) -> int:
     """Numerical rank, from the Gram matrix of the columns scaled to unit norm (codings mix scales)."""
     if matrix.shape[1] == 0:
         return 0
-    gram = matrix.T @ matrix
+    gram = cross(matrix, matrix)
     norms = np.sqrt(np.diag(gram))
     keep = norms > 0
     if not keep.any():

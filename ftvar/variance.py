@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftvar.absorb import Factor, absorb, rank_of_blocks
+from ftvar.absorb import Factor, absorb, cross, rank_of_blocks
 from ftvar.resample import distinct_resamples, responses
 from ftvar.terms import ModelData
 
@@ -78,7 +78,7 @@ class _Design:
         self.config = md.config_block()
         xa, _ = absorb(md.X[:, 1:], self.seeds)
         self.xa = xa
-        self.gram = xa.T @ xa
+        self.gram = cross(xa, xa)
         self.r_seeds = rank_of_blocks(self.seeds)
         self.r_sat = rank_of_blocks([self.config, *self.seeds])
         self.henderson = [self._henderson(f) for f in self.seeds]
@@ -104,7 +104,7 @@ def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, 
     n = md.n
     ya, _ = absorb(y, d.seeds)
     yy = np.sum(ya**2, axis=0)  # residual sum of squares of [intercept + seeds]
-    xty = d.xa.T @ ya
+    xty = cross(d.xa, ya)
     all_cols = list(range(d.xa.shape[1]))
     ss_hp, r_hp = _ss_fit(d.gram, xty, all_cols)
     res_poly = yy - ss_hp
