@@ -123,8 +123,11 @@ def hyperparameter_plot(
     for ax, axis in zip(panels[0], axes, strict=True):
         frame = pd.DataFrame({"x": trials[axis.name], "seed": seeds, "y": trials[metric]})
         per_seed = frame.groupby(["x", "seed"])["y"].mean().groupby(level=0).agg(["mean", "std"])
-        if axis.kind == "categorical":
+        if axis.kind == "categorical":  # in the study's order of levels
+            order = [v for v in axis.values if v in per_seed.index]
+            per_seed = per_seed.reindex(order + [v for v in per_seed.index if v not in order])
             pos = np.arange(len(per_seed))
+            ax.set_xlim(-0.5, len(per_seed) - 0.5)
             ax.errorbar(
                 pos, per_seed["mean"], yerr=per_seed["std"].fillna(0), marker="o", capsize=4, ls="none"
             )
