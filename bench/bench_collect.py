@@ -11,7 +11,6 @@ this measures a warm cache (a cold network file system is slower: that is I/O, n
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import resource
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ftvar.config import GridConfig, Study
-from ftvar.trial import StudyPaths, trial_id
+from ftvar.config import Grid, Study
+from ftvar.record import SCHEMA_VERSION
+from ftvar.trial import StudyPaths, expand
 
 LR = [1e-5, 2e-5, 5e-5, 1e-4]
 BS = [8, 16, 32, 64]
@@ -33,17 +33,16 @@ EPOCHS = [1, 2, 3]
 
 def bench_study(n_records: int) -> Study:
     seeds = max(1, math.ceil(n_records / (len(LR) * len(BS) * len(EPOCHS))))
-    return Study(
-        name="bench", grid=GridConfig(learning_rate=LR, batch_size=BS, epochs=EPOCHS, seed=list(range(seeds)))
-    )
+    grid = Grid.of({"learning_rate": LR, "batch_size": BS, "epochs": EPOCHS, "seed": list(range(seeds))})
+    return Study(name="bench", grid=grid)
 
 
 def _record(study: Study, tid: str, params: dict[str, float | int | None], acc: float) -> dict[str, object]:
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "study": {"name": study.name, "hash": study.hash, "source": "bench"},
         "trial_id": tid,
-        "kind": "baseline" if tid == "baseline" else "trial",
+        "kind": "baseline" if tid.startswith("baseline") else "trial",
         "params": params,
         "status": "ok",
         "error": None,
@@ -77,18 +76,26 @@ def generate(out: Path, n_records: int) -> int:
     records = StudyPaths.of(out, study.name).records
     records.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    params = {"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0}
-    base = _record(study, "baseline", params, 0.5)
-    (records / "baseline.json").write_text(json.dumps(base, indent=1) + "\n")
-    n = 1
-    for seed, lr, bs, ep in itertools.product(study.grid.seed, LR, BS, EPOCHS):
+    n = 0
+    for t in expand(
+        study
+    ):  # the baselines (one per init seed: the default model's head is not known), then trials
         if n >= n_records:
             break
-        x = math.log10(lr) + 4.5
-        acc = 0.85 + 0.02 * x - 0.03 * x * x - 0.004 * (math.log2(bs) - 4) + float(rng.normal(0, 0.01))
-        tid = trial_id(study.hash, lr, bs, ep, seed)
-        rec = _record(study, tid, {"learning_rate": lr, "batch_size": bs, "epochs": ep, "seed": seed}, acc)
-        (records / f"{tid}.json").write_text(json.dumps(rec, indent=1) + "\n")
+        if t.is_baseline:
+            acc = 0.5
+        else:
+            assert t.learning_rate is not None and t.batch_size is not None
+            x = math.log10(t.learning_rate) + 4.5
+            acc = (
+                0.85
+                + 0.02 * x
+                - 0.03 * x * x
+                - 0.004 * (math.log2(t.batch_size) - 4)
+                + float(rng.normal(0, 0.01))
+            )
+        rec = _record(study, t.trial_id, t.params(), acc)
+        (records / f"{t.trial_id}.json").write_text(json.dumps(rec, indent=1) + "\n")
         n += 1
     return n
 

@@ -1,280 +1,342 @@
-"""The paper's regressions on a collected study: absolute, relative-to-baseline and paired-relative OLS fits.
+"""A collected study → everything the report shows: seed-blocked fits (absolute, relative to the baseline of
+the same init seed; with and without degenerate trials), the variance decomposition, the degree by
+cross-validation, the best configuration, the expected-max curves, degenerate trials, findings and the paper
+comparison.
 
-Predictors are coded (`log`: log10 learning rate, log2 batch size, raw epochs; `raw`: as given), centred on
-the mean of the ok trials (so that linear terms are slopes at the centre of the grid, even with squares and
-interactions), and expanded into the full polynomial of the configured degree. Fits use statsmodels formulas
-and type-II ANOVA. The result types live in ftvar.fits, the findings and the paper comparison in
-ftvar.findings; they and `collect` (ftvar.collect) are re-exported here.
+Works from the results table alone (ftvar.collect): one column per axis of the study, the seeds, the metrics,
+`degenerate` and `majority_share`. Each part is computed by its own module; a part that cannot be computed on
+some table becomes a note, never a crash.
 """
 
 from __future__ import annotations
 
-import itertools
-import warnings
-from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
-from statsmodels.stats.anova import anova_lm
 
+from ftvar.axes import Axis
 from ftvar.collect import CollectResult, SkippedRecordsError, collect
 from ftvar.config import Study
-from ftvar.findings import findings, paper_comparison
-from ftvar.fits import (
-    ALPHA,
-    FIT_KINDS,
-    FIT_METRICS,
-    LABELS,
-    METRIC_LABELS,
-    VARIABLES,
-    Analysis,
-    Design,
-    Fit,
-    Term,
-    jsonable,
-)
+from ftvar.degenerate import DegenerateSummary, flags, summarise
+from ftvar.errors import FtvarError
+from ftvar.expected_max import Curve, curves
+from ftvar.findings import findings
+from ftvar.fits import ALPHA, FIT_METRICS, HIGHER_IS_BETTER, METRIC_LABELS, Fit, jsonable
+from ftvar.optimum import Best, best
+from ftvar.paper import PaperComparison, compare
+from ftvar.regression import fit as fit_metric
+from ftvar.regression import resolve_seed_model
+from ftvar.selection import Selection, select
+from ftvar.terms import CODING_WORDS, ModelData, build
+from ftvar.variance import Decomposition, decompose
 
 __all__ = [
     "ALPHA",
-    "FIT_KINDS",
     "FIT_METRICS",
-    "LABELS",
     "METRIC_LABELS",
-    "VARIABLES",
     "Analysis",
     "CollectResult",
-    "Design",
     "Fit",
     "SkippedRecordsError",
-    "Term",
     "analyze",
     "collect",
-    "findings",
     "jsonable",
-    "paper_comparison",
 ]
 
-CODING = {
-    "log": {"lr": "log10", "bs": "log2", "ep": "identity"},
-    "raw": {"lr": "identity", "bs": "identity", "ep": "identity"},
-}
-_TRANSFORM: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "log10": np.log10,
-    "log2": np.log2,
-    "identity": lambda x: x,
-}
-# the paper's headline results: (effect, term, metric, fit, paper p, paper direction: sign of the slope or 0)
+T = TypeVar("T")
+BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
+BOOTSTRAP_MIN = 100
+BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
 
 
-def default_reference(study: Study) -> dict[str, float]:
-    """The paired fit's reference: analysis.reference where given, else each axis' median grid value.
-
-    For an even number of grid values the lower median (a real grid value) is used: [8, 16, 32, 64] → 16.
-    """
-    ref: dict[str, float] = {}
-    for col, _, _ in VARIABLES:
-        values = sorted(getattr(study.grid, col))
-        ref[col] = float(values[(len(values) - 1) // 2])
-    ref.update({k: float(v) for k, v in (study.analysis.reference or {}).items()})
-    return ref
+@dataclass
+class Baselines:
+    n: int  # ok baseline records
+    shared: bool  # one baseline value for every fitted trial: relative = absolute scaled by a constant
+    description: str
 
 
-def _term_name(monomial: tuple[str, ...]) -> str:
-    powers = Counter(monomial)
-    return ":".join(v if k == 1 else f"I({v} ** {k})" for v, k in powers.items())
+@dataclass
+class Analysis:
+    study: str
+    degree: int
+    seed_model: str  # blocks | mixed | none, for the fits of all trials
+    seed_model_why: str
+    predictors: list[dict[str, Any]]
+    terms: list[str]
+    baselines: Baselines
+    fits: list[Fit]
+    variance: list[Decomposition]
+    selection: list[Selection]
+    best: list[Best]
+    expected_max: list[Curve]
+    expected_max_by: str | None
+    degenerate: DegenerateSummary
+    findings: list[dict[str, Any]]
+    paper: PaperComparison
+    configurations: pd.DataFrame
+    trials: pd.DataFrame  # the ok trials of the current design, with a `degenerate_flag` column
+    axes: tuple[Axis, ...]
+    notes: list[str] = field(default_factory=list)
+    relative_note: str | None = None
+    models: dict[str, ModelData] = field(default_factory=dict)
+
+    def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
+        return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
 
 
-def build_design(trials: pd.DataFrame, coding: str, degree: int) -> tuple[Design, pd.DataFrame]:
-    """Code and centre the hyperparameters of the ok trials; list identifiable polynomial terms."""
-    data = trials.copy()
-    variables: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
-    for col, short, label in VARIABLES:
-        values = sorted(float(v) for v in data[col].unique())
-        if len(values) < 2:
-            shown = f"{values[0]:g}" if values else "none"
-            notes.append(f"{label} has a single value ({shown}) in the ok trials: dropped from the formulas")
-            continue
-        transform = CODING[coding][short]
-        coded = np.asarray(_TRANSFORM[transform](data[col].astype("float64").to_numpy()), dtype="float64")
-        centre = float(coded.mean())
-        data[short] = coded - centre
-        variables[short] = {"column": col, "transform": transform, "centre": centre, "values": values}
-    terms: list[str] = []
-    for k in range(1, degree + 1):
-        for mono in itertools.combinations_with_replacement(list(variables), k):
-            too_few = [v for v, p in Counter(mono).items() if p >= len(variables[v]["values"])]
-            if not too_few:
-                terms.append(_term_name(mono))
-    for v, info in variables.items():
-        if degree >= 2 and len(info["values"]) < 3:
-            notes.append(
-                f"{LABELS[v]} has {len(info['values'])} distinct values: its square is not "
-                "identifiable and is left out"
-            )
-    return Design(variables, terms, notes), data
+def _guard(notes: list[str], what: str, default: T, compute: Callable[[], T]) -> T:
+    """Run one part of the analysis; a numerical failure on odd data becomes a note, not a crash."""
+    try:
+        return compute()
+    except FtvarError:
+        raise
+    except Exception as exc:  # the report must survive any table the collector produces
+        notes.append(f"{what} could not be computed on these trials ({type(exc).__name__}: {exc})")
+        return default
 
 
-def _rank(exog: np.ndarray) -> int:
-    """Numerical rank, from the Gram matrix of the columns scaled to unit norm (raw coding mixes scales
-    from 1e-10 to 1e2); columns whose condition number exceeds 1e5 count as collinear."""
-    norms = np.linalg.norm(exog, axis=0)
-    if not norms.all():
-        return int(np.count_nonzero(norms))
-    scaled = exog / norms
-    eig = np.linalg.eigvalsh(scaled.T @ scaled)
-    return int(np.count_nonzero(eig > eig.max() * 1e-10))
+def hyperparameter_axes(study: Study) -> list[Axis]:
+    return [a for a in study.axes if not a.is_seed]
 
 
-def fit_ols(data: pd.DataFrame, response: str, design: Design, metric: str, kind: str, coding: str) -> Fit:
-    """OLS of `response` on the design's terms; a skipped Fit (not an exception) when it cannot be fitted."""
-    formula = f"{response} ~ " + (" + ".join(design.terms) or "1")
-    k = 1 + len(design.terms)
-    fit = Fit(metric, kind, response, formula, coding, n=len(data), n_params=k)
-    if len(data) <= k:
-        fit.status = "skipped"
-        fit.message = (
-            f"too few trials: {len(data)} ok trial(s) for {k} parameters; need at least {k + 1} "
-            "(add seeds or grid values, or lower analysis.degree)"
-        )
-        return fit
-    model = smf.ols(formula, data[[response, *design.variables]])
-    if _rank(model.exog) < k:
-        fit.status = "skipped"
-        fit.message = (
-            "the design is rank-deficient: some hyperparameter combinations have no ok trial "
-            "(see ftvar status), so not every term can be estimated"
-        )
-        return fit
-    _fill(fit, model.fit(), data[response].to_numpy(), bool(design.terms))
-    return fit
-
-
-def _fill(fit: Fit, res: Any, observed: np.ndarray, has_terms: bool) -> None:
-    """Copy statistics, terms (95% CI) and the type-II ANOVA table of a statsmodels result into `fit`."""
-    ci = res.conf_int(ALPHA)
-    stats = zip(res.params, res.bse, res.tvalues, res.pvalues, ci[0], ci[1], strict=True)
-    fit.terms = [Term(str(name), *map(float, row)) for name, row in zip(res.params.index, stats, strict=True)]
-    fit.r2, fit.adj_r2 = float(res.rsquared), float(res.rsquared_adj)
-    fit.aic, fit.bic, fit.df_resid = float(res.aic), float(res.bic), float(res.df_resid)
-    fit.f_pvalue = float(res.f_pvalue) if has_terms else None
-    fit.fitted, fit.observed = np.asarray(res.fittedvalues), observed
-    if has_terms:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table = anova_lm(res, typ=2)
-        cols = {"sum_sq": "sum_sq", "df": "df", "F": "F", "p": "PR(>F)"}
-        fit.anova = [
-            {"term": str(i), **{k: float(r[c]) for k, c in cols.items()}} for i, r in table.iterrows()
-        ]
-
-
-def _paired(trials: pd.DataFrame, metric: str, ref: dict[str, float]) -> tuple[pd.DataFrame, list[str]]:
-    """Trials minus the same seed's reference trial; reference rows (identically 0) are left out."""
-    is_ref = np.ones(len(trials), dtype=bool)
-    for col, _, _ in VARIABLES:
-        is_ref &= np.isclose(trials[col].astype("float64").to_numpy(), ref[col], rtol=1e-9, atol=0)
-    refs = trials.loc[is_ref].set_index("seed")[metric]
-    data = trials.loc[~is_ref].copy()
-    data[f"{metric}_paired"] = data[metric] - data["seed"].map(refs)
-    missing = data[f"{metric}_paired"].isna()
-    notes = [f"paired: {int(is_ref.sum())} reference trial(s) (difference identically 0) left out"]
+def _usable(table: pd.DataFrame, study: Study, notes: list[str]) -> pd.DataFrame:
+    """The ok trials of the current design whose axis values are all known."""
+    mask = (table["kind"] == "trial") & (table["status"] == "ok") & table["in_grid"].astype(bool)
+    trials = table.loc[mask].copy()
+    n_out = int(
+        ((table["kind"] == "trial") & (table["status"] == "ok") & ~table["in_grid"].astype(bool)).sum()
+    )
+    if n_out:
+        notes.append(f"{n_out} ok record(s) of this study are outside the current design and left out")
+    for a in study.axes:  # numbers as numbers; a value that is not one counts as missing
+        if a.name in trials.columns and a.kind != "categorical" and not a.is_seed:
+            values = pd.to_numeric(trials[a.name], errors="coerce").astype("float64")
+            trials[a.name] = values.where(np.isfinite(values))
+    cols = [a.name for a in study.axes if a.name in trials.columns and not trials[a.name].isna().all()]
+    missing = trials[cols].isna().any(axis=1) if cols else pd.Series(False, index=trials.index)
     if missing.any():
-        seeds = data.loc[missing, "seed"].nunique()
-        notes.append(
-            f"paired: {int(missing.sum())} trial(s) of {seeds} seed(s) without an ok reference trial left out"
+        notes.append(f"{int(missing.sum())} ok trial(s) without a valid value for every axis are left out")
+        trials = trials.loc[~missing]
+    return trials.reset_index(drop=True)
+
+
+def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tuple[pd.DataFrame, Baselines]:
+    """Per trial, the metrics of its baseline: same init seed (when baselines have one) and the same values of
+    the axes baselines carry (model, max length)."""
+    rows = table[(table["kind"] == "baseline") & (table["status"] == "ok") & table["in_grid"].astype(bool)]
+    out = pd.DataFrame(np.nan, index=trials.index, columns=list(FIT_METRICS))
+    if rows.empty:
+        return out, Baselines(
+            0, False, "no ok baseline record (analysis.baseline = pretrained evaluates one)"
         )
-    return data.loc[~missing], notes
+    keys = [
+        a.name
+        for a in study.axes
+        if a.name in rows.columns and a.name not in BASELINE_MATCH_SKIP and rows[a.name].notna().any()
+    ]
+    # a baseline matches the trials that share its values of the keys it has (a null key matches all)
+    as_text = {k: trials[k].astype(str).to_numpy() for k in keys}
+    for has, group in rows.groupby([rows[k].notna() for k in keys] if keys else [[True] * len(rows)]):
+        used = [
+            k for k, present in zip(keys, has if isinstance(has, tuple) else (has,), strict=False) if present
+        ]
+        values = {tuple(str(r[k]) for k in used): [r[m] for m in FIT_METRICS] for _, r in group.iterrows()}
+        found = [values.get(key) for key in zip(*(as_text[k] for k in used), strict=True)] if used else []
+        if not used:
+            found = [next(iter(values.values()))] * len(trials)
+        for j, m in enumerate(FIT_METRICS):
+            col = np.array([np.nan if f is None else f[j] for f in found], dtype="float64")
+            out[m] = out[m].fillna(pd.Series(col, index=trials.index))
+    seeded = "init_seed" in keys
+    what = (
+        f"{len(rows)} baseline(s), one per init seed (the classifier head is new: its accuracy depends on "
+        "the seed)"
+        if seeded
+        else "one baseline (the model's classification head was trained)"
+        if len(rows) == 1
+        else f"{len(rows)} baselines (one per {', '.join(k for k in keys)})"
+    )
+    values = out.dropna(how="all")
+    shared = len(values) > 0 and all(values[m].nunique(dropna=True) <= 1 for m in FIT_METRICS)
+    return out, Baselines(len(rows), shared, what)
 
 
-def _skipped(metric: str, kind: str, design: Design, coding: str, message: str) -> Fit:
-    suffix = {"absolute": "", "relative": "_rel", "paired": "_paired"}[kind]
-    n_params = 1 + len(design.terms)
-    return Fit(metric, kind, metric + suffix, "", coding, 0, n_params, status="skipped", message=message)
-
-
-def _fits_for(
-    metric: str,
-    data: pd.DataFrame,
-    design: Design,
-    coding: str,
-    baseline: dict[str, float] | None,
-    ref: dict[str, float] | None,
-) -> list[Fit]:
-    """The absolute, relative and paired fits of one metric."""
-    out = [fit_ols(data, metric, design, metric, "absolute", coding)]
-    if baseline is None:
-        msg = "no ok baseline record (trial `baseline`; needs analysis.baseline = pretrained)"
-        out.append(_skipped(metric, "relative", design, coding, msg))
-    else:
-        rel_data = data.assign(**{f"{metric}_rel": data[metric] - baseline[metric]})
-        rel = fit_ols(rel_data, f"{metric}_rel", design, metric, "relative", coding)
-        rel.notes.append(
-            "one shared baseline: subtracting it only moves the intercept; slopes, p-values "
-            "and R² equal the absolute fit's"
-        )
-        out.append(rel)
-    if ref is None:
-        out.append(
-            _skipped(metric, "paired", design, coding, "the reference configuration is not in the grid")
-        )
-    else:
-        pdata, notes = _paired(data, metric, ref)
-        paired = fit_ols(pdata, f"{metric}_paired", design, metric, "paired", coding)
-        paired.notes.extend(notes)
-        out.append(paired)
-    return out
-
-
-def configurations(table: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration (lr, bs, epochs) over seeds: ok/failed counts and mean, sd of each metric."""
-    trials = table[(table["kind"] == "trial") & table["in_grid"]]
-    keys = ["learning_rate", "batch_size", "epochs"]
-    ok = trials[trials["status"] == "ok"]
-    stats = ok.groupby(keys)[[*FIT_METRICS, "train_loss"]].agg(["mean", "std"])
+def configurations(trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
+    """Per configuration (the hyperparameter axes): trials, ok trials, degenerate ones, mean and sd of each
+    metric over seeds; best mean accuracy first."""
+    keys = [a.name for a in axes if a.name in trials_all.columns]
+    if not keys:
+        trials_all = trials_all.assign(_all="all")
+        ok = ok.assign(_all="all")
+        keys = ["_all"]
+    stats = ok.groupby(keys, dropna=False)[[*FIT_METRICS, "train_loss"]].agg(["mean", "std"])
     stats.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in stats.columns]
-    counts = trials.assign(ok=trials["status"].eq("ok")).groupby(keys)["ok"].agg(n_ok="sum", n_trials="size")
-    out = counts.join(stats, how="left").reset_index()
+    counts = trials_all.assign(ok=trials_all["status"].eq("ok")).groupby(keys, dropna=False)["ok"]
+    out = counts.agg(n_ok="sum", n_trials="size").join(stats, how="left")
+    deg = ok.groupby(keys, dropna=False)["degenerate_flag"].sum().rename("n_degenerate")
+    out = out.join(deg, how="left").reset_index()
+    out["n_degenerate"] = out["n_degenerate"].fillna(0).astype(int)
     out["n_failed"] = out["n_trials"] - out["n_ok"]
     return out.sort_values("accuracy_mean", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _baseline(table: pd.DataFrame) -> dict[str, float] | None:
-    rows = table[(table["kind"] == "baseline") & (table["status"] == "ok") & table["in_grid"]]
-    return None if rows.empty else {m: float(rows.iloc[0][m]) for m in FIT_METRICS}
+def _expected_max_axis(axes: list[Axis], trials: pd.DataFrame) -> Axis | None:
+    """Batch size when it varies, else the first categorical axis that varies, else none."""
+    varying = [a for a in axes if a.name in trials.columns and trials[a.name].nunique() >= 2]
+    for a in varying:
+        if a.name == "batch_size":
+            return a
+    return next((a for a in varying if a.kind == "categorical"), None)
+
+
+def _select(study: Study, rows: pd.DataFrame, metric: str) -> Selection:
+    a = study.analysis
+
+    def model(d: int) -> ModelData:
+        return build(rows, study.axes, d, a.factor_interactions)
+
+    def response(md: ModelData) -> np.ndarray:
+        out: np.ndarray = md.rows[metric].to_numpy(dtype="float64")
+        return out
+
+    return select(metric, model, response, a.degree)
 
 
 def analyze(study: Study, table: pd.DataFrame) -> Analysis:
-    """Every fit of the issue on a collected table (ok, in-grid trials only)."""
-    keep = [*(col for col, _, _ in VARIABLES), "seed", *FIT_METRICS]
-    trials = table.loc[(table["kind"] == "trial") & (table["status"] == "ok") & table["in_grid"], keep]
+    """Every part of the report on a collected table (ok trials of the current design)."""
     a = study.analysis
-    coding = a.coding if isinstance(a.coding, str) else "log"
-    design, data = build_design(trials, coding, a.degree)
-    notes = list(design.notes)
-    n_out = int(((table["kind"] == "trial") & (table["status"] == "ok") & ~table["in_grid"]).sum())
-    if n_out:
-        notes.append(f"{n_out} ok record(s) of this study are outside the current grid and left out")
-    ref: dict[str, float] | None = default_reference(study)
-    for col, _, _ in VARIABLES:
-        if ref is not None and not np.isclose(getattr(study.grid, col), ref[col], rtol=1e-9, atol=0).any():
-            notes.append(f"analysis.reference {col} = {ref[col]:g} is not a grid value: paired fits skipped")
-            ref = None
-    baseline = _baseline(table)
-    fits = [f for m in FIT_METRICS for f in _fits_for(m, data, design, coding, baseline, ref)]
-    return Analysis(
-        study.name,
-        coding,
-        a.degree,
-        design,
-        baseline,
-        ref,
-        fits,
-        findings(fits),
-        paper_comparison(fits),
-        configurations(table),
+    notes: list[str] = []
+    if a.reference is not None:
+        notes.append(
+            "analysis.reference is no longer used: the seed-blocked fit compares configurations within "
+            "seeds, "
+            "which is what the paired fit did, without adding the reference trial's noise"
+        )
+    trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
+    trials = _usable(table, study, notes)
+    flagged, from_acc = flags(trials)
+    trials["degenerate_flag"] = flagged.to_numpy()
+    hp_axes = hyperparameter_axes(study)
+    config_cols = [x.name for x in hp_axes if x.name in trials.columns and trials[x.name].nunique() > 1]
+    degenerate = summarise(trials, flagged, config_cols, from_acc)
+    baseline, baselines = _baseline_of(table, trials, study)
+
+    fits: list[Fit] = []
+    models: dict[str, ModelData] = {}
+    variance: list[Decomposition] = []
+    selection: list[Selection] = []
+    bests: list[Best] = []
+    relative_note = None
+    seed_model, seed_model_why = "none", ""
+    resamples = a.bootstrap
+    n_ok = max(1, len(trials))
+    if resamples > BOOTSTRAP_MIN and n_ok * resamples > BOOTSTRAP_CELLS:
+        resamples = max(BOOTSTRAP_MIN, BOOTSTRAP_CELLS // n_ok)
+        notes.append(
+            f"bootstrap: {resamples} resamples instead of analysis.bootstrap = {a.bootstrap}, to keep "
+            f"{n_ok} trials fast (intervals from fewer resamples are a little rougher)"
+        )
+    for i, metric in enumerate(FIT_METRICS):
+        finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
+        rows = trials.loc[finite].reset_index(drop=True)
+        if rows.empty:
+            notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
+            continue
+        md = build(rows, study.axes, a.degree, a.factor_interactions)
+        models[metric] = md
+        if i == 0:
+            notes.extend(md.notes)
+            seed_model, seed_model_why = resolve_seed_model(md, a.seed_model)
+        y = rows[metric].to_numpy(dtype="float64")
+        fits.append(fit_metric(md, y, metric, "absolute", "all", a.seed_model))
+        base = baseline.loc[finite].reset_index(drop=True)[metric].to_numpy(dtype="float64")
+        if baselines.n and baselines.shared:
+            relative_note = (
+                "relative (% change from the baseline) is the absolute fit scaled by one constant here, "
+                "because every trial shares one baseline value: same directions, p-values and R², so it is "
+                "not repeated"
+            )
+        elif baselines.n:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = (y - base) / base * 100.0
+            ok_rel = np.isfinite(rel)
+            if ok_rel.any():
+                md_rel = (
+                    md
+                    if ok_rel.all()
+                    else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
+                )
+                fits.append(fit_metric(md_rel, rel[ok_rel], metric, "relative", "all", a.seed_model))
+        keep = ~rows["degenerate_flag"].to_numpy(dtype=bool)
+        if not keep.all():
+            if keep.sum() == 0:
+                notes.append(f"every trial with {METRIC_LABELS[metric]} is degenerate: no fit without them")
+            else:
+                md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
+                fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
+        variance += _guard(
+            notes,
+            f"the variance decomposition of {METRIC_LABELS[metric]}",
+            [],
+            partial(decompose, md, y[:, None], [metric], resamples, i),
+        )
+        sel = _guard(
+            notes,
+            f"the degree selection for {METRIC_LABELS[metric]}",
+            None,
+            partial(_select, study, rows, metric),
+        )
+        if sel is not None:
+            selection.append(sel)
+        degree = sel.chosen if sel is not None and sel.chosen is not None else a.degree
+        md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
+        if md_best.predictors and md_best.n > md_best.X.shape[1]:
+            maximise = HIGHER_IS_BETTER[metric]
+            compute = partial(best, md_best, y, metric, maximise, degree, resamples, 100 + i)
+            b = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
+            if b is not None:
+                bests.append(b)
+    by = _expected_max_axis(hp_axes, trials)
+    em: list[Curve] = _guard(
         notes,
+        "the expected-max curves",
+        [],
+        partial(curves, trials, "accuracy", by.name if by else None, by.label if by else None),
+    )
+    codings = {}
+    if "accuracy" in models:
+        codings = {
+            p.name: f"{p.label}, {CODING_WORDS.get(p.transform, p.transform)}"
+            for p in models["accuracy"].predictors
+        }
+    paper = compare(study, fits, codings, baselines.shared)
+    first = models.get("accuracy") or next(iter(models.values()), None)
+    return Analysis(
+        study=study.name,
+        degree=a.degree,
+        seed_model=seed_model,
+        seed_model_why=seed_model_why,
+        predictors=[p.describe() for p in first.predictors] if first else [],
+        terms=[t.name for t in first.terms] if first else [],
+        baselines=baselines,
+        fits=fits,
+        variance=variance,
+        selection=selection,
+        best=bests,
+        expected_max=em,
+        expected_max_by=by.name if by else None,
+        degenerate=degenerate,
+        findings=_guard(notes, "the findings", [], partial(findings, fits, models)),
+        paper=paper,
+        configurations=configurations(trials_all, trials, hp_axes),
+        trials=trials,
+        axes=study.axes,
+        notes=notes,
+        relative_note=relative_note,
+        models=models,
     )

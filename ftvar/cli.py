@@ -340,7 +340,8 @@ def collect(
 def report(
     study: StudyArg, set_: SetOpt = None, out: OutOpt = DEFAULT_OUT, strict: StrictOpt = False
 ) -> None:
-    """Collect the records, fit the regressions (absolute, relative, paired) and write OUT/<study>/report/.
+    """Collect the records, analyse them (variance shares, seed-blocked fits, best configuration) and write
+    OUT/<study>/report/.
 
     Writes report.json, report.md, a self-contained report.html and PNG plots. Example: `ftvar report smoke`
     """

@@ -1,4 +1,4 @@
-"""The results of the regressions: fits, their terms, the design and the whole analysis (plain data)."""
+"""The results of the regressions: one fit, its coefficients and its term tests (plain data, JSON-ready)."""
 
 from __future__ import annotations
 
@@ -7,58 +7,77 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 ALPHA = 0.05
 FIT_METRICS = ("accuracy", "f1", "eval_loss")
-FIT_KINDS = ("absolute", "relative", "paired")
-# (record column, formula name, label)
-VARIABLES = (
-    ("learning_rate", "lr", "learning rate"),
-    ("batch_size", "bs", "batch size"),
-    ("epochs", "ep", "epochs"),
-)
-LABELS = {short: label for _, short, label in VARIABLES}
 METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "eval_loss": "eval loss"}
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "eval_loss": False}
+FIT_KINDS = ("absolute", "relative")  # relative: % change from the baseline of the same init seed (and model)
+SUBSETS = ("all", "non-degenerate")
 
 
 @dataclass
-class Term:
-    term: str
+class Coef:
+    """One column of the model matrix: a coefficient with its standard error, test and 95% CI."""
+
+    name: str  # the column: "lr", "C(scheduler)[T.cosine]"
+    term: str  # the term it belongs to: "lr", "C(scheduler)"
     coef: float
     se: float
-    t: float
+    t: float  # t (OLS) or z (mixed model)
     p: float
     ci_low: float
     ci_high: float
 
+
+@dataclass
+class TermTest:
+    """A term's test (Wald: t-test for one column, F-test for a factor's columns) with adjusted p-values.
+
+    p_holm controls the family-wise error over the fit's hyperparameter terms, p_bh the false discovery rate;
+    `significant` uses p_holm."""
+
+    term: str
+    label: str  # in words
+    df: int
+    stat: float  # t for one column (signed), else F
+    p: float
+    p_holm: float = float("nan")
+    p_bh: float = float("nan")
+    coef: float | None = None  # one-column terms
+    se: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
     @property
     def significant(self) -> bool:
-        return bool(self.p < ALPHA)
+        return bool(self.p_holm < ALPHA)
 
 
 @dataclass
 class Fit:
-    """One OLS fit. `status` is "ok" or "skipped" (then `message` says why and the statistics are None)."""
+    """One regression of a metric. `status` is "ok" or "skipped" (then `message` says why)."""
 
     metric: str
-    kind: str  # absolute | relative | paired
+    kind: str  # absolute | relative
+    subset: str  # all | non-degenerate
     response: str
     formula: str
-    coding: str
+    seed_model: str  # blocks | mixed | none (a single seed)
     n: int
-    n_params: int
+    n_params: int  # intercept and hyperparameter columns (seed blocks not counted)
     status: str = "ok"
     message: str | None = None
     notes: list[str] = field(default_factory=list)
     r2: float | None = None
     adj_r2: float | None = None
-    f_pvalue: float | None = None
+    f_pvalue: float | None = None  # all hyperparameter terms together
     aic: float | None = None
     bic: float | None = None
     df_resid: float | None = None
-    terms: list[Term] = field(default_factory=list)
-    anova: list[dict[str, Any]] = field(default_factory=list)
+    sigma: float | None = None  # residual standard deviation
+    coefs: list[Coef] = field(default_factory=list)
+    tests: list[TermTest] = field(default_factory=list)
     fitted: np.ndarray | None = field(default=None, repr=False)
     observed: np.ndarray | None = field(default=None, repr=False)
 
@@ -66,42 +85,19 @@ class Fit:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def term(self, name: str) -> Term | None:
+    def term(self, name: str) -> TermTest | None:
         want = name.replace(" ", "")
-        return next((t for t in self.terms if t.term.replace(" ", "") == want), None)
+        return next((t for t in self.tests if t.term.replace(" ", "") == want), None)
+
+    def coef(self, name: str) -> Coef | None:
+        want = name.replace(" ", "")
+        return next((c for c in self.coefs if c.name.replace(" ", "") == want), None)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("fitted", "observed", "terms")}
-        out["terms"] = [{**asdict(t), "significant": t.significant} for t in self.terms]
+        out = {k: v for k, v in asdict(self).items() if k not in ("fitted", "observed", "tests")}
+        out["tests"] = [{**asdict(t), "significant": t.significant} for t in self.tests]
         cleaned: dict[str, Any] = jsonable(out)
         return cleaned
-
-
-@dataclass
-class Design:
-    """The predictors actually used: coded, centred columns and the formula's terms (without intercept)."""
-
-    variables: dict[str, dict[str, Any]]  # short name → {column, transform, centre, values}
-    terms: list[str]
-    notes: list[str]
-
-
-@dataclass
-class Analysis:
-    study: str
-    coding: str
-    degree: int
-    design: Design
-    baseline: dict[str, float] | None
-    reference: dict[str, float] | None
-    fits: list[Fit]
-    findings: list[dict[str, Any]]
-    paper: list[dict[str, Any]]
-    configurations: pd.DataFrame
-    notes: list[str]
-
-    def fit(self, metric: str, kind: str) -> Fit:
-        return next(f for f in self.fits if f.metric == metric and f.kind == kind)
 
 
 def jsonable(value: Any) -> Any:
@@ -110,6 +106,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.config import AnalysisConfig, Grid, Study
+from ftvar.config import AnalysisConfig, DataConfig, Grid, ModelConfig, Study
+from ftvar.config import validate as validate_study
+from ftvar.design import DesignConfig
 from ftvar.record import SCHEMA_VERSION, validate
 from ftvar.trial import StudyPaths, Trial, expand, trial_id
 
@@ -36,6 +38,27 @@ def make_study(
         }
     )
     return Study(name=name, grid=grid, analysis=AnalysisConfig(**analysis))
+
+
+def study_with(
+    grid: dict[str, Any],
+    name: str = "synth",
+    design: DesignConfig | None = None,
+    model: ModelConfig | None = None,
+    data: DataConfig | None = None,
+    **analysis: Any,
+) -> Study:
+    """A validated study over any axes (a [grid] table as parsed TOML, dotted names allowed)."""
+    study = Study(
+        name=name,
+        grid=Grid.of(grid),
+        design=design or DesignConfig(),
+        model=model or ModelConfig(),
+        data=data or DataConfig(),
+        analysis=AnalysisConfig(**analysis),
+    )
+    validate_study(study)
+    return study
 
 
 def find(study: Study, learning_rate: float | None, batch_size: int | None, epochs: int, seed: int) -> Trial:
@@ -218,3 +241,118 @@ def synth_table(
     df["batch_size"] = df["batch_size"].astype("Int64")
     df["learning_rate"] = df["learning_rate"].astype("float64")
     return df
+
+
+# ------------------------------------------------------------------------------ simulations over any axes
+
+Mean = Callable[[pd.DataFrame], np.ndarray]  # the trials' table (one column per axis) → true mean metric
+
+
+def simulate(
+    study: Study,
+    mean: Mean,
+    *,
+    init_sd: float = 0.0,
+    order_sd: float = 0.0,
+    noise: float = 0.01,
+    rng: np.random.Generator | None = None,
+    degenerate: float | Callable[[pd.DataFrame], np.ndarray] = 0.0,
+    majority: float = 0.5,
+    baseline: float | None = 0.5,
+) -> pd.DataFrame:
+    """The table `collect` would build for every trial of the study (any axes, any design), made in memory.
+
+    accuracy = mean(axes) + a(init seed) + b(order seed) + noise, with a ~ N(0, init_sd²), b ~ N(0, order_sd²)
+    drawn once per seed value; f1 = accuracy − 0.01; eval_loss = 1 − accuracy. A trial is degenerate with
+    probability `degenerate` (a number, or a function of the trials' table): its accuracy is then `majority`,
+    as a model that always answers the majority class. Baselines (one per init seed or one shared, as
+    `expand` makes them) get accuracy `baseline` (+ their init seed's effect when they have one)."""
+    rng = rng or np.random.default_rng(0)
+    trials = expand(study)
+    runs = [t for t in trials if not t.is_baseline]
+    rows = pd.DataFrame([{**t.params(), "trial_id": t.trial_id} for t in runs])
+    init_values = sorted({t.init_seed for t in trials if t.init_seed is not None})
+    order_values = sorted({t.order_seed for t in runs if t.order_seed is not None})
+    a = dict(zip(init_values, rng.normal(0, init_sd, len(init_values)).tolist(), strict=True))
+    b = dict(zip(order_values, rng.normal(0, order_sd, len(order_values)).tolist(), strict=True))
+    acc = (
+        np.asarray(mean(rows), dtype="float64")
+        + rows["init_seed"].map(a).to_numpy(dtype="float64")
+        + rows["order_seed"].map(b).to_numpy(dtype="float64")
+        + rng.normal(0, noise, len(rows))
+    )
+    p_deg = degenerate(rows) if callable(degenerate) else np.full(len(rows), float(degenerate))
+    is_deg = rng.random(len(rows)) < p_deg
+    acc = np.where(is_deg, majority, acc)
+    table = rows.assign(
+        kind="trial",
+        status="ok",
+        accuracy=acc,
+        f1=acc - 0.01,
+        eval_loss=1 - acc,
+        train_loss=0.4,
+        degenerate=is_deg,
+        majority_share=majority,
+        n_eval=500,
+        in_grid=True,
+    )
+    if baseline is not None:
+        base = []
+        for t in trials:
+            if t.is_baseline:
+                value = baseline + (a.get(t.init_seed, 0.0) if t.init_seed is not None else 0.0)
+                base.append(
+                    {
+                        **t.params(),
+                        "trial_id": t.trial_id,
+                        "kind": "baseline",
+                        "status": "ok",
+                        "accuracy": value,
+                        "f1": value,
+                        "eval_loss": 0.7,
+                        "train_loss": None,
+                        "degenerate": False,
+                        "majority_share": majority,
+                        "n_eval": 500,
+                        "in_grid": True,
+                    }
+                )
+        table = pd.concat([pd.DataFrame(base), table], ignore_index=True)
+    for col in ("init_seed", "order_seed", "batch_size"):
+        if col in table.columns:
+            table[col] = table[col].astype("Int64")
+    table["degenerate"] = table["degenerate"].astype("boolean")
+    table["learning_rate"] = table["learning_rate"].astype("float64")
+    return table
+
+
+def write_table(out: Path, study: Study, table: pd.DataFrame) -> None:
+    """Write one valid record per row of a simulated table (as `launch` would have)."""
+    records = StudyPaths.of(out, study.name).records
+    by_id = {t.trial_id: t for t in expand(study)}
+    for row in table.to_dict(orient="records"):
+        trial = by_id[row["trial_id"]]
+        ok = row["status"] == "ok"
+        metrics = {
+            m: (float(row[m]) if ok and row[m] is not None and row[m] == row[m] else None)
+            for m in ("accuracy", "f1", "eval_loss", "train_loss")
+        }
+        rec = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=0, status=row["status"])
+        rec.update(
+            trial_id=trial.trial_id,
+            kind="baseline" if trial.is_baseline else "trial",
+            params=trial.params(),
+            metrics=metrics,
+        )
+        if ok:
+            n = 500
+            share = float(row.get("majority_share", 0.5))
+            deg = bool(row.get("degenerate", False))
+            rec["eval"] = {
+                "label_counts": [round(n * share), n - round(n * share)],
+                "pred_counts": [n, 0] if deg else [n // 2, n - n // 2],
+                "majority_share": share,
+                "degenerate": deg,
+            }
+        validate(rec)
+        write(records, rec)

@@ -1,256 +1,404 @@
-"""The regressions: known quadratics with noise, relative vs absolute vs paired, degenerate grids."""
+"""The fits over a study's axes: seed blocks, known effects with noise, factors, identifiability, relative
+fits, degenerate trials, adjusted p-values, and tables the report must survive."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from records_factory import Truth, make_study, synth_study, synth_table
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+from records_factory import make_study, simulate, study_with, write_table
+from statsmodels.stats.multitest import multipletests
 
-from ftvar.analysis import (
-    FIT_METRICS,
-    VARIABLES,
-    analyze,
-    build_design,
-    collect,
-    default_reference,
-    fit_ols,
-)
+from ftvar.analysis import FIT_METRICS, analyze, collect
 from ftvar.config import Study
+from ftvar.design import DesignConfig
+from ftvar.regression import adjust, fit, resolve_seed_model
+from ftvar.terms import build
 
-# true coefficients in the centred log coding (lr = log10 lr − mean, bs = log2 bs − mean, ep = epochs − mean)
-TRUTH = {
-    "Intercept": 0.85,
-    "lr": 0.02,
-    "bs": -0.012,
-    "ep": 0.004,
-    "I(lr ** 2)": -0.03,
-    "lr:bs": 0.0,
-    "lr:ep": 0.0,
-    "I(bs ** 2)": 0.0,
-    "bs:ep": 0.003,
-    "I(ep ** 2)": 0.0,
-}
-NULL_TERMS = [t for t, v in TRUTH.items() if v == 0.0]
+# true coefficients in the centred log coding of a 4 × 4 × 3 grid (lr = log10 lr − mean, bs = log2 bs − mean)
+TRUTH = {"Intercept": 0.85, "lr": 0.02, "bs": -0.012, "ep": 0.004, "I(lr ** 2)": -0.03, "bs:ep": 0.003}
+TERMS = ["lr", "bs", "ep", "I(lr ** 2)", "lr:bs", "lr:ep", "I(bs ** 2)", "bs:ep", "I(ep ** 2)"]
 
 
-def centres(study: Study) -> tuple[float, float, float]:
-    g = study.grid
-    return (
-        float(np.mean(np.log10(g.learning_rate))),
-        float(np.mean(np.log2(g.batch_size))),
-        float(np.mean(g.epochs)),
-    )
+def quadratic(study: Study) -> object:
+    lr_c = float(np.mean(np.log10(study.grid.learning_rate)))
+    bs_c = float(np.mean(np.log2(study.grid.batch_size)))
+    ep_c = float(np.mean(study.grid.epochs))
 
-
-def quadratic(study: Study) -> Truth:
-    c_lr, c_bs, c_ep = centres(study)
-
-    def truth(lr: float, bs: float, ep: float) -> float:
-        x, z, e = lr - c_lr, bs - c_bs, ep - c_ep
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        x = np.log10(rows["learning_rate"].to_numpy(dtype=float)) - lr_c
+        z = np.log2(rows["batch_size"].to_numpy(dtype=float)) - bs_c
+        e = rows["epochs"].to_numpy(dtype=float) - ep_c
         t = TRUTH
-        return (
+        return np.asarray(
             t["Intercept"]
             + t["lr"] * x
             + t["bs"] * z
             + t["ep"] * e
             + t["I(lr ** 2)"] * x * x
-            + t["lr:bs"] * x * z
-            + t["lr:ep"] * x * e
-            + t["I(bs ** 2)"] * z * z
             + t["bs:ep"] * z * e
-            + t["I(ep ** 2)"] * e * e
         )
 
-    return truth
+    return mean
 
 
-def test_collected_fit_recovers_the_truth_within_its_confidence_intervals(tmp_path: Path) -> None:
-    """One fixed dataset through records and collect; the coverage rate itself is the next test's job."""
-    study = make_study()
-    synth_study(tmp_path, study, quadratic(study), noise=0.005, rng=np.random.default_rng(0))
-    fit = analyze(study, collect(study, tmp_path).table).fit("accuracy", "absolute")
-    assert fit.ok and fit.n == 4 * 4 * 3 * 3
-    assert {t.term for t in fit.terms} == set(TRUTH)
-    for term in fit.terms:
-        assert term.ci_low <= TRUTH[term.term] <= term.ci_high, term
-    assert fit.term("lr").significant and fit.term("bs").significant  # type: ignore[union-attr]
+def trials(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["kind"] == "trial"].reset_index(drop=True)
 
 
-def test_confidence_intervals_cover_the_truth_about_95_percent_of_the_time() -> None:
-    study = make_study()
-    rng = np.random.default_rng(11)
-    covered = dict.fromkeys(TRUTH, 0)
-    runs = 40
+def test_collected_records_give_a_seed_blocked_fit_that_covers_the_truth(tmp_path: Path) -> None:
+    study = make_study(bootstrap=20)
+    table = simulate(study, quadratic(study), init_sd=0.02, noise=0.004, rng=np.random.default_rng(0))
+    write_table(tmp_path, study, table)
+    result = analyze(study, collect(study, tmp_path).table)
+    f = result.fit("accuracy")
+    assert f is not None and f.ok and f.n == 144 and f.seed_model == "blocks"
+    assert "C(seed)" in f.formula and "seed" not in [t.term for t in f.tests]
+    assert [t.term for t in f.tests] == TERMS
+    for name, value in TRUTH.items():
+        if name != "Intercept":  # the intercept is the first seed's level
+            c = f.coef(name)
+            assert c is not None and c.ci_low <= value <= c.ci_high, c
+    assert result.fit("accuracy", "absolute", "non-degenerate") is None  # no degenerate trial
+    assert "one per init seed" in result.baselines.description
+
+
+def test_seed_blocks_give_nominal_coverage_and_smaller_errors_than_ignoring_seeds() -> None:
+    """Seed effects 5× the noise: blocks remove them from the residual; coverage of the 95% CIs ≈ 0.95."""
+    study = make_study(seeds=[0, 1, 2])
+    rng = np.random.default_rng(3)
+    covered = {name: 0 for name in TRUTH if name != "Intercept"}  # the intercept is the first seed's level
+    se_ratio = []
+    runs = 60
     for _ in range(runs):
-        trials = synth_table(study, quadratic(study), noise=0.01, rng=rng)
-        design, data = build_design(trials[trials["kind"] == "trial"], "log", 2)
-        fit = fit_ols(data, "accuracy", design, "accuracy", "absolute", "log")
-        for t in fit.terms:
-            covered[t.term] += t.ci_low <= TRUTH[t.term] <= t.ci_high
-    assert all(c / runs >= 0.8 for c in covered.values()), covered
+        rows = trials(simulate(study, quadratic(study), init_sd=0.02, noise=0.004, rng=rng))
+        md = build(rows, study.axes, 2)
+        f = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all")
+        for name in covered:
+            c = f.coef(name)
+            assert c is not None
+            covered[name] += c.ci_low <= TRUTH[name] <= c.ci_high
+        naive = sm.OLS(rows["accuracy"].to_numpy(), md.X).fit()  # the same terms, seeds ignored
+        se_ratio.append(f.coef("lr").se / naive.bse[md.columns.index("lr")])  # type: ignore[union-attr]
+    rates = {k: v / runs for k, v in covered.items()}
+    assert all(0.85 <= r <= 1.0 for r in rates.values()), rates
+    assert np.median(se_ratio) < 0.5  # blocks remove the seeds' shared offsets from the error
 
 
 @pytest.mark.parametrize("coding", ["log", "raw"])
-def test_coefficients_match_numpy_least_squares_of_the_same_design(coding: str) -> None:
-    study = make_study()
-    trials = synth_table(study, quadratic(study), noise=0.01)
-    trials = trials[trials["kind"] == "trial"]
-    design, data = build_design(trials, coding, 2)
-    fit = fit_ols(data, "accuracy", design, "accuracy", "absolute", coding)
-    cols = {}
-    for col, short, _ in VARIABLES:
-        raw = trials[col].to_numpy(dtype="float64")
-        coded = {"lr": np.log10, "bs": np.log2, "ep": lambda v: v}[short](raw) if coding == "log" else raw
-        cols[short] = coded - coded.mean()
-    x, z, e = cols["lr"], cols["bs"], cols["ep"]
-    columns = {
-        "Intercept": np.ones_like(x),
-        "lr": x,
-        "bs": z,
-        "ep": e,
-        "I(lr ** 2)": x * x,
-        "lr:bs": x * z,
-        "lr:ep": x * e,
-        "I(bs ** 2)": z * z,
-        "bs:ep": z * e,
-        "I(ep ** 2)": e * e,
-    }
-    names = [t.term for t in fit.terms]
-    matrix = np.column_stack([columns[n] for n in names])
-    expected, *_ = np.linalg.lstsq(matrix, trials["accuracy"].to_numpy(), rcond=None)
-    got = np.array([t.coef for t in fit.terms])
-    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-8 * np.abs(expected).max())
+def test_coefficients_match_least_squares_with_seed_dummies(coding: str) -> None:
+    """Against statsmodels' formula OLS with C(seed) dummies; raw coding mixes scales from 1e-10 (a squared
+    learning rate) to 1e1 (batch size), which the fit must survive."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2, 3], seeds=[0, 1, 2], coding=coding)
+    rows = trials(simulate(study, quadratic(study), init_sd=0.01, rng=np.random.default_rng(1)))
+    md = build(rows, study.axes, 2)
+    f = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all")
+    transform = {"log": (np.log10, np.log2), "raw": (lambda v: v, lambda v: v)}[coding]
+    coded = md.rows.assign(
+        lr=transform[0](rows["learning_rate"].to_numpy(dtype=float)),
+        bs=transform[1](rows["batch_size"].to_numpy(dtype=float)),
+        ep=rows["epochs"].to_numpy(dtype=float),
+    )
+    coded[["lr", "bs", "ep"]] -= coded[["lr", "bs", "ep"]].mean()
+    formula = smf.ols(md.formula("accuracy"), coded.assign(seed=coded["init_seed"].astype(int))).fit()
+    seed_x, _ = md.seed_dummies()
+    x = np.column_stack([md.X, seed_x])
+    norms = np.linalg.norm(x, axis=0)  # exact least squares needs the columns scaled (raw coding)
+    exact = np.linalg.lstsq(x / norms, rows["accuracy"].to_numpy(), rcond=None)[0] / norms
+    for j, c in enumerate(f.coefs[1:], start=1):
+        assert c.coef == pytest.approx(exact[j], rel=1e-9), c.name
+        # statsmodels solves unscaled: equal within a ten-thousandth of a standard error
+        assert c.coef == pytest.approx(formula.params[c.name], abs=1e-4 * c.se), c.name
+        assert c.se == pytest.approx(formula.bse[c.name], rel=1e-5), c.name
+        assert c.t == pytest.approx(formula.tvalues[c.name], abs=1e-4), c.name
+    # the intercept: the mean at the design's centre over the study's seeds, not the first seed's level
+    at_centre = rows["accuracy"].to_numpy() - md.X[:, 1:] @ np.array([c.coef for c in f.coefs[1:]])
+    assert f.coefs[0].coef == pytest.approx(at_centre.mean())
 
 
-def test_p_values_of_null_terms_are_not_systematically_small() -> None:
-    study = make_study()
-    rng = np.random.default_rng(5)
-    small = dict.fromkeys(NULL_TERMS, 0)
-    power = 0
-    runs = 50
-    for _ in range(runs):
-        trials = synth_table(study, quadratic(study), noise=0.02, rng=rng)
-        design, data = build_design(trials[trials["kind"] == "trial"], "log", 2)
-        fit = fit_ols(data, "accuracy", design, "accuracy", "absolute", "log")
-        for term in NULL_TERMS:
-            small[term] += fit.term(term).p < 0.05  # type: ignore[union-attr]
-        power += fit.term("bs").p < 0.05  # type: ignore[union-attr]
-    assert all(n / runs < 0.2 for n in small.values()), small
-    assert power / runs > 0.9  # the test would notice p-values stuck near 1
+@pytest.mark.parametrize("seed", range(5))
+def test_adjusted_p_values_match_statsmodels_multipletests(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = np.concatenate([rng.uniform(0, 1, 8), rng.uniform(0, 0.01, 4), [0.03, 0.03, 1.0]])
+    holm, bh = adjust(p.tolist())
+    np.testing.assert_allclose(holm, multipletests(p, method="holm")[1], rtol=1e-12)
+    np.testing.assert_allclose(bh, multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+    holm_nan, _ = adjust([0.01, float("nan"), 0.04])
+    assert np.isnan(holm_nan[1]) and holm_nan[0] == pytest.approx(0.02) and holm_nan[2] == pytest.approx(0.04)
 
 
-def test_relative_fit_with_a_shared_baseline_has_identical_slopes() -> None:
-    study = make_study()
-    table = synth_table(study, quadratic(study), noise=0.01, seed_sd=0.02, baseline=0.6)
+def test_findings_use_holm_and_stay_short() -> None:
+    study = make_study(bootstrap=0)
+    table = simulate(study, quadratic(study), noise=0.003, rng=np.random.default_rng(2))
     result = analyze(study, table)
-    for metric in FIT_METRICS:
-        absolute, relative = result.fit(metric, "absolute"), result.fit(metric, "relative")
-        assert relative.ok and relative.formula.startswith(f"{metric}_rel ~")
-        for a, r in zip(absolute.terms, relative.terms, strict=True):
-            assert a.term == r.term
-            if a.term == "Intercept":
-                assert r.coef == pytest.approx(a.coef - result.baseline[metric], abs=1e-12)  # type: ignore[index]
-            else:
-                assert r.coef == pytest.approx(a.coef, abs=1e-12) and r.p == pytest.approx(a.p, rel=1e-9)
-        assert any("only moves the intercept" in n for n in relative.notes)
+    assert len(result.findings) <= 6
+    f = result.fit("accuracy")
+    assert f is not None
+    shown = {x["term"] for x in result.findings if x["metric"] == "accuracy" and x["term"]}
+    assert shown and all(f.term(t).p_holm < 0.05 for t in shown)  # type: ignore[union-attr]
+    texts = [x["text"] for x in result.findings]
+    assert any(t.startswith("batch size: higher → lower accuracy") and "Holm p" in t for t in texts)
+    assert any("peaks at learning rate ≈" in t and "inside the range" in t for t in texts)
 
 
-def test_paired_fit_differs_and_removes_the_seed_effect() -> None:
-    study = make_study(seeds=[0, 1, 2, 3, 4, 5])
-    table = synth_table(study, quadratic(study), noise=0.004, seed_sd=0.05, rng=np.random.default_rng(2))
-    result = analyze(study, table)
-    absolute, paired = result.fit("accuracy", "absolute"), result.fit("accuracy", "paired")
-    assert paired.ok and paired.n == absolute.n - len(study.grid.init_seed)  # reference trials left out
-    slopes_abs = np.array([t.coef for t in absolute.terms[1:]])
-    slopes_pair = np.array([t.coef for t in paired.terms[1:]])
-    assert not np.allclose(slopes_abs, slopes_pair, rtol=0, atol=1e-9)
-    # the seeds' shared offsets inflate the absolute fit's error; pairing removes them
-    assert paired.term("lr").se < absolute.term("lr").se / 2  # type: ignore[union-attr]
-    assert paired.term("lr").ci_low <= TRUTH["lr"] <= paired.term("lr").ci_high  # type: ignore[union-attr]
+def test_curvature_with_a_vertex_outside_the_grid_claims_no_optimum() -> None:
+    study = make_study(lr=[1e-5, 2e-5, 5e-5], bs=[16], ep=[1], seeds=[0, 1, 2], bootstrap=0)
+
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        x = np.log10(rows["learning_rate"].to_numpy(dtype=float)) + 4.0  # vertex at lr = 1e-4, outside
+        return np.asarray(0.9 - 0.2 * x * x)
+
+    result = analyze(study, simulate(study, mean, noise=0.002, rng=np.random.default_rng(0)))
+    text = " ".join(x["text"] for x in result.findings)
+    assert "lies outside the range the study ran" in text and "peaks" not in text
+    best = next(b for b in result.best if b.metric == "accuracy")
+    assert best.axes[0].at_edge and best.axes[0].value == pytest.approx(5e-5)
+    assert any("edge of the design" in n for n in best.notes)
 
 
-def test_default_reference_is_the_lower_median_grid_value() -> None:
-    study = make_study()
-    assert default_reference(study) == {"learning_rate": 2e-5, "batch_size": 16.0, "epochs": 2.0}
-    custom = make_study(reference={"batch_size": 32})
-    assert default_reference(custom) == {"learning_rate": 2e-5, "batch_size": 32.0, "epochs": 2.0}
+def test_a_categorical_axis_is_a_factor_named_in_words() -> None:
+    study = study_with(
+        {
+            "learning_rate": [1e-5, 3e-5, 1e-4],
+            "batch_size": [16],
+            "epochs": [1],
+            "train.scheduler": ["linear", "cosine", "constant"],
+            "seed": [0, 1, 2],
+        },
+        bootstrap=50,
+        factor_interactions=True,
+    )
+
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        sched = rows["train.scheduler"].map({"linear": 0.0, "cosine": 0.03, "constant": -0.02}).to_numpy()
+        return np.asarray(0.8 + sched + 0.01 * np.log10(rows["learning_rate"].to_numpy(dtype=float)))
+
+    result = analyze(study, simulate(study, mean, noise=0.004, rng=np.random.default_rng(0)))
+    f = result.fit("accuracy")
+    assert f is not None and f.ok
+    t = f.term("C(scheduler)")
+    assert t is not None and t.df == 2 and t.significant and t.label == "scheduler"
+    assert f.term("C(scheduler):lr") is not None  # factor × numeric on request
+    cosine = f.coef("C(scheduler)[T.cosine]")
+    assert cosine is not None and cosine.ci_low <= 0.03 <= cosine.ci_high
+    finding = next(x["text"] for x in result.findings if x["term"] == "C(scheduler)")
+    assert finding.startswith("scheduler matters for accuracy") and "best level cosine" in finding
+    best = next(b for b in result.best if b.metric == "accuracy")
+    sched = next(a for a in best.axes if a.axis == "train.scheduler")
+    assert sched.value == "cosine" and sched.level_shares["cosine"] > 0.9
 
 
-def test_a_reference_outside_the_grid_skips_the_paired_fits_with_a_message() -> None:
-    study = make_study(reference={"learning_rate": 3e-5})
-    result = analyze(study, synth_table(study, quadratic(study)))
-    paired = result.fit("f1", "paired")
-    assert not paired.ok and "reference" in (paired.message or "")
-    assert any("3e-05 is not a grid value" in n for n in result.notes)
-    assert result.fit("f1", "absolute").ok
+def test_terms_the_design_cannot_identify_are_left_out_with_a_reason() -> None:
+    two = make_study(bs=[16, 32], bootstrap=0)
+    result = analyze(two, simulate(two, quadratic(two), rng=np.random.default_rng(0)))
+    assert "I(bs ** 2)" not in result.terms and "I(lr ** 2)" in result.terms and "bs:ep" in result.terms
+    assert any("batch size has 2 distinct values: its square cannot be identified" in n for n in result.notes)
+    ccd = study_with(
+        {
+            "learning_rate": {"min": 1e-5, "max": 1e-4, "scale": "log"},
+            "batch_size": {"min": 8, "max": 64, "scale": "log", "round": "pow2"},
+            "epochs": [2],
+            "seed": [0, 1],
+        },
+        design=DesignConfig(kind="ccd", center=2),
+        degree=3,
+        bootstrap=0,
+    )
+    table = simulate(
+        ccd,
+        lambda r: 0.8 + 0.01 * np.log10(r["learning_rate"].to_numpy(dtype=float)),
+        rng=np.random.default_rng(0),
+    )
+    result = analyze(ccd, table)
+    assert "I(lr ** 3)" not in result.terms and "I(lr ** 2)" in result.terms
+    assert any(
+        "learning rate has 3 distinct values: its cube cannot be identified" in n for n in result.notes
+    )
+    assert result.fit("accuracy").ok  # type: ignore[union-attr]
+    sparse = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16], ep=[1], seeds=[0, 1], bootstrap=0)
+    table = simulate(sparse, quadratic(sparse), rng=np.random.default_rng(0))
+    gone = table["batch_size"].eq(16) & ~table["learning_rate"].eq(3e-5)
+    table.loc[gone, "status"] = "failed"  # 4 configurations left for 5 polynomial columns
+    result = analyze(sparse, table)
+    assert len(result.terms) == 3
+    assert any("cannot be identified in this design" in n for n in result.notes), result.notes
+    assert result.fit("accuracy").ok  # type: ignore[union-attr]
 
 
 def test_a_single_value_axis_is_dropped_with_a_note() -> None:
-    study = make_study(ep=[2])
-    result = analyze(study, synth_table(study, quadratic(study)))
-    fit = result.fit("accuracy", "absolute")
-    assert fit.ok and "ep" not in fit.formula and "lr:bs" in fit.formula
+    study = make_study(ep=[2], bootstrap=0)
+    result = analyze(study, simulate(study, quadratic(study)))
+    f = result.fit("accuracy")
+    assert f is not None and f.ok and "ep" not in f.formula and "lr:bs" in f.formula
     assert any("epochs has a single value (2)" in n for n in result.notes)
 
 
-def test_squares_of_two_valued_axes_are_left_out() -> None:
-    study = make_study(bs=[16, 32])
-    result = analyze(study, synth_table(study, quadratic(study)))
-    fit = result.fit("accuracy", "absolute")
-    assert "I(bs ** 2)" not in fit.formula and "I(lr ** 2)" in fit.formula and "bs:ep" in fit.formula
-    assert any("batch size has 2 distinct values" in n for n in result.notes)
-
-
 def test_too_few_trials_is_a_message_not_a_crash() -> None:
-    study = make_study(lr=[2e-5, 5e-5], bs=[8, 16], ep=[1, 2], seeds=[0])  # the smoke study's shape
-    result = analyze(study, synth_table(study, quadratic(study)))
-    assert result.fit("accuracy", "absolute").ok  # 8 trials, 7 parameters
-    paired = result.fit("accuracy", "paired")  # 7 trials, 7 parameters
-    assert not paired.ok and paired.message is not None and paired.message.startswith("too few trials: 7")
-    cubic = analyze(
-        make_study(lr=[2e-5, 5e-5], bs=[8, 16], ep=[1, 2], seeds=[0], degree=3),
-        synth_table(study, quadratic(study)),
+    study = make_study(lr=[2e-5, 5e-5], bs=[8, 16], ep=[1, 2], seeds=[0], bootstrap=0)
+    result = analyze(study, simulate(study, quadratic(study)))
+    assert result.fit("accuracy").ok  # type: ignore[union-attr]  # 8 trials, 7 parameters
+    one = make_study(lr=[2e-5, 5e-5], bs=[8, 16], ep=[1], seeds=[0], bootstrap=0)
+    result = analyze(one, simulate(one, quadratic(one)))
+    f = result.fit("accuracy")
+    assert f is not None and not f.ok and (f.message or "").startswith("too few trials: 4")
+
+
+def test_relative_fit_is_one_line_with_a_shared_baseline_and_a_real_fit_per_init_seed() -> None:
+    study = make_study(seeds=[0, 1, 2], bootstrap=0)
+    shared = analyze(
+        study, simulate(study, quadratic(study), rng=np.random.default_rng(0))
+    )  # no init-seed effect
+    assert shared.fit("accuracy", "relative") is None
+    assert shared.relative_note and "scaled by one constant" in shared.relative_note
+    table = simulate(study, quadratic(study), init_sd=0.05, rng=np.random.default_rng(1))
+    result = analyze(study, table)
+    rel = result.fit("accuracy", "relative")
+    assert rel is not None and rel.ok and rel.response == "accuracy_rel" and result.relative_note is None
+    rows = trials(table)
+    base = table[table["kind"] == "baseline"].set_index("init_seed")["accuracy"]
+    expected = (rows["accuracy"] - rows["init_seed"].map(base)) / rows["init_seed"].map(base) * 100
+    md = build(rows, study.axes, 2)
+    again = fit(md, expected.to_numpy(dtype=float), "accuracy", "relative", "all")
+    assert rel.coef("lr").coef == pytest.approx(again.coef("lr").coef)  # type: ignore[union-attr]
+    absolute = result.fit("accuracy")
+    assert absolute is not None and rel.coef("lr").coef != pytest.approx(absolute.coef("lr").coef)  # type: ignore[union-attr]
+
+
+def test_degenerate_trials_are_flagged_and_fitted_with_and_without() -> None:
+    study = make_study(seeds=[0, 1, 2], bootstrap=0)
+
+    def failing(rows: pd.DataFrame) -> np.ndarray:  # large learning rates with small batches fail
+        return np.where((rows["learning_rate"] >= 1e-4) & (rows["batch_size"] <= 16), 0.7, 0.0)
+
+    table = simulate(study, quadratic(study), degenerate=failing, majority=0.51, rng=np.random.default_rng(4))
+    n_deg = int(table["degenerate"].sum())
+    # half the records predate the eval field: flagged from accuracy == majority share
+    older = table.index[(table["kind"] == "trial")][::2]
+    table.loc[older, "degenerate"] = pd.NA
+    result = analyze(study, table)
+    d = result.degenerate
+    assert d.n_degenerate == n_deg and d.n_trials == 144 and 0 < d.from_accuracy < n_deg
+    assert d.per_configuration and d.per_configuration[0]["learning_rate"] == 1e-4
+    assert all(r["batch_size"] <= 16 for r in d.per_configuration)
+    without = result.fit("accuracy", "absolute", "non-degenerate")
+    assert without is not None and without.ok and without.n == 144 - n_deg
+    assert without.coef("lr").ci_low <= TRUTH["lr"] <= without.coef("lr").ci_high  # type: ignore[union-attr]
+    assert result.configurations["n_degenerate"].sum() == n_deg
+
+
+def test_seed_model_auto_blocks_when_balanced_and_mixed_when_unbalanced_with_many_seeds() -> None:
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2], seeds=list(range(6)))
+    rows = trials(simulate(study, quadratic(study), init_sd=0.02, rng=np.random.default_rng(0)))
+    md = build(rows, study.axes, 2)
+    assert resolve_seed_model(md, "auto")[0] == "blocks"
+    blocks = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all", "blocks")
+    mixed = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all", "mixed")
+    assert mixed.seed_model == "mixed"
+    for c in blocks.coefs[1:]:  # balanced: the same hyperparameter estimates
+        assert mixed.coef(c.name).coef == pytest.approx(c.coef, abs=1e-6)  # type: ignore[union-attr]
+    unbalanced = rows.drop(index=rows.index[rows["init_seed"].eq(0) & rows["learning_rate"].eq(1e-4)])
+    md_u = build(unbalanced, study.axes, 2)
+    model, why = resolve_seed_model(md_u, "auto")
+    assert model == "mixed" and "unbalanced" in why
+    few = build(unbalanced[unbalanced["init_seed"] < 3], study.axes, 2)
+    assert resolve_seed_model(few, "auto")[0] == "blocks"
+    f = fit(md_u, unbalanced["accuracy"].to_numpy(), "accuracy", "absolute", "all")
+    assert f.ok and f.seed_model == "mixed" and f.coef("lr").ci_low <= TRUTH["lr"] <= f.coef("lr").ci_high  # type: ignore[union-attr]
+
+
+def test_crossed_init_and_order_seeds_are_two_blocks() -> None:
+    study = study_with(
+        {
+            "learning_rate": [1e-5, 3e-5, 1e-4],
+            "batch_size": [16, 32],
+            "epochs": [1],
+            "init_seed": [0, 1, 2],
+            "order_seed": [0, 1, 2],
+        },
+        bootstrap=0,
     )
-    assert not any(f.ok for f in cubic.fits)
-    assert all(f.to_dict()["r2"] is None for f in cubic.fits)
+    table = simulate(
+        study, lambda r: np.full(len(r), 0.8), init_sd=0.03, order_sd=0.01, rng=np.random.default_rng(0)
+    )
+    result = analyze(study, table)
+    f = result.fit("accuracy")
+    assert f is not None and "C(init_seed) + C(order_seed)" in f.formula
+    names = [c.name for c in result.variance[0].components]
+    assert "init_seed" in names and "order_seed" in names
 
 
-def test_missing_configurations_make_a_rank_deficient_design_a_message() -> None:
-    study = make_study(lr=[2e-5, 5e-5], bs=[8, 16], ep=[1], seeds=[0, 1, 2])
-    table = synth_table(study, quadratic(study))
-    gone = (table["learning_rate"] == 5e-5) & (table["batch_size"] == 16)
-    table.loc[gone, "status"] = "failed"
-    fit = analyze(study, table).fit("accuracy", "absolute")
-    assert not fit.ok and "rank-deficient" in (fit.message or "")
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "nan_metrics",
+        "all_degenerate",
+        "one_trial",
+        "constant",
+        "missing_axis",
+        "junk_axis_value",
+        "failed_half",
+        "no_seeds_column",
+    ],
+)
+def test_odd_tables_give_an_analysis_not_a_crash(damage: str) -> None:
+    study = make_study(lr=[1e-5, 1e-4], bs=[8, 16], ep=[1], seeds=[0, 1], bootstrap=20)
+    table = simulate(study, quadratic(study), init_sd=0.01, rng=np.random.default_rng(0))
+    is_trial = table["kind"] == "trial"
+    if damage == "nan_metrics":
+        table.loc[table.index[is_trial][:3], ["f1", "eval_loss"]] = np.nan
+    elif damage == "all_degenerate":
+        table.loc[is_trial, "degenerate"] = True
+        table.loc[is_trial, "accuracy"] = 0.5
+    elif damage == "one_trial":
+        table = pd.concat([table[~is_trial], table[is_trial].head(1)])
+    elif damage == "constant":
+        table.loc[is_trial, ["accuracy", "f1", "eval_loss"]] = 0.5
+    elif damage == "missing_axis":
+        table.loc[table.index[is_trial][:2], "batch_size"] = pd.NA
+    elif damage == "junk_axis_value":
+        table["learning_rate"] = table["learning_rate"].astype(object)
+        table.loc[table.index[is_trial][0], "learning_rate"] = "fast"
+    elif damage == "failed_half":
+        table.loc[table.index[is_trial][::2], "status"] = "failed"
+    elif damage == "no_seeds_column":
+        table = table.drop(columns=["init_seed", "order_seed"])
+    result = analyze(study, table)
+    assert len(result.fits) >= 1 or result.notes
+    for f in result.fits:
+        assert f.status in ("ok", "skipped")
+        f.to_dict()
+    for metric in FIT_METRICS:
+        assert result.fit(metric) is None or isinstance(result.fit(metric).n, int)  # type: ignore[union-attr]
 
 
-def test_findings_and_paper_comparison_follow_the_fits() -> None:
-    study = make_study()
-    result = analyze(study, synth_table(study, quadratic(study), noise=0.003))
-    texts = [f["text"] for f in result.findings]
-    assert any(t.startswith("batch size: higher → lower accuracy, p = ") for t in texts)
-    assert any(t.startswith("learning rate: higher → lower eval loss") for t in texts)
-    assert any(t.startswith("learning rate (curvature): accuracy is ∩-shaped") for t in texts)
-    assert not any(f["term"] in NULL_TERMS and f["p"] < 1e-6 for f in result.findings)
-    rows = {(r["effect"], r["metric"]): r for r in result.paper}
-    assert rows[("learning rate", "eval_loss")]["agrees"] is True  # significant, higher lr → lower loss
-    assert rows[("batch size", "accuracy")]["agrees"] is True
-    assert rows[("batch size", "eval_loss")]["agrees"] is False  # the paper found no effect; we built one
-    assert rows[("epochs × batch size", "f1")]["direction"] == 1
+def test_a_sobol_design_is_analysed_like_a_grid() -> None:
+    study = study_with(
+        {
+            "learning_rate": {"min": 1e-5, "max": 1e-3, "scale": "log"},
+            "batch_size": [16, 32],
+            "epochs": [1],
+            "train.warmup_ratio": {"min": 0.0, "max": 0.2},
+            "seed": [0, 1],
+        },
+        design=DesignConfig(kind="sobol", n=16, seed=0),
+        bootstrap=50,
+    )
 
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        x = np.log10(rows["learning_rate"].to_numpy(dtype=float)) + 4
+        return np.asarray(0.85 - 0.03 * x * x + 0.05 * rows["train.warmup_ratio"].to_numpy(dtype=float))
 
-def test_every_fit_reports_the_issue_fields() -> None:
-    study = make_study()
-    result = analyze(study, synth_table(study, quadratic(study)))
-    assert len(result.fits) == 9
-    for fit in result.fits:
-        d = fit.to_dict()
-        for key in ("formula", "coding", "n", "r2", "adj_r2", "f_pvalue", "aic", "bic", "terms", "anova"):
-            assert key in d
-        assert all(math.isfinite(d[k]) for k in ("r2", "adj_r2", "f_pvalue", "aic", "bic"))
-        for term in d["terms"]:
-            assert set(term) == {"term", "coef", "se", "t", "p", "ci_low", "ci_high", "significant"}
-        assert {a["term"] for a in d["anova"]} == {t["term"] for t in d["terms"][1:]} | {"Residual"}
+    squares = []
+    for seed in range(4):
+        result = analyze(study, simulate(study, mean, noise=0.003, rng=np.random.default_rng(seed)))
+        f = result.fit("accuracy")
+        assert f is not None and f.ok and "I(lr ** 2)" in f.formula and "warmup_ratio" in f.formula
+        squares.append(f.coef("I(lr ** 2)").coef)  # type: ignore[union-attr]
+    assert np.mean(squares) == pytest.approx(-0.03, abs=0.003)  # 16 points, 2 seeds: unbiased on average
+    best = next(b for b in result.best if b.metric == "accuracy")
+    lr = best.axes[0]
+    assert lr.ci_low is not None and lr.ci_low <= 1e-4 <= lr.ci_high  # type: ignore[operator]

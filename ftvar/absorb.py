@@ -1,0 +1,83 @@
+"""Blocking factors absorbed without dummy columns: least-squares residuals after seed (and configuration)
+blocks, by alternating projections.
+
+Fitting `y ~ X + C(init_seed) + C(order_seed)` with dummy columns costs n × (levels) memory; absorbing the
+blocks first (subtracting group means, factor after factor, until nothing changes: the method of alternating
+projections behind fixed-effects regression) gives the same X coefficients and residuals with n × k memory
+(Frisch–Waugh–Lovell). One factor needs one pass; crossed balanced factors two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+TOL = 1e-11
+MAX_ITER = 1000
+
+
+@dataclass
+class Factor:
+    codes: np.ndarray  # level index per row
+    n_levels: int
+
+    def __post_init__(self) -> None:
+        n = len(self.codes)
+        self.onehot = sp.csr_matrix((np.ones(n), (np.arange(n), self.codes)), shape=(n, self.n_levels))
+        self.counts = np.bincount(self.codes, minlength=self.n_levels).astype("float64")
+
+    def means(self, r: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.asarray(self.onehot.T @ r) / np.where(self.counts > 0, self.counts, 1)[:, None]
+        return out
+
+
+def absorb(
+    y: np.ndarray, factors: list[Factor], effects: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Residuals of `y` (n × k) on an intercept and the factors' blocks, and (when asked) each factor's level
+    effects (levels × k; identified up to constants shared between factors)."""
+    y = np.asarray(y, dtype="float64")
+    matrix = y if y.ndim == 2 else y[:, None]
+    r = matrix - matrix.mean(axis=0)
+    found = [np.zeros((f.n_levels, r.shape[1])) for f in factors]
+    scale = max(float(np.abs(r).max()) if r.size else 0.0, 1e-300)
+    for _ in range(MAX_ITER if len(factors) > 1 else 1):
+        change = 0.0
+        for f, acc in zip(factors, found, strict=True):
+            m = f.means(r)
+            r = r - m[f.codes]
+            if effects:
+                acc += m
+            change = max(change, float(np.abs(m).max()) if m.size else 0.0)
+        if change <= TOL * scale:
+            break
+    out = r if y.ndim == 2 else r[:, 0]
+    return out, found
+
+
+def cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x'y for tall x and y (n × p, n × k), computed as (y'x)': numpy's matmul of a transposed tall matrix by
+    a tall one can take 100× longer on some BLAS builds (measured: 3 s against 0.02 s for 96,000 × 9 and
+    96,000 × 41)."""
+    out: np.ndarray = (y.T @ x).T
+    return out
+
+
+def block_hat(factors: list[Factor], rows: np.ndarray, n: int) -> np.ndarray:
+    """The block of the hat matrix of [intercept + factors] (n rows) for `rows`: exact for one factor and for
+    balanced crossed factors (which are orthogonal after the intercept)."""
+    out = np.full((len(rows), len(rows)), 1.0 / n)
+    for f in factors:
+        c = f.codes[rows]
+        same = c[:, None] == c[None, :]
+        out += same / f.counts[c][None, :] - 1.0 / n
+    return out
+
+
+def rank_of_blocks(factors: list[Factor]) -> int:
+    """Columns the intercept and the factors span, for a connected design (every level linked to every other
+    through shared rows): 1 + Σ (levels − 1)."""
+    return 1 + sum(int((f.counts > 0).sum()) - 1 for f in factors)
