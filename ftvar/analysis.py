@@ -185,12 +185,14 @@ def configurations(trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis])
     return out.sort_values("accuracy_mean", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _expected_max_axis(axes: list[Axis], trials: pd.DataFrame) -> Axis | None:
-    """Batch size when it varies, else the first categorical axis that varies, else none."""
+def _expected_max_axis(axes: list[Axis], trials: pd.DataFrame, wanted: str | None) -> Axis | None:
+    """analysis.expected_max_by when it varies; else batch size when it varies, else the first categorical
+    axis that varies, else none."""
     varying = [a for a in axes if a.name in trials.columns and trials[a.name].nunique() >= 2]
-    for a in varying:
-        if a.name == "batch_size":
-            return a
+    for name in (wanted, "batch_size"):
+        chosen = next((a for a in varying if a.name == name), None)
+        if chosen is not None:
+            return chosen
     return next((a for a in varying if a.kind == "categorical"), None)
 
 
@@ -211,12 +213,6 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
     """Every part of the report on a collected table (ok trials of the current design)."""
     a = study.analysis
     notes: list[str] = []
-    if a.reference is not None:
-        notes.append(
-            "analysis.reference is no longer used: the seed-blocked fit compares configurations within "
-            "seeds, "
-            "which is what the paired fit did, without adding the reference trial's noise"
-        )
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
     trials = _usable(table, study, notes)
     flagged, from_acc = flags(trials)
@@ -301,7 +297,7 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
             b = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
             if b is not None:
                 bests.append(b)
-    by = _expected_max_axis(hp_axes, trials)
+    by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
     em: list[Curve] = _guard(
         notes,
         "the expected-max curves",

@@ -29,7 +29,6 @@ from ftvar.trial import StudyPaths, expand
 BEFORE_AXES = ("trial_id", "kind", "status")
 # the axis columns (one per axis of the study, named like it, then init_seed and order_seed) come here
 AFTER_AXES = (
-    "seed",
     "accuracy",
     "f1",
     "eval_loss",
@@ -56,7 +55,6 @@ AFTER_AXES = (
 _DTYPES = {
     "batch_size": "Int64",
     "epochs": "int64",
-    "seed": "Int64",
     "init_seed": "Int64",
     "order_seed": "Int64",
     "n_train": "int64",
@@ -133,7 +131,6 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
         r["kind"],
         r["status"],
         *(p.get(name) for name in axes),
-        p.get("seed"),
         m["accuracy"],
         m["f1"],
         m["eval_loss"],

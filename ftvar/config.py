@@ -128,11 +128,11 @@ class AnalysisConfig:
     degree: int = 2
     coding: str | dict[str, str] = "log"  # log: log10(lr), log2(batch size); raw; or a table per axis
     baseline: str = "pretrained"  # evaluate the un-fine-tuned model (per init seed when its head is new)
-    reference: dict[str, float] | None = None  # paired reference configuration; default: grid medians
     compare_paper: bool | None = None  # None: only for the paper's model and task
     bootstrap: int = 1000  # bootstrap resamples (of seeds) for the variance shares and the best configuration
     seed_model: str = "auto"  # auto | blocks (seeds as fixed blocks) | mixed (random seed intercepts)
     factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
+    expected_max_by: str | None = None  # the expected-max curves' axis; default: batch size, else a factor
 
 
 @dataclass(frozen=True)
@@ -509,10 +509,11 @@ def _validate_analysis(study: Study) -> None:
         raise StudyError(f"analysis.degree must be 1, 2 or 3, got {a.degree}")
     if a.bootstrap < 0:
         raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
-    if a.reference is not None:
-        bad = sorted(set(a.reference) - set(names))
-        if bad:
-            raise StudyError(f"unknown key analysis.reference.{bad[0]}; valid: {', '.join(names)}")
+    if a.expected_max_by is not None and a.expected_max_by not in names:
+        raise StudyError(
+            f"analysis.expected_max_by = {a.expected_max_by!r} is not an axis of this study; axes: "
+            + ", ".join(names)
+        )
 
 
 def _validate_axes(study: Study) -> None:
@@ -668,6 +669,11 @@ def load_study(spec: str, overrides: list[str] | tuple[str, ...] = (), cwd: Path
         _set_dotted(data, key, _get_dotted(patch, key))
     if "name" not in data:
         raise StudyError(f'study {spec} has no name: add name = "..." at the top')
+    if isinstance(data.get("analysis"), dict) and "reference" in data["analysis"]:
+        raise StudyError(
+            "analysis.reference is gone: the paired fit it chose a reference for is replaced by the fit that "
+            "blocks on the seeds (it compares configurations within seeds); delete the key"
+        )
     grid_table = data.pop("grid", {})
     if isinstance(data.get("analysis"), dict) and isinstance(data["analysis"].get("coding"), dict):
         data["analysis"]["coding"] = dict(_flatten(data["analysis"]["coding"]))

@@ -1,5 +1,5 @@
-"""End to end on the smoke study's tiny model: any setting as an axis reaches the report (issue 10's tests,
-the analysis side): a scheduler factor next to a warmup slope, and a learning curve over the training rows."""
+"""End to end on tiny models: any setting as an axis runs and reaches the report — a scheduler factor next to
+a warmup slope, a learning curve over the training rows, a model axis with a baseline per model."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ seed = [0, 1]
     out = str(tmp_path / "out")
     launched = ftvar("launch", str(study), "--executor", "debug", "--out", out)
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "models" / "records").glob("*.json")]
+    assert len(records) == 2 * 2 + 2 and all(r["status"] == "ok" for r in records)
+    assert {r["params"]["model.name_or_path"] for r in records} == set(folders)
+    # a baseline per model (each folder holds a classification head: one baseline serves every init seed),
+    # and one tokenized cache for both models: the tokenizer is trained on the data, not taken from a model
+    baselines = [r for r in records if r["kind"] == "baseline"]
+    assert len(baselines) == 2 and {b["head"] for b in baselines} == {"trained"}
+    assert len(list((tmp_path / "out" / "models" / "cache").iterdir())) == 1
     reported = ftvar("report", str(study), "--out", out)
     assert reported.returncode == 0, reported.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "models" / "report" / "report.json").read_text())

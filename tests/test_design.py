@@ -223,6 +223,10 @@ def test_rotatable_axial_points_outside_a_setting_are_an_error(tmp_path: Path) -
         ),
         ("[analysis]\ncoding = { epochs = 'ln' }\n", r"analysis.coding.epochs = 'ln' is not valid"),
         (
+            '[analysis]\nexpected_max_by = "train.scheduler"\n',
+            r"expected_max_by = 'train.scheduler' is not an axis",
+        ),
+        (
             '[grid]\n"model.name_or_path" = ["./a", "./b"]\n',
             r"model.tiny .* a model axis needs model folders",
         ),
