@@ -226,6 +226,7 @@ def test_rotatable_axial_points_outside_a_setting_are_an_error(tmp_path: Path) -
             '[analysis]\nexpected_max_by = "train.scheduler"\n',
             r"expected_max_by = 'train.scheduler' is not an axis",
         ),
+        ("[analysis]\nreference = { epochs = 1 }\n", r"analysis.reference is gone: .* delete the key"),
         (
             '[grid]\n"model.name_or_path" = ["./a", "./b"]\n',
             r"model.tiny .* a model axis needs model folders",
