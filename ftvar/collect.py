@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from ftvar.atomic import write_atomic
 from ftvar.config import Study
 from ftvar.errors import FtvarError, RecordError
 from ftvar.record import read_record
-from ftvar.trial import StudyPaths
+from ftvar.trial import StudyPaths, expand
 
 COLUMNS: tuple[str, ...] = (
     "trial_id",
@@ -66,6 +66,7 @@ _DTYPES = {
     "requeues": "int64",
 }
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
+INT64 = (-(2**63), 2**63 - 1)
 
 Row = tuple[Any, ...]
 Skipped = tuple[str, str]  # (path, reason)
@@ -98,6 +99,7 @@ class CollectResult:
     parquet: Path
     csv: Path
     counts: dict[str, int] = field(default_factory=dict)  # trials per status
+    not_in_grid: list[Skipped] = field(default_factory=list)  # (file, why): kept, but in_grid is false
 
     @property
     def n_trials(self) -> int:
@@ -105,8 +107,9 @@ class CollectResult:
 
     def summary(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none"
+        outside = f", {len(self.not_in_grid)} not in the grid" if self.not_in_grid else ""
         return (
-            f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}), "
+            f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}{outside}), "
             f"{len(self.skipped)} skipped, {self.n_superseded} superseded"
         )
 
@@ -167,8 +170,23 @@ def _read_chunk(paths: list[str], name: str, hash_: str) -> tuple[list[Row], lis
                 )
             )
         else:
-            rows.append(_row(rec, p))
+            too_big = _out_of_range(rec)
+            if too_big:
+                skipped.append((p, f"{too_big} is out of range (a 64-bit integer); not a real trial"))
+            else:
+                rows.append(_row(rec, p))
     return rows, skipped
+
+
+def _out_of_range(rec: dict[str, Any]) -> str | None:
+    """The first integer field that a 64-bit table column cannot hold (the schema bounds only the minimum)."""
+    fields = {f"params.{k}": v for k, v in rec["params"].items()}
+    fields |= {k: rec.get(k) for k in ("n_train", "n_eval", "steps")}
+    fields["resume.requeues"] = (rec.get("resume") or {}).get("requeues")
+    for name, value in fields.items():
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            return f"{name} = {value}"
+    return None
 
 
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
@@ -196,22 +214,59 @@ def read_records(
     return rows, skipped
 
 
+def _key(value: Any) -> Any:
+    """A param as a comparable key: numbers as floats, missing values (None, NaN, NA) as None."""
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def grid_membership(df: pd.DataFrame, study: Study) -> tuple[pd.Series, list[str | None]]:
+    """Whether each row is a trial of the current grid, and why not: its trial id must be one of the study's
+    trial ids (ftvar.trial.expand) and its params those of that trial. A record under another id that
+    repeats a grid trial's params is not in the grid (no trial counts twice). The baseline is in the grid
+    when the study runs one."""
+    trials = {t.trial_id: t for t in expand(study)}
+    names = list(next(iter(trials.values())).params()) if trials else []
+    wanted = {tid: tuple(_key(v) for v in t.params().values()) for tid, t in trials.items()}
+    by_params = {key: tid for tid, key in wanted.items() if not trials[tid].is_baseline}
+    flags: list[bool] = []
+    reasons: list[str | None] = []
+    for row in df.to_dict(orient="records"):
+        trial = trials.get(row["trial_id"])
+        params = tuple(_key(row.get(k)) for k in names)
+        reason: str | None = None
+        if trial is None:
+            twin = by_params.get(params) if row["kind"] == "trial" else None
+            reason = "its trial id is not one of the study's trials" + (
+                f" (it repeats the params of grid trial {twin}, which alone counts)"
+                if twin is not None
+                else ""
+            )
+        elif (row["kind"] == "baseline") != trial.is_baseline:
+            reason = f"kind {row['kind']!r} does not match trial {trial.trial_id}"
+        elif not trial.is_baseline and params != wanted[trial.trial_id]:
+            reason = f"its params are not those of trial {trial.trial_id}"
+        flags.append(reason is None)
+        reasons.append(reason)
+    return pd.Series(flags, index=df.index, dtype=bool), reasons
+
+
 def _in_grid(df: pd.DataFrame, study: Study) -> pd.Series:
-    """Whether each row is a trial of the current grid (or the baseline, when the study runs one)."""
-    g = study.grid
-    trial = df["kind"].eq("trial")
-    for col, values in (
-        ("learning_rate", g.learning_rate),
-        ("batch_size", g.batch_size),
-        ("epochs", g.epochs),
-        ("seed", g.seed),
-    ):
-        trial &= df[col].astype("float64").isin([float(v) for v in values])
-    return trial | (df["kind"].eq("baseline") & (study.analysis.baseline == "pretrained"))
+    """Whether each row is a trial of the current grid (see grid_membership)."""
+    return grid_membership(df, study)[0]
 
 
 def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
     """Rows → one row per trial id (prefer ok, then the newest); returns (table, n superseded)."""
+    table, superseded, _ = _to_table_with_reasons(rows, study)
+    return table, superseded
+
+
+def _to_table_with_reasons(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int, list[Skipped]]:
+    """`_to_table`, plus (file, why) for every row that is not in the grid."""
     df = pd.DataFrame.from_records(rows, columns=[c for c in COLUMNS if c != "in_grid"])
     for col, dtype in _DTYPES.items():
         df[col] = df[col].astype(dtype)
@@ -223,31 +278,33 @@ def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
         order = pd.DataFrame({"ok": df["status"].eq("ok"), "finished": finished})
         df = df.iloc[order.sort_values(["ok", "finished"], kind="stable").index]
         df = df.drop_duplicates("trial_id", keep="last")
-    df.insert(len(df.columns) - 1, "in_grid", _in_grid(df, study))
+    in_grid, reasons = grid_membership(df, study)
+    outside = [(f, why) for f, why in zip(df["file"], reasons, strict=True) if why is not None]
+    df.insert(len(df.columns) - 1, "in_grid", in_grid)
     df = df.sort_values(
         ["kind", "learning_rate", "batch_size", "epochs", "seed", "trial_id"],
         kind="stable",
         na_position="first",
     ).reset_index(drop=True)
-    return df, n_before - len(df)
+    return df, n_before - len(df), sorted(outside)
 
 
 def replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Kept for callers that write to a path: `write(tmp)` goes through ftvar.atomic (a path-based writer
+    writes into a temp file, whose bytes are then written atomically)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
+        tmp = Path(tmpdir) / path.name
+        write(tmp)
+        write_atomic(path, tmp.read_bytes())
 
 
 def write_tables(table: pd.DataFrame, parquet: Path, csv: Path) -> None:
-    """Write the results table as Parquet and CSV, each atomically (temp file + rename)."""
-    parquet.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(parquet, lambda p: table.to_parquet(p, index=False, engine="pyarrow"))
-    replace_atomic(csv, lambda p: pa_csv.write_csv(pa.Table.from_pandas(table, preserve_index=False), p))
+    """Write the results table as Parquet and CSV, each atomically (ftvar.atomic)."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    write_atomic(parquet, lambda fh: table.to_parquet(fh, index=False, engine="pyarrow"))
+    write_atomic(csv, lambda fh: pa_csv.write_csv(arrow, fh))
 
 
 def collect(study: Study, out: Path, strict: bool = False, workers: int | None = None) -> CollectResult:
@@ -267,7 +324,7 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
     skipped.sort()
     if strict and skipped:
         raise SkippedRecordsError(skipped)
-    table, superseded = _to_table(rows, study)
+    table, superseded, outside = _to_table_with_reasons(rows, study)
     result = CollectResult(
         table=table,
         skipped=skipped,
@@ -277,6 +334,7 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
         parquet=paths.root / "results.parquet",
         csv=paths.root / "results.csv",
         counts={str(k): int(v) for k, v in table["status"].value_counts().items()},
+        not_in_grid=outside,
     )
     write_tables(table, result.parquet, result.csv)
     return result

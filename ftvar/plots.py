@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ftvar.analysis import FIT_METRICS, METRIC_LABELS, VARIABLES, Analysis, Fit
+from ftvar.atomic import write_atomic
 
 MAX_POINTS = 5000  # scatter plots show a seeded random sample of at most this many points
 LOG_AXES = ("learning_rate", "batch_size")
@@ -30,7 +31,7 @@ class Plot:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=90, format="png")
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=90, format="png"))
     plt.close(fig)
 
 

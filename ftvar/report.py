@@ -17,7 +17,8 @@ from rich.table import Table as RichTable
 
 from ftvar import __version__
 from ftvar.analysis import METRIC_LABELS, Analysis, Fit, analyze, jsonable
-from ftvar.collect import CollectResult, collect, replace_atomic
+from ftvar.atomic import write_atomic
+from ftvar.collect import CollectResult, collect
 from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.plots import Plot, plot_all
@@ -307,10 +308,7 @@ def print_tables(analysis: Analysis, console: Console, n: int = 5) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    replace_atomic(path, write)
+    write_atomic(path, text)
 
 
 def build_report(
