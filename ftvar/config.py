@@ -123,6 +123,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     engine: str = "plain"
     device: str = "auto"  # auto: cuda when available
+    checkpoint_minutes: float = 5.0  # save training state every N minutes (0: only on signals); not hashed
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class ClusterConfig:
     container: str | None = None  # apptainer:PATH.sif | docker:IMAGE | podman:IMAGE
     slurm_args: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    max_requeues: int = 3  # times a task that reaches its time limit is requeued (from its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,9 @@ class Study:
     @functools.cached_property
     def hash(self) -> str:
         """12 hex digits over the model, the data contents and the training settings (ftvar.studyhash)."""
-        return study_hash(
-            dataclasses.asdict(self.model), dataclasses.asdict(self.data), dataclasses.asdict(self.train)
-        )
+        train = dataclasses.asdict(self.train)
+        train.pop("checkpoint_minutes")  # how often to checkpoint does not change a result
+        return study_hash(dataclasses.asdict(self.model), dataclasses.asdict(self.data), train)
 
 
 # -------------------------------------------------------------------------------------------- validation
@@ -211,6 +213,10 @@ def validate(study: Study) -> None:
         raise StudyError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
     if t.weight_decay < 0 or t.max_grad_norm < 0 or t.eval_batch_size <= 0:
         raise StudyError("train.weight_decay and train.max_grad_norm must be ≥ 0, train.eval_batch_size > 0")
+    if not 0 <= t.checkpoint_minutes < float("inf"):
+        raise StudyError(
+            f"train.checkpoint_minutes must be ≥ 0 (0: signals only), got {t.checkpoint_minutes}"
+        )
     a = study.analysis
     _check_choice(a.coding, CODINGS, "analysis.coding")
     _check_choice(a.baseline, BASELINES, "analysis.baseline")

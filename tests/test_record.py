@@ -130,11 +130,11 @@ def test_the_writer_refuses_non_finite_metrics(tmp_path: Path, bad: float) -> No
     path = tmp_path / "0123456789.json"
     rec = make_record()
     rec["metrics"]["eval_loss"] = bad
-    with pytest.raises(RecordError, match="metrics.eval_loss = .* is not a finite number"):
+    with pytest.raises(RecordError, match=r"metrics\.eval_loss = .* is not a finite number"):
         record.write_record(path, rec)
     rec["timings"]["train"] = bad  # anywhere in the record, not only the metrics
     rec["metrics"]["eval_loss"] = 0.3
-    with pytest.raises(RecordError, match="timings.train"):
+    with pytest.raises(RecordError, match=r"timings\.train"):
         record.write_record(path, rec)
     assert list(tmp_path.iterdir()) == []
 

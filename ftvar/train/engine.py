@@ -41,6 +41,7 @@ class FitJob:
     on_checkpointable: Callable[[Snapshot], None] | None = None
     guard: StepGuard | None = None
     resume_state: dict[str, Any] | None = None  # a loaded checkpoint to continue from
+    at_step_boundary: Callable[[], object] = lambda: None  # after every optimizer step (periodic checkpoints)
 
 
 @dataclass
@@ -241,6 +242,7 @@ class PlainEngine:
                     state.epoch_losses.append(loss.item())
                     state.samples += len(rows["label"])
                     state.tokens += int(batch["attention_mask"].sum().item())
+                job.at_step_boundary()
             losses = state.epoch_losses
             log.info(
                 "%s epoch %d/%d done: step %d/%d, train loss %.4f",

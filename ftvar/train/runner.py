@@ -9,12 +9,14 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
 
+from ftvar.attempts import AttemptLog
 from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, read_status, utc_now, write_record
@@ -167,8 +169,33 @@ def _fit(
     )
     if resumable is not None:
         job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
+        job.at_step_boundary = resumable.at_step_boundary
         job.resume_state = checkpoint.load(resumable.folder)
     return engine.fit(job)
+
+
+def time_limit_message(exc: BaseException, folder: Path) -> str | None:
+    """The reason of a trial stopped for good by its time limit (submitit's "timed-out too many times")."""
+    if type(exc).__name__ != "UncompletedJobError" or "timed-out" not in str(exc):
+        return None
+    requeues = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    step = checkpoint.saved_step(folder)
+    where = (
+        f"resumable from step {step} (checkpoint kept; `ftvar launch` resumes it)"
+        if step is not None
+        else "no checkpoint yet (training had not started)"
+    )
+    return f"time limit, requeued {requeues} time{'s' if requeues != 1 else ''}, {where}"
+
+
+def _outcome(status: str, error: str | None, record: dict[str, Any]) -> tuple[str, str | None]:
+    """Never an ok record with non-finite or missing metrics: such a trial diverged."""
+    if status != "ok":
+        return status, error
+    missing = [k for k in ("accuracy", "f1", "eval_loss") if record["metrics"][k] is None]
+    if missing:
+        return "diverged", f"non-finite {', '.join(missing)} after training"
+    return status, error
 
 
 def run_trial(
@@ -179,11 +206,13 @@ def run_trial(
     prepare_if_missing: bool = False,
     resumable: Resumable | None = None,
 ) -> dict[str, Any]:
-    """Run one trial and write its record. Input errors (FtvarError) propagate and write nothing; any other
-    failure during training is written as a `failed` record, and a non-finite loss as `diverged`.
+    """Run one trial and write its record. Input errors (FtvarError) propagate and write no record; any
+    other failure during training is written as a `failed` record, and a non-finite loss as `diverged`.
 
-    With `resumable`, training continues from its checkpoint if there is one, the guard defers preemption
-    signals to step boundaries, and the checkpoint is deleted once the record is written."""
+    Training continues from the trial's checkpoint if there is one, saves one every
+    `train.checkpoint_minutes`, and (with a `resumable` from a SLURM task) on preemption signals, which the
+    guard defers to step boundaries. The checkpoint is deleted once an ok or diverged record is written; a
+    failed trial keeps it, so the next launch resumes it. The record lists every attempt of the trial."""
     set_offline()
     set_threads()
     started, t0 = utc_now(), time.perf_counter()
@@ -191,6 +220,11 @@ def run_trial(
         prepare(study, paths)
     prepared = load_prepared(study, paths)
     device = pick_device(study.train.device)
+    folder = paths.ckpt / trial.trial_id
+    if resumable is None:
+        resumable = Resumable(folder)
+    resumable.every_s = study.train.checkpoint_minutes * 60
+    resumable.attempts = AttemptLog.begin(folder, paths.record(trial.trial_id))
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
     result: FitResult | None = None
     status, error = "ok", None
@@ -199,16 +233,21 @@ def run_trial(
         timings["train"], timings["eval"] = result.train_time, result.eval_time
         if result.diverged:
             status, error = "diverged", result.diverged
-    except FtvarError:
+    except FtvarError as exc:
+        resumable.attempts.update("failed", str(exc))
         raise
     except Exception as exc:  # a crash inside training: keep the evidence in the record
         traceback.print_exc()  # the whole traceback goes to the task's log
-        status, error = "failed", f"{exc.__class__.__name__}: {exc}"
+        status = "failed"
+        error = time_limit_message(exc, folder) or f"{exc.__class__.__name__}: {exc}"
     timings["total"] = time.perf_counter() - t0
     record = _record(study, trial, prepared, result, status, error, timings, device_name(device), started)
-    write_record(paths.record(trial.trial_id), record)
-    if resumable is not None:
-        checkpoint.remove(resumable.folder)
+    status, error = _outcome(status, error, record)
+    resumable.attempts.update(status, error, result.steps if result else resumable.saved_step)
+    record.update(status=status, error=error, attempts=resumable.attempts.attempts)
+    record = write_record(paths.record(trial.trial_id), record)
+    if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
+        checkpoint.remove(folder)
     return record
 
 
@@ -230,7 +269,7 @@ def run_task(holder: Any, study: Study, trial: Trial, paths: StudyPaths) -> str:
     holder.resumable = resumable
 
     def on_term(signum: int, frame: Any) -> None:
-        resumable.save()
+        resumable.save("SIGTERM (scancel, requeue, preemption or the time limit)")
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
