@@ -336,5 +336,8 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
         counts={str(k): int(v) for k, v in table["status"].value_counts().items()},
         not_in_grid=outside,
     )
-    write_tables(table, result.parquet, result.csv)
+    try:
+        write_tables(table, result.parquet, result.csv)
+    except OSError as exc:
+        raise FtvarError(f"cannot write {result.parquet}: {exc.strerror or exc} (check --out)") from None
     return result
