@@ -67,6 +67,7 @@ _DTYPES = {
 }
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
 INT64 = (-(2**63), 2**63 - 1)
+MAX_LOSS = 1e9  # no real mean cross-entropy comes near it; beyond, squares overflow the regressions
 
 Row = tuple[Any, ...]
 Skipped = tuple[str, str]  # (path, reason)
@@ -173,8 +174,16 @@ def _read_chunk(paths: list[str], name: str, hash_: str) -> tuple[list[Row], lis
             too_big = _out_of_range(rec)
             if too_big:
                 skipped.append((p, f"{too_big} is out of range (a 64-bit integer); not a real trial"))
-            else:
-                rows.append(_row(rec, p))
+                continue
+            loss = next(
+                (k for k in ("eval_loss", "train_loss") if abs(rec["metrics"][k] or 0) > MAX_LOSS), None
+            )
+            if loss:
+                skipped.append(
+                    (p, f"metrics.{loss} = {rec['metrics'][loss]:g} is beyond any real loss (> {MAX_LOSS:g})")
+                )
+                continue
+            rows.append(_row(rec, p))
     return rows, skipped
 
 

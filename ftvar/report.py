@@ -323,7 +323,10 @@ def build_report(
             f"study {study.name}: no ok records yet ({collected.summary()}); "
             f"run `ftvar launch {study.name}` and check `ftvar status {study.name}`"
         )
-    analysis = analyze(study, table)
+    try:
+        analysis = analyze(study, table)
+    except (ValueError, ArithmeticError) as exc:  # numbers no fit can take: one line, never a traceback
+        raise FtvarError(f"the fits failed on these records ({exc.__class__.__name__}: {exc})") from exc
     folder = StudyPaths.of(out, study.name).report
     plots = plot_all(analysis, table, folder)
     data = report_data(analysis, collected, plots, study)
