@@ -171,6 +171,8 @@ def _fit(
         job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
         job.at_step_boundary = resumable.at_step_boundary
         job.resume_state = checkpoint.load(resumable.folder)
+        if job.resume_state is not None:
+            log.info("%s: resuming from the checkpoint at step %d", trial.trial_id, job.resume_state["step"])
     return engine.fit(job)
 
 
