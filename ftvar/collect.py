@@ -8,6 +8,7 @@ failures stay visible. Large folders are read by a pool of processes (reading an
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -24,7 +26,7 @@ from ftvar.atomic import write_atomic
 from ftvar.config import Study
 from ftvar.errors import FtvarError, RecordError
 from ftvar.record import read_record
-from ftvar.trial import StudyPaths, expand
+from ftvar.trial import StudyPaths, Trial, expand
 
 COLUMNS: tuple[str, ...] = (
     "trial_id",
@@ -232,34 +234,55 @@ def _key(value: Any) -> Any:
     return value
 
 
+def _same(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Element-wise equality of two param columns, numbers as floats, missing equal to missing."""
+    try:
+        x, y = a.astype("float64"), b.astype("float64")
+    except (TypeError, ValueError):
+        x, y = a.astype(object), b.astype(object)
+    same: pd.Series = (x == y) | (x.isna() & y.isna())
+    return same.fillna(False).astype(bool)
+
+
 def grid_membership(df: pd.DataFrame, study: Study) -> tuple[pd.Series, list[str | None]]:
     """Whether each row is a trial of the current grid, and why not: its trial id must be one of the study's
     trial ids (ftvar.trial.expand) and its params those of that trial. A record under another id that
     repeats a grid trial's params is not in the grid (no trial counts twice). The baseline is in the grid
     when the study runs one."""
-    trials = {t.trial_id: t for t in expand(study)}
-    names = list(next(iter(trials.values())).params()) if trials else []
-    wanted = {tid: tuple(_key(v) for v in t.params().values()) for tid, t in trials.items()}
-    by_params = {key: tid for tid, key in wanted.items() if not trials[tid].is_baseline}
-    flags: list[bool] = []
-    reasons: list[str | None] = []
-    for row in df.to_dict(orient="records"):
-        trial = trials.get(row["trial_id"])
-        params = tuple(_key(row.get(k)) for k in names)
-        reason: str | None = None
-        if trial is None:
-            twin = by_params.get(params) if row["kind"] == "trial" else None
-            reason = "its trial id is not one of the study's trials" + (
-                f" (it repeats the params of grid trial {twin}, which alone counts)"
-                if twin is not None
-                else ""
-            )
-        elif (row["kind"] == "baseline") != trial.is_baseline:
-            reason = f"kind {row['kind']!r} does not match trial {trial.trial_id}"
-        elif not trial.is_baseline and params != wanted[trial.trial_id]:
-            reason = f"its params are not those of trial {trial.trial_id}"
-        flags.append(reason is None)
-        reasons.append(reason)
+    trials = expand(study)
+    keys = list(trials[0].params()) if trials else []
+    names = [k for k in keys if k in df.columns]
+    fields = [f.name for f in dataclasses.fields(Trial) if f.name != "trial_id"]
+
+    def params(t: Trial) -> list[Any]:  # Trial.params() (dataclasses.asdict) is slow for 100,000 trials
+        return [getattr(t, k) for k in names] if keys == fields else [t.params()[k] for k in names]
+
+    wanted = pd.DataFrame(
+        [[t.trial_id, t.is_baseline, *params(t)] for t in trials], columns=["trial_id", "_baseline", *names]
+    )
+    m = df[["trial_id", "kind", *names]].merge(wanted, on="trial_id", how="left", suffixes=("", "_want"))
+    known = m["_baseline"].notna().to_numpy()
+    baseline = m["_baseline"].fillna(False).astype(bool).to_numpy()
+    kind_ok = m["kind"].eq("baseline").to_numpy() == baseline
+    params_ok = np.ones(len(m), dtype=bool)
+    for name in names:
+        params_ok &= _same(m[name], m[f"{name}_want"]).to_numpy()
+    flags = known & kind_ok & (baseline | params_ok)
+    reasons: list[str | None] = [None] * len(m)
+    outside = np.flatnonzero(~flags)
+    if len(outside):
+        by_params = {tuple(map(_key, params(t))): t.trial_id for t in trials if not t.is_baseline}
+        for i in outside:
+            row = m.iloc[i]
+            if not known[i]:
+                twin = by_params.get(tuple(_key(row[k]) for k in names)) if row["kind"] == "trial" else None
+                reasons[i] = "its trial id is not one of the study's trials" + (
+                    f" (it repeats the params of grid trial {twin}, which alone counts)" if twin else ""
+                )
+            elif not kind_ok[i]:
+                reasons[i] = f"kind {row['kind']!r} does not match trial {row['trial_id']}"
+            else:
+                reasons[i] = f"its params are not those of trial {row['trial_id']}"
     return pd.Series(flags, index=df.index, dtype=bool), reasons
 
 

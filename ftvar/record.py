@@ -69,9 +69,10 @@ def _is_datetime(value: str) -> bool:
     return True
 
 
-def validate(record: Any) -> None:
-    """Raise RecordError naming the first field that breaks the schema, or the first non-finite number."""
-    where = _non_finite(record, "")
+def validate(record: Any, check_finite: bool = True) -> None:
+    """Raise RecordError naming the first field that breaks the schema, or the first non-finite number
+    (`check_finite=False` when the JSON parser has already refused them, as `read_record`'s does)."""
+    where = _non_finite(record, "") if check_finite else None
     if where is not None:
         raise RecordError(
             f"not a valid ftvar record: {where} is not a finite number; non-finite metrics are never ok "
@@ -179,10 +180,17 @@ def _reject_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise _NonFinite(text)
+    return value
+
+
 def read_record(path: Path) -> dict[str, Any]:
     """Parse and validate one record file; RecordError says why it was rejected."""
     try:
-        data = json.loads(path.read_bytes(), parse_constant=_reject_constant)
+        data = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite_float)
     except _NonFinite as exc:
         raise RecordError(
             f"{path.name}: holds the non-finite number {exc} (not JSON; non-finite metrics are never ok)"
@@ -192,7 +200,7 @@ def read_record(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "schema_version" not in data or "trial_id" not in data:
         raise RecordError(f"{path.name}: not an ftvar record (no schema_version/trial_id)")
     try:
-        validate(data)
+        validate(data, check_finite=False)
     except RecordError as exc:
         raise RecordError(f"{path.name}: {exc}") from None
     if path.stem != data["trial_id"]:
