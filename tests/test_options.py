@@ -239,3 +239,31 @@ def test_merge_options_rejects_what_would_break_the_script() -> None:
     ):
         with pytest.raises(FtvarError, match=re.escape(pattern)):
             slurm.merge_options(base, cli)
+
+
+def test_the_test_only_submission_is_split_like_the_real_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study larger than MaxArraySize is checked as the arrays it will be split into, not as one array
+    that sbatch would refuse."""
+    seen: list[str] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        seen.append(str(kwargs.get("input")))
+        return subprocess.CompletedProcess(cmd, 0, "", "sbatch: Job 1 to start at now")
+
+    monkeypatch.setattr(slurm, "partitions", lambda: ["gpu"])
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    study = load_study("smoke")
+    c = slurm.merge_options(study.cluster, {"partition": "gpu"})
+    slurm.check_cluster(c, study, StudyPaths.of(tmp_path, "smoke"), 9)
+    assert "#SBATCH --array=0-1%" in seen[0]  # 2 tasks, not 9
+    with pytest.raises(FtvarError, match="no such partition on this cluster; partitions: gpu"):
+        slurm.check_cluster(
+            slurm.merge_options(study.cluster, {"partition": "cpu"}),
+            study,
+            StudyPaths.of(tmp_path, "smoke"),
+            9,
+        )
+    assert not (tmp_path / "smoke").exists()

@@ -212,7 +212,7 @@ def check_cluster(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: in
             f"--partition {c.partition}: no such partition on this cluster; partitions: "
             f"{', '.join(known) or 'none'} (see `sinfo -s`)"
         )
-    script = dry_run_script(c, study, paths, max(1, n_tasks))
+    script = dry_run_script(c, study, paths, max(1, min(n_tasks, max_array_size())))  # as arrays are split
     try:
         proc = subprocess.run(
             ["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=120, check=False
