@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ftvar.record import utc_now
 
 ATTEMPTS_FILE = "attempts.json"
 STATE_FILE = "state.json"  # the checkpoint's sidecar: {"step", "saved_at", "reason"}
+STATES = ("ok", "failed", "diverged", "interrupted", "lost", "running")
 LOST = (
     "ended without a word: killed (SIGKILL, out of memory, node failure or a hard time-limit kill) "
     "before it could write a record"
@@ -28,7 +30,7 @@ LOST = (
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -44,6 +46,30 @@ def write_checkpoint_info(folder: Path, step: int, reason: str) -> None:
     write_atomic(
         folder / STATE_FILE, json.dumps({"step": step, "saved_at": utc_now(), "reason": reason}) + "\n"
     )
+
+
+def _time(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return value
+
+
+def clean(attempt: dict[str, Any]) -> dict[str, Any]:
+    """One attempt with the record schema's types, whatever a damaged file held."""
+    step = attempt.get("step")
+    state = attempt.get("state")
+    return {
+        "state": state if state in STATES else "lost",
+        "reason": attempt["reason"] if isinstance(attempt.get("reason"), str) else None,
+        "host": attempt["host"] if isinstance(attempt.get("host"), str) else None,
+        "started_at": _time(attempt.get("started_at")),
+        "finished_at": _time(attempt.get("finished_at")),
+        "step": step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None,
+    }
 
 
 def from_record(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,7 +114,7 @@ class AttemptLog:
         if not isinstance(history, list):
             record = _read_json(record_path)
             history = from_record(record) if isinstance(record, dict) else []
-        history = [dict(a) for a in history if isinstance(a, dict)]
+        history = [clean(a) for a in history if isinstance(a, dict)]
         for attempt in history:
             if attempt.get("state") == "running":
                 step = attempt.get("step")

@@ -164,10 +164,14 @@ def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
     if not paths.launches.is_file():
         return []
     out = []
-    for line in paths.launches.read_text().splitlines():
+    try:
+        text = paths.launches.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(entry, dict):
             out.append(entry)
@@ -178,6 +182,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file, or None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
         return None
     return data if isinstance(data, dict) else None

@@ -225,7 +225,8 @@ def study_hashes(records_dir: Path) -> dict[str, int]:
     for path in records_dir.glob("*.json"):
         try:
             h = json.loads(path.read_bytes())["study"]["hash"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
-        counts[h] = counts.get(h, 0) + 1
+        if isinstance(h, str):
+            counts[h] = counts.get(h, 0) + 1
     return counts

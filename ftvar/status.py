@@ -94,7 +94,11 @@ def log_tail(paths: StudyPaths, task: str | None, lines: int) -> str:
 
 def arrays_table(study: Study, paths: StudyPaths, states: list[TrialState]) -> Table:
     """One row per SLURM array (and one for trials run locally or not launched)."""
-    launched = {e["array_id"]: e.get("at", "") for e in read_launches(paths) if e.get("executor") == "slurm"}
+    launched = {
+        str(e.get("array_id")): str(e.get("at", ""))
+        for e in read_launches(paths)
+        if e.get("executor") == "slurm"
+    }
     groups: dict[str, Counter[str]] = {}
     for s in states:
         key = s.task.split("_")[0] if s.task else "–"

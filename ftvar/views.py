@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from ftvar.config import Study
-from ftvar.ledger import read_json, trial_statuses
+from ftvar.errors import RecordError
+from ftvar.ledger import trial_statuses
+from ftvar.record import read_record
 from ftvar.trial import StudyPaths, Trial, expand
 
 
@@ -48,15 +51,23 @@ def plan_table(study: Study, paths: StudyPaths) -> Table:
     return table
 
 
+def valid_record(path: Path) -> dict[str, Any]:
+    """A record that passes every check, or {} (missing, corrupt or non-finite: shown so, never a crash)."""
+    try:
+        return read_record(path)
+    except RecordError:
+        return {}
+
+
 def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
     """After a local launch: one row per trial with its status and metrics."""
     table = Table(title=f"{study.name}: {len(trials)} trial(s)")
     for col in ("trial", "lr", "bs", "ep", "seed", "status", "acc", "f1", "loss", "sec"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
     for t in trials:
-        rec = read_json(paths.record(t.trial_id)) or {}
+        rec = valid_record(paths.record(t.trial_id))
         m = rec.get("metrics", {})
-        status = rec.get("status", "missing")
+        status = rec.get("status", "missing" if not paths.record(t.trial_id).exists() else "invalid")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
         table.add_row(
             t.trial_id,

@@ -200,3 +200,63 @@ def test_edge_cases_give_a_report_or_one_line(tmp_path: Path, scenario: str) -> 
     if out.returncode == 0:
         text = (tmp_path / "out" / "synth" / "report" / "report.json").read_text()
         json.loads(text, parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+
+
+def test_junk_in_the_study_folder_never_gives_a_traceback(
+    tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    """Not only records: launches.jsonl, attempts.json and the checkpoint sidecar may be damaged too (a full
+    disk, a hand edit); plan, status, collect, launch and report still answer (found by bench/faults.py:
+    deep nesting used to crash every launch)."""
+    from ftvar.config import load_study
+
+    study_file = write_study()
+    out = tmp_path / "o"
+    study = load_study(str(study_file))
+    paths = StudyPaths.of(out, study.name)
+    tid = expand(study)[1].trial_id
+    paths.records.mkdir(parents=True)
+    (paths.records / "0000000001.json").write_text("[" * 100_000)
+    (paths.records / f"{tid}.json").write_text(
+        '{"schema_version": 1, "trial_id": "' + tid + '", "status": "ok"}'
+    )
+    (paths.records / "0000000002.json").write_text('{"study": {"hash": ["not", "a", "string"]}}')
+    paths.launches.write_bytes(
+        os.urandom(64)
+        + b"\n"
+        + b"[" * 50_000
+        + b"\n"
+        + b'{"executor": "slurm", "array_id": [1], "trials": "x", "hash": 5}\n'
+        + b'{"executor": "slurm", "trials": ["a"]}\n'
+    )
+    folder = paths.ckpt / tid
+    folder.mkdir(parents=True)
+    (folder / "attempts.json").write_text(
+        json.dumps(
+            [1, "x", {"state": "running", "step": "x", "host": 3}, {"state": "weird", "started_at": "no"}]
+        )
+    )
+    (folder / "state.json").write_text("{")
+    (folder / "state.pt").write_bytes(b"junk")
+    for args in (
+        ["plan", str(study_file)],
+        ["plan", str(study_file), "--json"],
+        ["status", str(study_file)],
+        ["collect", str(study_file)],
+        ["launch", str(study_file), "--executor", "slurm", "--dry-run"],
+        ["launch", str(study_file), "--executor", "debug"],
+        ["report", str(study_file)],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "ftvar", *args, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert "Traceback" not in result.stderr, (args, result.stderr[-3000:])
+        assert result.returncode in (0, 1, 2), (args, result.returncode, result.stderr[-2000:])
+    rec = json.loads(paths.record(tid).read_text())  # the junk record was rerun: it did not count as ok
+    assert rec["status"] == "ok"
+    assert [a["state"] for a in rec["attempts"]] == ["lost", "lost", "ok"]  # the damaged history, cleaned
+    assert rec["attempts"][0]["step"] is None and rec["attempts"][1]["started_at"] is None

@@ -473,11 +473,11 @@ def task_ids(paths: StudyPaths) -> dict[str, str]:
     """Trial id → the SLURM task id of its latest launch ("123_4"; "123" for a one-task array)."""
     out = {}
     for entry in read_launches(paths):
-        if entry.get("executor") != "slurm":
-            continue
-        trials = entry.get("trials", [])
+        trials, array = entry.get("trials"), entry.get("array_id")
+        if entry.get("executor") != "slurm" or not isinstance(trials, list) or not str(array).isdigit():
+            continue  # another executor's entry, or a damaged line
         for i, tid in enumerate(trials):
-            out[tid] = f"{entry['array_id']}_{i}" if len(trials) > 1 else str(entry["array_id"])
+            out[str(tid)] = f"{array}_{i}" if len(trials) > 1 else str(array)
     return out
 
 
