@@ -293,7 +293,7 @@ def bad_options(root: Path, image: str | None) -> Row:
         ["--out", str(root / "a-file")],
         ["--out", "/sys/ftvar"],
         ["--out", str(root / "missing" / "deeper")],
-        ["--set", 'cluster.env={"X=1; touch /tmp/pwned; Y" = "v"}'],
+        ["--set", f'cluster.env={{"X=1; touch {root}/pwned; Y" = "v"}}'],
     ]
     if image and shutil.which("podman"):
         cases.append(["--container", "podman:localhost/no-such-image:1"])
@@ -304,7 +304,7 @@ def bad_options(root: Path, image: str | None) -> Row:
         lines = out.stderr.strip().splitlines()
         one_line += out.returncode == 2 and len(lines) == 1 and lines[0].startswith("ftvar: error: ")
         tracebacks += "Traceback" in out.stderr
-    written = s.out.exists() or Path("/tmp/pwned").exists()
+    written = s.out.exists() or (root / "pwned").exists()
     row = Row("bad options (partition, --time 0, --out, SIF, image, env name, ...)", tracebacks=tracebacks)
     row.notes.append(
         f"{one_line}/{len(cases)} one-line errors (exit 2); anything written or submitted: {written}"

@@ -57,8 +57,8 @@ def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
         (["--set", "cluster.env.HF_TOKEN=hf_x"], "cluster.env must not hold secrets (HF_TOKEN)"),
         (["--set", "cluster.env.WANDB_API_KEY=k"], "cluster.env must not hold secrets (WANDB_API_KEY)"),
         (
-            ["--set", 'cluster.env={"X=1; touch /tmp/pwned; Y" = "v"}'],
-            "cluster.env: 'X=1; touch /tmp/pwned; Y' is not an environment variable name",
+            ["--set", 'cluster.env={"X=1; touch CANARY; Y" = "v"}'],
+            "cluster.env: 'X=1; touch CANARY; Y' is not an environment variable name",
         ),
         (["--set", 'cluster.env={"1X" = "v"}'], "'1X' is not an environment variable name"),
         (["--set", "cluster.time=0"], "--time must be ≥ 1, got 0"),
@@ -70,6 +70,9 @@ def test_bad_slurm_options_are_one_line_exit_2_nothing_written(
 ) -> None:
     """Validated by ftvar, not by typer (whose boxed usage message was not ftvar's line), before sbatch is
     even looked for: the same answer with and without a cluster."""
+    canary = tmp_path / "pwned"
+    args = [a.replace("CANARY", str(canary)) for a in args]
+    message = message.replace("CANARY", str(canary))
     out = ftvar(
         "launch",
         "smoke",
@@ -82,7 +85,7 @@ def test_bad_slurm_options_are_one_line_exit_2_nothing_written(
     )
     assert message in one_error_line(out)
     assert not (tmp_path / "o").exists()
-    assert not Path("/tmp/pwned").exists()
+    assert not canary.exists()
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,7 @@ FAULTS = {
     "sigkill": "os.kill(os.getpid(), signal.SIGKILL)",
     "crash": "raise RuntimeError('CUDA error: an illegal memory access was encountered (simulated)')",
     "time_limit": "raise UncompletedJobError('Job not requeued because: timed-out too many times.')",
+    "ctrl_c": "raise KeyboardInterrupt",
 }
 
 
@@ -175,6 +176,17 @@ def test_a_time_limit_says_how_often_it_was_requeued_and_where_it_resumes(tmp_pa
     status = ftvar("status", "smoke", *SETS, "--out", str(tmp_path))
     assert status.returncode == 1
     assert f"time limit, requeued 3 times, resumable from step {step}" in " ".join(status.stdout.split())
+
+
+def test_ctrl_c_of_a_local_run_is_an_interrupted_attempt_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    paths, tid = setup(tmp_path)
+    out = run_child(tmp_path, "ctrl_c", after=20)
+    assert out.returncode != 0 and "KeyboardInterrupt" in out.stderr
+    assert not paths.record(tid).exists()
+    info = checkpoint_info(paths.ckpt / tid)
+    assert info is not None and info["step"] >= 20
+    attempts = json.loads((paths.ckpt / tid / "attempts.json").read_text())
+    assert [a["state"] for a in attempts] == ["interrupted"] and "Ctrl-C" in attempts[0]["reason"]
 
 
 def test_a_diverged_record_removes_the_checkpoint(tmp_path: Path) -> None:

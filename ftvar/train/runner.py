@@ -238,6 +238,9 @@ def run_trial(
     except FtvarError as exc:
         resumable.attempts.update("failed", str(exc))
         raise
+    except KeyboardInterrupt:  # Ctrl-C of a local or debug launch: no step-boundary checkpoint here
+        resumable.attempts.update("interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
+        raise
     except Exception as exc:  # a crash inside training: keep the evidence in the record
         traceback.print_exc()  # the whole traceback goes to the task's log
         status = "failed"
