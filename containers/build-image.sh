@@ -35,6 +35,9 @@ PIPCONF=$(mktemp -d)
 trap 'rm -rf "$PIPCONF"' EXIT
 if [[ $ENGINE == podman ]]; then
     args+=(--format docker) # OCI images have no SHELL
+    # podman 4.3's layer cache reuses an ENV layer built from another IMAGE_NAME (the build-arg value is not
+    # part of its cache key): set the name in the final image's config directly
+    args+=(--env "FTVAR_CONTAINER_IMAGE=$IMAGE" --label "org.opencontainers.image.ref.name=$IMAGE")
     pip_build_volumes "$PIPCONF"
     args+=("${PIP_BUILD_ARGS[@]}")
 else
@@ -43,6 +46,12 @@ fi
 
 log "$ENGINE build $IMAGE (ftvar $VERSION) on $BASE"
 "$ENGINE" build "${args[@]}" "$ROOT" >&2
+named=$("$ENGINE" image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" |
+    sed -n 's/^FTVAR_CONTAINER_IMAGE=//p')
+if [[ $named != "$IMAGE" ]]; then
+    log "ERROR: $IMAGE says it is '$named' (FTVAR_CONTAINER_IMAGE): records would name the wrong image"
+    exit 1
+fi
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
 log "done: $IMAGE ($(numfmt --to=iec "$size")B)"
 echo "$IMAGE"

@@ -126,13 +126,14 @@ def run_trial_cmd(
 
     Example: `ftvar run-trial smoke --trial baseline`
     """
-    from ftvar.ledger import check_no_mixing
+    from ftvar.ledger import check_no_mixing, check_out
     from ftvar.train.runner import run_trial, set_threads
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
     t = find_trial(s, trial)
     check_no_mixing(s, paths)
+    check_out(out, paths.root)
     set_threads()
     record = run_trial(s, t, paths, prepare_if_missing=True)
     m = record["metrics"]
@@ -162,29 +163,38 @@ def launch(
     out: OutOpt = DEFAULT_OUT,
     max_parallel: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="local: processes at once (default: one per GPU, else up to 4 CPU processes)."
-        ),
+        typer.Option(help="local: processes at once (default: one per GPU, else up to 4 CPU processes)."),
     ] = None,
     set_: SetOpt = None,
     partition: Annotated[str | None, SlurmOpt(help="SLURM partition.", rich_help_panel=SLURM)] = None,
     account: Annotated[str | None, SlurmOpt(help="SLURM account.", rich_help_panel=SLURM)] = None,
     qos: Annotated[str | None, SlurmOpt(help="SLURM QOS.", rich_help_panel=SLURM)] = None,
     time: Annotated[
-        int | None, SlurmOpt(min=1, help="Minutes per task (default 60).", rich_help_panel=SLURM)
+        int | None,
+        SlurmOpt(
+            help="Minutes per task (default 60). SIGUSR2 comes 5 % of it before the end (1 to 5 min, at most "
+            "half of it): the trial checkpoints and submitit requeues it.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
+    max_requeues: Annotated[
+        int | None,
+        SlurmOpt(
+            help="Times a task that reaches its time limit is requeued from its checkpoint (default 3); then "
+            "its record says so and the next launch resumes it.",
+            rich_help_panel=SLURM,
+        ),
     ] = None,
     gpus_per_task: Annotated[
-        int | None, SlurmOpt(min=0, help="GPUs per task (default 1).", rich_help_panel=SLURM)
+        int | None, SlurmOpt(help="GPUs per task (default 1).", rich_help_panel=SLURM)
     ] = None,
-    cpus_per_task: Annotated[
-        int | None, SlurmOpt(min=1, help="CPUs per task.", rich_help_panel=SLURM)
-    ] = None,
+    cpus_per_task: Annotated[int | None, SlurmOpt(help="CPUs per task.", rich_help_panel=SLURM)] = None,
     mem: Annotated[str | None, SlurmOpt(help="Memory per task, e.g. 32G.", rich_help_panel=SLURM)] = None,
     constraint: Annotated[
         str | None, SlurmOpt(help="Node features, e.g. a100.", rich_help_panel=SLURM)
     ] = None,
     array_parallelism: Annotated[
-        int | None, SlurmOpt(min=1, help="Tasks running at once (SLURM's %N).", rich_help_panel=SLURM)
+        int | None, SlurmOpt(help="Tasks running at once (SLURM's %N).", rich_help_panel=SLURM)
     ] = None,
     trials_per_task: Annotated[
         int | None,
@@ -238,6 +248,7 @@ def launch(
         "account": account,
         "qos": qos,
         "time": time,
+        "max_requeues": max_requeues,
         "gpus_per_task": gpus_per_task,
         "cpus_per_task": cpus_per_task,
         "mem": mem,
@@ -283,20 +294,27 @@ def status(
     watch: Annotated[
         bool,
         typer.Option(
-            "--watch", help="Show a live progress bar until no trial is pending or running, then the tables."
+            "--watch",
+            help="Follow the study until no trial is pending or running, then show the tables: a live "
+            "progress bar on a terminal, one line per change otherwise.",
         ),
     ] = False,
-    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between polls with --watch.")] = 10.0,
-    lines: Annotated[int, typer.Option(min=0, help="Log lines shown per failed trial.")] = 8,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --watch (≥ 0.5).")] = 10.0,
+    lines: Annotated[int, typer.Option(help="Log lines shown per failed trial.")] = 8,
 ) -> None:
     """Show each array's pending / running / ok / failed / diverged trials (records plus sacct).
 
-    Failed trials come with the last lines of their SLURM log.
+    Failed trials come with the reason (a time limit says how often it was requeued), the step the next
+    launch resumes from, and the last lines of their SLURM log.
     Exit code 0 when every trial is ok, 1 otherwise.
     Example: `ftvar status smoke --watch`
     """
     from ftvar import status as S
 
+    if not interval >= 0.5:
+        raise FtvarError(f"--interval must be ≥ 0.5 seconds, got {interval}")
+    if lines < 0:
+        raise FtvarError(f"--lines must be ≥ 0, got {lines}")
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
     states = S.watch(s, paths, console, interval) if watch else S.trial_states(s, paths)
@@ -332,6 +350,8 @@ def collect(
     console.print(result.summary())
     for path, reason in result.skipped:
         err_console.print(f"skipped {path}: {reason}", highlight=False)
+    for path, reason in result.not_in_grid:
+        err_console.print(f"not in the grid {path}: {reason}", highlight=False)
     console.print(f"wrote {result.parquet} and {result.csv}")
 
 

@@ -8,23 +8,25 @@ failures stay visible. Large folders are read by a pool of processes (reading an
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from ftvar.atomic import write_atomic
 from ftvar.config import Study
 from ftvar.errors import FtvarError, RecordError
 from ftvar.record import read_record
-from ftvar.trial import StudyPaths, expand
+from ftvar.trial import StudyPaths, Trial, expand
 
 BEFORE_AXES = ("trial_id", "kind", "status")
 # the axis columns (one per axis of the study, named like it, then init_seed and order_seed) come here
@@ -77,6 +79,8 @@ def columns(study: Study) -> tuple[str, ...]:
 
 
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
+INT64 = (-(2**63), 2**63 - 1)
+MAX_LOSS = 1e9  # no real mean cross-entropy comes near it; beyond, squares overflow the regressions
 
 Row = tuple[Any, ...]
 Skipped = tuple[str, str]  # (path, reason)
@@ -99,7 +103,7 @@ class SkippedRecordsError(FtvarError):
 
 @dataclass
 class CollectResult:
-    """What `collect` found and wrote. `table` has one row per trial id and the columns in COLUMNS."""
+    """What `collect` found and wrote. `table` has one row per trial id, the columns `columns(study)`."""
 
     table: pd.DataFrame
     skipped: list[Skipped]
@@ -109,6 +113,7 @@ class CollectResult:
     parquet: Path
     csv: Path
     counts: dict[str, int] = field(default_factory=dict)  # trials per status
+    not_in_grid: list[Skipped] = field(default_factory=list)  # (file, why): kept, but in_grid is false
 
     @property
     def n_trials(self) -> int:
@@ -116,8 +121,9 @@ class CollectResult:
 
     def summary(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none"
+        outside = f", {len(self.not_in_grid)} not in the grid" if self.not_in_grid else ""
         return (
-            f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}), "
+            f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}{outside}), "
             f"{len(self.skipped)} skipped, {self.n_superseded} superseded"
         )
 
@@ -181,8 +187,31 @@ def _read_chunk(
                 )
             )
         else:
+            too_big = _out_of_range(rec)
+            if too_big:
+                skipped.append((p, f"{too_big} is out of range (a 64-bit integer); not a real trial"))
+                continue
+            loss = next(
+                (k for k in ("eval_loss", "train_loss") if abs(rec["metrics"][k] or 0) > MAX_LOSS), None
+            )
+            if loss:
+                skipped.append(
+                    (p, f"metrics.{loss} = {rec['metrics'][loss]:g} is beyond any real loss (> {MAX_LOSS:g})")
+                )
+                continue
             rows.append(_row(rec, p, axes))
     return rows, skipped
+
+
+def _out_of_range(rec: dict[str, Any]) -> str | None:
+    """The first integer field that a 64-bit table column cannot hold (the schema bounds only the minimum)."""
+    fields = {f"params.{k}": v for k, v in rec["params"].items()}
+    fields |= {k: rec.get(k) for k in ("n_train", "n_eval", "steps")}
+    fields["resume.requeues"] = (rec.get("resume") or {}).get("requeues")
+    for name, value in fields.items():
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            return f"{name} = {value}"
+    return None
 
 
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
@@ -212,37 +241,82 @@ def read_records(
     return rows, skipped
 
 
-def _in_grid(df: pd.DataFrame, study: Study, axes: tuple[str, ...]) -> pd.Series:
-    """Whether each row is a trial (or baseline) of the study as it stands: its id is one of the study's
-    trial ids and its params are that trial's. A record with a foreign id that repeats a trial's params is
-    not in the grid (it is not the trial `ftvar launch` ran)."""
-    expected = {t.trial_id: t.params() for t in expand(study)}
-
-    def matches(row: Any) -> bool:
-        want = expected.get(row.trial_id)
-        if want is None:
-            return False
-        got = dict(zip(axes, row[3 : 3 + len(axes)], strict=True))
-        return all(_same(got.get(k), want[k]) for k in axes if k in want)
-
-    return pd.Series([matches(row) for row in df.itertuples(index=False)], index=df.index, dtype=bool)
+def _key(value: Any) -> Any:
+    """A param as a comparable key: numbers as floats, missing values (None, NaN, NA) as None."""
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
-def _same(a: Any, b: Any) -> bool:
-    """A table cell equals a param value (a missing cell equals None; numbers compare as floats)."""
-    missing = a is None or (not isinstance(a, str) and bool(pd.isna(a)))
-    if missing or b is None:
-        return missing and b is None
-    if isinstance(b, int | float) and not isinstance(a, str):
-        return bool(float(a) == float(b))
-    return bool(a == b)
+def _same(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Element-wise equality of two param columns, numbers as floats, missing equal to missing."""
+    try:
+        x, y = a.astype("float64"), b.astype("float64")
+    except (TypeError, ValueError):
+        x, y = a.astype(object), b.astype(object)
+    same: pd.Series = (x == y) | (x.isna() & y.isna())
+    return same.fillna(False).astype(bool)
+
+
+def grid_membership(df: pd.DataFrame, study: Study) -> tuple[pd.Series, list[str | None]]:
+    """Whether each row is a trial of the current grid, and why not: its trial id must be one of the study's
+    trial ids (ftvar.trial.expand) and its params those of that trial. A record under another id that
+    repeats a grid trial's params is not in the grid (no trial counts twice). The baseline is in the grid
+    when the study runs one."""
+    trials = expand(study)
+    keys = list(trials[0].params()) if trials else []
+    names = [k for k in keys if k in df.columns]
+    fields = [f.name for f in dataclasses.fields(Trial) if f.name != "trial_id"]
+
+    def params(t: Trial) -> list[Any]:  # Trial.params() (dataclasses.asdict) is slow for 100,000 trials
+        return [getattr(t, k) for k in names] if keys == fields else [t.params()[k] for k in names]
+
+    wanted = pd.DataFrame(
+        [[t.trial_id, t.is_baseline, *params(t)] for t in trials], columns=["trial_id", "_baseline", *names]
+    )
+    m = df[["trial_id", "kind", *names]].merge(wanted, on="trial_id", how="left", suffixes=("", "_want"))
+    known = m["_baseline"].notna().to_numpy()
+    baseline = m["_baseline"].fillna(False).astype(bool).to_numpy()
+    kind_ok = m["kind"].eq("baseline").to_numpy() == baseline
+    params_ok = np.ones(len(m), dtype=bool)
+    for name in names:
+        params_ok &= _same(m[name], m[f"{name}_want"]).to_numpy()
+    flags = known & kind_ok & (baseline | params_ok)
+    reasons: list[str | None] = [None] * len(m)
+    outside = np.flatnonzero(~flags)
+    if len(outside):
+        by_params = {tuple(map(_key, params(t))): t.trial_id for t in trials if not t.is_baseline}
+        for i in outside:
+            row = m.iloc[i]
+            if not known[i]:
+                twin = by_params.get(tuple(_key(row[k]) for k in names)) if row["kind"] == "trial" else None
+                reasons[i] = "its trial id is not one of the study's trials" + (
+                    f" (it repeats the params of grid trial {twin}, which alone counts)" if twin else ""
+                )
+            elif not kind_ok[i]:
+                reasons[i] = f"kind {row['kind']!r} does not match trial {row['trial_id']}"
+            else:
+                reasons[i] = f"its params are not those of trial {row['trial_id']}"
+    return pd.Series(flags, index=df.index, dtype=bool), reasons
+
+
+def _in_grid(df: pd.DataFrame, study: Study) -> pd.Series:
+    """Whether each row is a trial of the current grid (see grid_membership)."""
+    return grid_membership(df, study)[0]
 
 
 def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
     """Rows → one row per trial id (prefer ok, then the newest); returns (table, n superseded)."""
+    table, superseded, _ = _to_table_with_reasons(rows, study)
+    return table, superseded
+
+
+def _to_table_with_reasons(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int, list[Skipped]]:
+    """`_to_table`, plus (file, why) for every row that is not in the grid."""
     axes = axis_columns(study)
-    cols = columns(study)
-    df = pd.DataFrame.from_records(rows, columns=[c for c in cols if c != "in_grid"])
+    df = pd.DataFrame.from_records(rows, columns=[c for c in columns(study) if c != "in_grid"])
     for col, dtype in _DTYPES.items():
         if col in df.columns:
             df[col] = df[col].astype(dtype)
@@ -257,29 +331,31 @@ def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
         order = pd.DataFrame({"ok": df["status"].eq("ok"), "finished": finished})
         df = df.iloc[order.sort_values(["ok", "finished"], kind="stable").index]
         df = df.drop_duplicates("trial_id", keep="last")
-    df.insert(len(df.columns) - 1, "in_grid", _in_grid(df, study, axes))
+    in_grid, reasons = grid_membership(df, study)
+    outside = [(f, why) for f, why in zip(df["file"], reasons, strict=True) if why is not None]
+    df.insert(len(df.columns) - 1, "in_grid", in_grid)
     df = df.sort_values(["kind", *axes, "trial_id"], kind="stable", na_position="first").reset_index(
         drop=True
     )
-    return df, n_before - len(df)
+    return df, n_before - len(df), sorted(outside)
 
 
 def replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Kept for callers that write to a path: `write(tmp)` goes through ftvar.atomic (a path-based writer
+    writes into a temp file, whose bytes are then written atomically)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
+        tmp = Path(tmpdir) / path.name
+        write(tmp)
+        write_atomic(path, tmp.read_bytes())
 
 
 def write_tables(table: pd.DataFrame, parquet: Path, csv: Path) -> None:
-    """Write the results table as Parquet and CSV, each atomically (temp file + rename)."""
-    parquet.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomic(parquet, lambda p: table.to_parquet(p, index=False, engine="pyarrow"))
-    replace_atomic(csv, lambda p: pa_csv.write_csv(pa.Table.from_pandas(table, preserve_index=False), p))
+    """Write the results table as Parquet and CSV, each atomically (ftvar.atomic)."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    write_atomic(parquet, lambda fh: table.to_parquet(fh, index=False, engine="pyarrow"))
+    write_atomic(csv, lambda fh: pa_csv.write_csv(arrow, fh))
 
 
 def collect(study: Study, out: Path, strict: bool = False, workers: int | None = None) -> CollectResult:
@@ -299,7 +375,7 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
     skipped.sort()
     if strict and skipped:
         raise SkippedRecordsError(skipped)
-    table, superseded = _to_table(rows, study)
+    table, superseded, outside = _to_table_with_reasons(rows, study)
     result = CollectResult(
         table=table,
         skipped=skipped,
@@ -309,6 +385,10 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
         parquet=paths.root / "results.parquet",
         csv=paths.root / "results.csv",
         counts={str(k): int(v) for k, v in table["status"].value_counts().items()},
+        not_in_grid=outside,
     )
-    write_tables(table, result.parquet, result.csv)
+    try:
+        write_tables(table, result.parquet, result.csv)
+    except OSError as exc:
+        raise FtvarError(f"cannot write {result.parquet}: {exc.strerror or exc} (check --out)") from None
     return result

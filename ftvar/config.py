@@ -121,6 +121,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     engine: str = "auto"  # auto: fast on a CUDA GPU, plain elsewhere | plain | fast | trainer
     device: str = "auto"  # auto: cuda when available
+    checkpoint_minutes: float = 5.0  # save training state every N minutes (0: only on signals); not hashed
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class ClusterConfig:
     trials_per_task: int | None = None  # trials packed into one array task, run concurrently on its GPU
     slurm_args: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    max_requeues: int = 3  # times a task that reaches its time limit is requeued (from its checkpoint)
 
 
 # the [grid] keys of the paper's axes, their value types and the values a study without them uses
@@ -483,6 +485,10 @@ def _validate_train(t: TrainConfig) -> None:
         raise StudyError(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
     if t.weight_decay < 0 or t.max_grad_norm < 0 or t.eval_batch_size <= 0:
         raise StudyError("train.weight_decay and train.max_grad_norm must be ≥ 0, train.eval_batch_size > 0")
+    if not 0 <= t.checkpoint_minutes < float("inf"):
+        raise StudyError(
+            f"train.checkpoint_minutes must be ≥ 0 (0: signals only), got {t.checkpoint_minutes}"
+        )
 
 
 def _validate_analysis(study: Study) -> None:

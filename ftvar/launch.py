@@ -1,7 +1,10 @@
 """`ftvar launch`: decide what runs (skip done trials, refuse mixed studies), prepare the data, hand over.
 
-The executors (`ftvar.executors.local`, `ftvar.executors.slurm`) only run what they are given. This module
-itself needs no torch: the data cache is built by `ftvar.train`, imported when a launch has work to do.
+Every option is checked before anything is written (values, `--out`, the container image, and for SLURM the
+partition and `sbatch --test-only`); then the study's launch lock is held from planning to the last
+submission. The executors (`ftvar.executors.local`, `ftvar.executors.slurm`) only run what they are given.
+This module itself needs no torch: the data cache is built by `ftvar.train`, imported when a launch has work
+to do.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.executors import local, slurm
 from ftvar.jobs import report_main
-from ftvar.ledger import append_launch, check_no_mixing, pending, trial_statuses
+from ftvar.ledger import append_launch, check_no_mixing, check_out, launch_lock, pending, trial_statuses
 from ftvar.trial import StudyPaths, expand
 from ftvar.views import summary_table
 
@@ -59,14 +62,43 @@ def launch_study(
     kind = resolve_executor(executor)
     paths = StudyPaths.of(out, study.name)
     cluster = slurm.merge_options(study.cluster, cluster_cli)
+    if max_parallel is not None and max_parallel < 1:
+        raise FtvarError(f"--max-parallel must be ≥ 1, got {max_parallel}")
+    # --trials-per-task also sets the lanes of each local process: the one option that is not SLURM's only
+    given = [k for k, v in cluster_cli.items() if v not in (None, {}, []) and k != "trials_per_task"]
+    if kind != "slurm" and not dry_run and given:
+        raise FtvarError(
+            f"{slurm.option_name(given[0])} is a SLURM option, but this launch runs --executor {kind}"
+            + ("" if shutil.which("sbatch") else " (no sbatch on PATH)")
+        )
     check_no_mixing(study, paths)
-    todo, done = pending(study, paths)
     if dry_run:
         per_task = cluster.trials_per_task or 1
-        print(slurm.dry_run_script(cluster, study, paths, -(-len(todo) // per_task)))
+        print(slurm.dry_run_script(cluster, study, paths, -(-len(pending(study, paths)[0]) // per_task)))
         return 0
-    if kind == "slurm" and not shutil.which("sbatch"):
-        raise FtvarError("--executor slurm needs sbatch on PATH (a login node); or use --executor local")
+    check_out(out, paths.root)
+    if kind == "slurm":
+        if not shutil.which("sbatch"):
+            raise FtvarError("--executor slurm needs sbatch on PATH (a login node); or use --executor local")
+        slurm.check_container(cluster)
+        per_task = cluster.trials_per_task or 1
+        slurm.check_cluster(cluster, study, paths, -(-len(pending(study, paths)[0]) // per_task))
+    with launch_lock(paths, on_wait=lambda who: console.print(f"waiting for another launch ({who})")):
+        check_no_mixing(study, paths)  # again: another launch may have finished while this one waited
+        return _launch_locked(study, out, paths, kind, max_parallel, cluster, report_after, console)
+
+
+def _launch_locked(
+    study: Study,
+    out: Path,
+    paths: StudyPaths,
+    kind: str,
+    max_parallel: int | None,
+    cluster: Any,
+    report_after: bool,
+    console: Console,
+) -> int:
+    todo, done = pending(study, paths)
     if not todo:
         console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
         console.print(summary_table(study, paths, expand(study)))
@@ -82,7 +114,9 @@ def launch_study(
         job_ids, errors = ["in-process"], local.run_in_process(study, paths, todo, console)
     else:
         job_ids, errors = local.run_local(study, paths, todo, max_parallel, console, cluster.trials_per_task)
-    append_launch(paths, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]})
+    append_launch(
+        paths, study.hash, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]}
+    )
     console.print(summary_table(study, paths, expand(study)))
     for line in errors:
         console.print(f"[red]{line}[/red]")

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ftvar.analysis import FIT_METRICS, METRIC_LABELS, Analysis
+from ftvar.atomic import write_atomic
 from ftvar.axes import Axis
 from ftvar.fits import Fit
 from ftvar.variance import Decomposition
@@ -37,7 +38,7 @@ class Plot:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=90, format="png")
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=90, format="png"))
     plt.close(fig)
 
 

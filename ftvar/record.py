@@ -1,9 +1,11 @@
 """JSON trial records: the only channel between the cluster and the analysis.
 
 One file per trial, `<out>/<study>/records/<trial_id>.json`, written atomically: a temp file in the same
-folder (`.<id>.<random>.part`, never matched by `*.json`), flushed, fsynced, renamed over the target, and the
-folder fsynced. Readers therefore see either no file or a whole one. This module needs only the standard
-library and fastjsonschema: the collector imports it without torch.
+folder (`.<id>.json.<random>.part`, never matched by `*.json`), flushed, fsynced, renamed over the target,
+and the folder fsynced (ftvar.atomic). Readers therefore see either no file or a whole one. A record never
+holds a non-finite number (JSON has none; Python's reader would accept `NaN`) and never a secret: the study
+config it embeds has its `[cluster.env]` values and anything secret-looking redacted. This module needs only
+the standard library and fastjsonschema: the collector imports it without torch.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import json
 import math
 import os
 import platform
+import re
 import socket
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
@@ -24,11 +26,26 @@ from typing import Any
 import fastjsonschema
 
 from ftvar import __version__
+from ftvar.atomic import write_atomic as _write_file
 from ftvar.errors import RecordError
 
 SCHEMA_VERSION = 2  # 2: init_seed/order_seed and other axes in params (readers accept 1)
 STATUSES = ("ok", "failed", "diverged")
 METRICS = ("accuracy", "f1", "eval_loss", "train_loss")
+REDACTED = "<redacted>"
+# names of variables and keys that hold secrets (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, DB_PASSWORD,
+# ...; not TOKENIZERS_PARALLELISM)
+SECRET_NAME_RE = re.compile(
+    r"(^|[^A-Za-z])(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?)([^A-Za-z]|$)",
+    re.IGNORECASE,
+)
+# values that look like credentials whatever their name: Hugging Face, GitHub, OpenAI-style and AWS keys,
+# Slack tokens, PEM private keys
+SECRET_VALUE_RE = re.compile(
+    r"\b(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{20,}"
+    r"|AKIA[0-9A-Z]{16}|xox[abprs]-[A-Za-z0-9-]{10,})\b|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+URL_CREDENTIALS_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 
 
 def schema() -> dict[str, Any]:
@@ -52,12 +69,60 @@ def _is_datetime(value: str) -> bool:
     return True
 
 
-def validate(record: Any) -> None:
-    """Raise RecordError naming the first field that breaks the schema."""
+def validate(record: Any, check_finite: bool = True) -> None:
+    """Raise RecordError naming the first field that breaks the schema, or the first non-finite number
+    (`check_finite=False` when the JSON parser has already refused them, as `read_record`'s does)."""
+    where = _non_finite(record, "") if check_finite else None
+    if where is not None:
+        raise RecordError(
+            f"not a valid ftvar record: {where} is not a finite number; non-finite metrics are never ok "
+            "(a trial whose loss or metrics are NaN or infinite is 'diverged', with null metrics)"
+        )
     try:
         _validator()(record)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise RecordError(f"not a valid ftvar record: {exc.message}") from None
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The path (`metrics.accuracy = nan`) of the first NaN or infinity inside `value`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or 'the record'} = {value}"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def redact(value: Any, secret: bool = False) -> Any:
+    """A copy of `value` (JSON-like) with secrets replaced by "<redacted>": everything under a secret-looking
+    key, strings that look like credentials, and the password of a URL."""
+    if isinstance(value, dict):
+        return {k: redact(v, secret or bool(SECRET_NAME_RE.search(str(k)))) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, secret) for v in value]
+    if isinstance(value, str):
+        if secret or SECRET_VALUE_RE.search(value):
+            return REDACTED
+        return URL_CREDENTIALS_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", value)
+    return REDACTED if secret and value is not None else value
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The study config as records embed it: `[cluster.env]` values are redacted whatever their names (they
+    are written into sbatch scripts, not into the shared record), and secret-looking values anywhere."""
+    out: dict[str, Any] = redact(config)
+    cluster = out.get("cluster")
+    if isinstance(cluster, dict) and isinstance(cluster.get("env"), dict):
+        cluster["env"] = dict.fromkeys(cluster["env"], REDACTED)
+    return out
 
 
 def utc_now() -> str:
@@ -92,43 +157,50 @@ def environment(device: str, torch_version: str, transformers_version: str) -> d
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to `path` so that no reader ever sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; records are read by others on shared storage
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write JSON to `path` so that no reader ever sees a partial file (ValueError on NaN or infinity)."""
+    _write_file(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Validate, then write atomically. A record that breaks the schema is a bug: it is never written."""
+def write_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Redact secrets, validate, then write atomically; returns what was written. A record that breaks the
+    schema or holds a non-finite number is refused with RecordError: it is never written."""
+    study = record.get("study")
+    if isinstance(study, dict) and isinstance(study.get("config"), dict):
+        record = {**record, "study": {**study, "config": redact_config(study["config"])}}
     validate(record)
     write_atomic(path, record)
+    return record
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as infinity
+        raise _NonFinite(text)
+    return value
 
 
 def read_record(path: Path) -> dict[str, Any]:
     """Parse and validate one record file; RecordError says why it was rejected."""
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise RecordError(
+            f"{path.name}: holds the non-finite number {exc} (not JSON; non-finite metrics are never ok)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RecordError(f"{path.name}: unreadable or not JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict) or "schema_version" not in data or "trial_id" not in data:
         raise RecordError(f"{path.name}: not an ftvar record (no schema_version/trial_id)")
     try:
-        validate(data)
+        validate(data, check_finite=False)
     except RecordError as exc:
         raise RecordError(f"{path.name}: {exc}") from None
     if path.stem != data["trial_id"]:
@@ -147,12 +219,12 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_status(path: Path) -> str | None:
-    """The status of a record file, or None when it is missing or unreadable (cheap: no schema check)."""
+    """The status of a record file, or None when it is missing, unreadable or invalid: a record the
+    collector would skip (corrupt, non-finite, breaking the schema) does not count, so a launch reruns it."""
     try:
-        status = json.loads(path.read_bytes()).get("status")
-    except (OSError, ValueError, AttributeError):
+        return str(read_record(path)["status"])
+    except RecordError:
         return None
-    return status if status in STATUSES else None
 
 
 def study_hashes(records_dir: Path) -> dict[str, int]:
@@ -163,7 +235,8 @@ def study_hashes(records_dir: Path) -> dict[str, int]:
     for path in records_dir.glob("*.json"):
         try:
             h = json.loads(path.read_bytes())["study"]["hash"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
-        counts[h] = counts.get(h, 0) + 1
+        if isinstance(h, str):
+            counts[h] = counts.get(h, 0) + 1
     return counts

@@ -20,7 +20,8 @@ from rich.table import Table as RichTable
 
 from ftvar import __version__
 from ftvar.analysis import METRIC_LABELS, Analysis, Fit, analyze, jsonable
-from ftvar.collect import CollectResult, collect, replace_atomic
+from ftvar.atomic import write_atomic
+from ftvar.collect import CollectResult, collect
 from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.optimum import Best
@@ -598,10 +599,7 @@ def print_tables(analysis: Analysis, console: Console, n: int = 5) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    replace_atomic(path, write)
+    write_atomic(path, text)
 
 
 def build_report(
@@ -610,7 +608,10 @@ def build_report(
     """Collect, analyse and write `<out>/<study>/report/`; print a summary to `console` when given."""
     collected = collect(study, out, strict=strict)
     table = collected.table
-    analysis = analyze(study, table)
+    try:
+        analysis = analyze(study, table)
+    except (ValueError, ArithmeticError) as exc:  # numbers no fit can take: one line, never a traceback
+        raise FtvarError(f"the fits failed on these records ({exc.__class__.__name__}: {exc})") from exc
     if analysis.trials.empty:
         raise FtvarError(
             f"study {study.name}: no ok records yet ({collected.summary()}); "

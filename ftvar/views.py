@@ -10,7 +10,9 @@ from rich.table import Table
 
 from ftvar.config import Study
 from ftvar.design import describe
-from ftvar.ledger import read_json, trial_statuses
+from ftvar.errors import RecordError
+from ftvar.ledger import trial_statuses
+from ftvar.record import read_record
 from ftvar.trial import StudyPaths, Trial, expand
 
 
@@ -88,6 +90,14 @@ def plan_table(study: Study, paths: StudyPaths) -> Table:
     return table
 
 
+def valid_record(path: Path) -> dict[str, Any]:
+    """A record that passes every check, or {} (missing, corrupt or non-finite: shown so, never a crash)."""
+    try:
+        return read_record(path)
+    except RecordError:
+        return {}
+
+
 def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
     """After a local launch: one row per trial with its status and metrics."""
     cols = _columns(study)
@@ -98,9 +108,9 @@ def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> T
     for col in ("status", "acc", "f1", "loss", "sec"):
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for t in trials:
-        rec = read_json(paths.record(t.trial_id)) or {}
+        rec = valid_record(paths.record(t.trial_id))
         m = rec.get("metrics", {})
-        status = rec.get("status", "missing")
+        status = rec.get("status", "missing" if not paths.record(t.trial_id).exists() else "invalid")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
         params = t.params()
         table.add_row(

@@ -89,22 +89,6 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resume_is_exact(
     assert PackTask()(study, [trial], paths) == {trial.trial_id: "ok"}  # a finished trial: nothing to do
 
 
-def test_step_guard_defers_signals_to_the_end_of_a_step() -> None:
-    seen: list[str] = []
-    guard = checkpoint.StepGuard()
-    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append("handled"))
-    guard.install()
-    try:
-        with guard.step():
-            signal.raise_signal(signal.SIGUSR2)
-            seen.append("step finished")
-        signal.raise_signal(signal.SIGUSR2)  # outside a step: handled at once
-    finally:
-        guard.uninstall()
-        signal.signal(signal.SIGUSR2, previous)
-    assert seen == ["step finished", "handled", "handled"]
-
-
 def test_save_without_training_state_does_nothing(tmp_path: Path) -> None:
     resumable = checkpoint.Resumable(tmp_path / "ckpt")
     assert resumable.save() is False

@@ -174,3 +174,55 @@ def test_the_collector_does_not_import_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_record_under_another_id_repeating_a_grid_trial_is_not_in_the_grid(tmp_path: Path) -> None:
+    """Issue 8, item 5: in_grid needs one of the study's trial ids *and* that trial's params; a copy of a
+    grid trial under another id is listed as not in the grid, so no trial counts twice."""
+    study = make_study(lr=[1e-5], bs=[8], ep=[1], seeds=[0, 1], baseline="none")
+    records = write_grid(tmp_path, study)
+    t0 = expand(study)[0]
+    twin = make_record(
+        study, learning_rate=t0.learning_rate, batch_size=8, epochs=1, seed=0, tid="abcdefabcd"
+    )
+    write(records, twin)
+    wrong = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1, tid=t0.trial_id)
+    write(records, wrong, name="0000000000.json")  # file name ≠ trial id: skipped by the reader already
+    result = collect(study, tmp_path)
+    by_id = result.table.set_index("trial_id")["in_grid"].to_dict()
+    assert by_id == {t0.trial_id: True, expand(study)[1].trial_id: True, "abcdefabcd": False}
+    assert len(result.not_in_grid) == 1
+    file, why = result.not_in_grid[0]
+    assert file.endswith("abcdefabcd.json")
+    assert "not one of the study's trials" in why and f"repeats the params of grid trial {t0.trial_id}" in why
+    assert "1 not in the grid" in result.summary()
+
+
+def test_a_grid_id_with_other_params_is_not_in_the_grid() -> None:
+    study = make_study(lr=[1e-5], bs=[8], ep=[1], seeds=[0, 1], baseline="none")
+    t0, t1 = expand(study)
+    forged = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1, tid=t0.trial_id)
+    real = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1)
+    rows = [collect_module._row(forged, "a.json"), collect_module._row(real, "b.json")]
+    table, _, outside = collect_module._to_table_with_reasons(rows, study)
+    assert table.set_index("trial_id")["in_grid"].to_dict() == {t0.trial_id: False, t1.trial_id: True}
+    assert outside == [("a.json", f"its params are not those of trial {t0.trial_id}")]
+
+
+def test_non_finite_and_out_of_range_records_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """Issue 8, item 4: a NaN or infinite metric (Python's JSON reader accepts the tokens) is never ok; the
+    collector skips such files and says why, as it does for integers no table column can hold."""
+    study = make_study(lr=[1e-5], bs=[8, 16], ep=[1], seeds=[0], baseline="none")
+    records = write_grid(tmp_path, study)
+    t0, t1 = expand(study)
+    nan = records / f"{t0.trial_id}.json"
+    nan.write_text(nan.read_text().replace('"accuracy": 0.9', '"accuracy": NaN'))
+    huge = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=2**70, tid="fedcbafedc")
+    write(records, huge)
+    result = collect(study, tmp_path)
+    reasons = {Path(p).name: why for p, why in result.skipped}
+    assert "non-finite number NaN" in reasons[nan.name]
+    assert "params.seed = 1180591620717411303424 is out of range" in reasons["fedcbafedc.json"]
+    assert result.table["trial_id"].tolist() == [t1.trial_id]
+    with pytest.raises(SkippedRecordsError):
+        collect(study, tmp_path, strict=True)

@@ -126,3 +126,79 @@ def test_atomic_write_never_shows_a_partial_file(tmp_path: Path) -> None:
     assert not broken
     assert len(seen) > 0
     assert not list(tmp_path.glob("*.part"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_writer_refuses_non_finite_metrics(tmp_path: Path, bad: float) -> None:
+    """Issue 8, item 4: a record with a NaN or infinite metric is never ok, and never written."""
+    path = tmp_path / "0123456789.json"
+    rec = make_record()
+    rec["metrics"]["eval_loss"] = bad
+    with pytest.raises(RecordError, match=r"metrics\.eval_loss = .* is not a finite number"):
+        record.write_record(path, rec)
+    rec["timings"]["train"] = bad  # anywhere in the record, not only the metrics
+    rec["metrics"]["eval_loss"] = 0.3
+    with pytest.raises(RecordError, match=r"timings\.train"):
+        record.write_record(path, rec)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_a_record_file_with_nan_is_rejected_and_does_not_count_as_ok(tmp_path: Path, token: str) -> None:
+    path = tmp_path / "0123456789.json"
+    path.write_text(json.dumps(make_record()).replace('"accuracy": 0.8', f'"accuracy": {token}'))
+    assert token in path.read_text()
+    with pytest.raises(RecordError, match=f"non-finite number {token}"):
+        record.read_record(path)
+    assert record.read_status(path) is None  # a launch reruns it instead of skipping it as ok
+
+
+def test_read_status_ignores_records_that_break_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "0123456789.json"
+    bad = make_record()
+    bad["metrics"]["accuracy"] = "0.8"  # a string where a number belongs
+    path.write_text(json.dumps(bad))
+    assert record.read_status(path) is None
+    record.write_record(path, make_record())
+    assert record.read_status(path) == "ok"
+
+
+def test_secrets_never_reach_a_record(tmp_path: Path) -> None:
+    """Issue 8, item 14: every record embeds the study config; [cluster.env] values and anything that looks
+    like a credential are redacted by the writer itself, whichever path wrote the record."""
+    rec = make_record()
+    rec["study"]["config"] = {
+        "model": {"name_or_path": "https://alice:hunter2@mirror.example/models/x"},
+        "data": {"hub": "glue/sst2", "comment": "hf_abcdefghijklmnopqrstuvwxyz123456"},
+        "cluster": {"env": {"WANDB_MODE": "offline-but-private", "HF_TOKEN": "hf_zzzzzzzzzzzzzzzzzzzzzzzzz"}},
+        "extra": {"db_password": "p4ss", "TOKENIZERS_PARALLELISM": "false", "n": 3},
+    }
+    path = tmp_path / "0123456789.json"
+    written = record.write_record(path, rec)
+    text = path.read_text()
+    for secret in ("hunter2", "hf_abcdefghij", "offline-but-private", "hf_zzzz", "p4ss"):
+        assert secret not in text
+    config = record.read_record(path)["study"]["config"]
+    assert config == written["study"]["config"]
+    assert config["cluster"]["env"] == {"WANDB_MODE": "<redacted>", "HF_TOKEN": "<redacted>"}
+    assert config["model"]["name_or_path"] == "https://<redacted>@mirror.example/models/x"
+    assert config["extra"] == {"db_password": "<redacted>", "TOKENIZERS_PARALLELISM": "false", "n": 3}
+    assert config["data"]["hub"] == "glue/sst2"
+    assert rec["study"]["config"]["extra"]["db_password"] == "p4ss"  # the caller's dict is left alone
+
+
+def test_attempts_are_an_optional_list_of_outcomes() -> None:
+    attempt = {
+        "state": "interrupted",
+        "reason": "SIGTERM: checkpoint at step 40",
+        "host": "node3",
+        "started_at": "2024-05-01T11:00:00+00:00",
+        "finished_at": "2024-05-01T11:10:00+00:00",
+        "step": 40,
+    }
+    record.validate(make_record(attempts=[attempt, {**attempt, "state": "ok", "reason": None}]))
+    record.validate(make_record())  # old records without attempts stay valid
+    with pytest.raises(RecordError):
+        record.validate(make_record(attempts=[{**attempt, "state": "exploded"}]))
+    with pytest.raises(RecordError):
+        record.validate(make_record(attempts=[{k: v for k, v in attempt.items() if k != "step"}]))

@@ -1,20 +1,23 @@
-"""Preemption: save a trial's training state on a signal, resume from it when the task runs again.
+"""Preemption and hard kills: save a trial's training state, resume from it when the trial runs again.
 
-A checkpoint is taken only at an optimizer-step boundary. `StepGuard` defers the signals that trigger one
-(SLURM's SIGTERM before a requeue or cancel, submitit's SIGUSR2 before a time limit) while a step is in
-flight, and delivers them once the step is complete, so a checkpoint never holds half-updated weights.
-Checkpoints live in `<out>/<study>/ckpt/<trial_id>/state.pt` and are deleted once the record is written.
+A checkpoint is taken only at an optimizer-step boundary: on a signal (SLURM's SIGTERM before a requeue, a
+cancel or a preemption; submitit's SIGUSR2 before a time limit) and every `train.checkpoint_minutes` of
+training (so that SIGKILL, an out-of-memory kill or a lost node costs at most that much). Every step runs
+inside a `Gate`; a checkpoint on a signal first waits at the gate for the steps in flight to end (the training
+itself runs in worker threads, ftvar.train.pack, the signal is handled in the main thread), so a checkpoint
+never holds half-updated weights. Checkpoints live in `<out>/<study>/ckpt/<trial_id>/state.pt` (written
+atomically, with the sidecar `state.json`: step and time), hold only tensors and plain Python values (loaded
+with `torch.load(weights_only=True)`: a file on shared storage cannot run code), and are deleted only once an
+`ok` or `diverged` record is written: a failed trial keeps its checkpoint and the next launch resumes it.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
 import sys
-import tempfile
-import types
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,106 +27,176 @@ from typing import Any
 import numpy as np
 import torch
 
-GUARDED = (signal.SIGTERM, signal.SIGUSR2)
+from ftvar.atomic import write_atomic
+from ftvar.attempts import AttemptLog, checkpoint_info, write_checkpoint_info
+
 Snapshot = Callable[[], dict[str, Any]]
 
 
-class StepGuard:
-    """Hold back guarded signals while a training step runs; replay them to the original handler after."""
+class Gate:
+    """Optimizer-step boundaries across lanes. Lanes run each step inside `step()`. `pause()` (a checkpoint)
+    waits for the steps in flight to end and keeps new ones from starting until `resume()`. `exclusive()`,
+    entered from inside a step, runs it alone: a CUDA-graph capture must not see another lane's kernels,
+    random numbers or device-wide synchronisation."""
 
     def __init__(self) -> None:
-        self.in_step = False
-        self.pending: list[int] = []
-        self.handlers: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in GUARDED:
-            self.handlers[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self.handlers.items():
-            signal.signal(sig, handler)
-        self.handlers.clear()
-
-    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        if self.in_step:
-            self.pending.append(signum)
-            return
-        self._dispatch(signum, frame)
-
-    def _dispatch(self, signum: int, frame: types.FrameType | None) -> None:
-        handler = self.handlers.get(signum)
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        self._cond = threading.Condition()
+        self._active = 0
+        self._held = False  # pause(): a checkpoint is being taken
+        self._alone = False  # exclusive(): one lane captures
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        self.in_step = True
+        with self._cond:
+            while self._held or self._alone:
+                self._cond.wait()
+            self._active += 1
         try:
             yield
         finally:
-            self.in_step = False
-            while self.pending:
-                self._dispatch(self.pending.pop(0), None)
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._active -= 1  # while it waits, this lane counts as outside any step
+            self._cond.notify_all()
+            while self._alone or self._held:
+                self._cond.wait()
+            self._alone = True
+            while self._active:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._held = True
+            while self._active:
+                self._cond.wait()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
 
 
 @dataclass
 class Resumable:
-    """One trial's preemption state: where its checkpoint goes, the guard, and the live-state snapshot."""
+    """One trial's checkpointing: where its checkpoint goes, the guard, the live-state snapshot, how often to
+    save while training (`every_s`; 0: only on signals) and the trial's attempt log."""
 
     folder: Path
-    guard: StepGuard = field(default_factory=StepGuard)
+    guard: Gate = field(default_factory=Gate)
     snapshot: Snapshot | None = None
+    every_s: float = 0.0
+    attempts: AttemptLog | None = None
+    last_save: float = field(default_factory=time.monotonic)
+    saved_step: int | None = None
 
-    def save(self) -> bool:
-        return save(self.folder, self.snapshot)
+    def save(self, reason: str = "SIGUSR2 (time limit or preemption)") -> bool:
+        """Checkpoint now because the task is being stopped (a signal handler calls this): the attempt ends
+        as interrupted. Returns False when training has not started yet (nothing to save)."""
+        saved = self._write(reason)
+        if self.attempts is not None:
+            where = f"checkpoint at step {self.saved_step}" if saved else "no checkpoint (not training yet)"
+            self.attempts.update("interrupted", f"{reason}: {where}", self.saved_step)
+        return saved
+
+    def at_step_boundary(self) -> bool:
+        """Called by an engine after every optimizer step: saves when `every_s` seconds of training have
+        passed since the last save (or since training started). Returns whether it saved."""
+        if not self.every_s or self.snapshot is None or time.monotonic() - self.last_save < self.every_s:
+            return False
+        saved = self._write("periodic")
+        if saved and self.attempts is not None:
+            self.attempts.update(step=self.saved_step)
+        return saved
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Called by an engine once training state exists (at the start or on resume)."""
         self.snapshot = snapshot
+        self.last_save = time.monotonic()
+
+    def _write(self, reason: str) -> bool:
+        step = save(self.folder, self.snapshot, reason)
+        if step is None:
+            return False
+        self.saved_step, self.last_save = step, time.monotonic()
+        return True
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values (loadable with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(folder: Path, snapshot: Snapshot | None) -> bool:
-    """Write the live training state atomically. Returns False when training has not started yet."""
+def save(folder: Path, snapshot: Snapshot | None, reason: str = "signal") -> int | None:
+    """Write the live training state atomically; returns its step, or None when training has not started."""
     if snapshot is None:
-        return False
-    folder.mkdir(parents=True, exist_ok=True)
+        return None
     state = {**snapshot(), "rng": rng_state()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, folder / "state.pt")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    print(f"ftvar: checkpoint at step {state['step']} saved to {folder}", file=sys.stderr, flush=True)
-    return True
+    write_atomic(folder / "state.pt", lambda fh: torch.save(state, fh))
+    step = int(state["step"])
+    write_checkpoint_info(folder, step, reason)
+    print(f"ftvar: checkpoint at step {step} saved to {folder} ({reason})", file=sys.stderr, flush=True)
+    return step
 
 
 def load(folder: Path) -> dict[str, Any] | None:
+    """A trial's checkpoint, or None. Loaded with weights_only=True: tensors and plain values only. An
+    unreadable checkpoint (corrupt, or written by an older ftvar) is reported and ignored."""
     path = folder / "state.pt"
     if not path.is_file():
         return None
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint that cannot be read must not stop the trial: start over
+        why = (str(exc).splitlines() or [""])[0]
+        print(
+            f"ftvar: ignoring checkpoint {path} ({exc.__class__.__name__}: {why}); training starts at step 0",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
     return state
+
+
+def saved_step(folder: Path) -> int | None:
+    info = checkpoint_info(folder)
+    return int(info["step"]) if info else None
 
 
 def remove(folder: Path) -> None:

@@ -22,17 +22,10 @@ import torch
 
 from ftvar.config import TrainConfig
 from ftvar.train.cache import Split
-from ftvar.train.checkpoint import Snapshot, set_rng_state
+from ftvar.train.checkpoint import Gate, Snapshot, set_rng_state
 from ftvar.trial import Trial
 
 log = logging.getLogger("ftvar.train")
-
-
-class Guard(Protocol):
-    """Holds preemption back while an optimizer step runs (ftvar.train.checkpoint.StepGuard, or a pack's
-    Gate across its lanes)."""
-
-    def step(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -47,7 +40,7 @@ class FitJob:
     num_labels: int
     # preemption: called once with a function that snapshots the live state (at a step boundary)
     on_checkpointable: Callable[[Snapshot], None] | None = None
-    guard: Guard | None = None
+    guard: Gate | None = None  # every optimizer step runs inside it (checkpoints wait for a boundary)
     resume_state: dict[str, Any] | None = None  # a loaded checkpoint to continue from
     after_step: Callable[[], None] | None = None  # called at each optimizer-step boundary (periodic saves)
 
@@ -262,7 +255,7 @@ class PlainEngine:
         total: int,
         result: FitResult,
     ) -> str | None:
-        """The loop. Each step runs under the job's StepGuard. Returns why training diverged, if it did."""
+        """The loop. Each step runs inside the job's gate. Returns why training diverged, if it did."""
         trial, s, model, device = job.trial, job.settings, job.model, job.device
         assert trial.batch_size is not None
         dtype = autocast_dtype(s.precision, device)

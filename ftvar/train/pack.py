@@ -19,12 +19,10 @@ ends as if it had never stopped.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +32,7 @@ import torch
 from ftvar.config import Study
 from ftvar.record import read_status
 from ftvar.train.cache import Prepared, cache_folder, load_prepared
-from ftvar.train.checkpoint import Resumable
+from ftvar.train.checkpoint import Gate, Resumable
 from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
 from ftvar.trial import StudyPaths, Trial, settings
 
@@ -42,61 +40,6 @@ log = logging.getLogger("ftvar.train")
 
 WARM_STEPS = 50  # steps a lane trains before the next lane may start (its memory is known by then)
 MEMORY_MARGIN = 1.5  # a new lane needs this many times the average lane's memory free
-
-
-class Gate:
-    """Optimizer-step boundaries across lanes. Lanes run each step inside `step()`. `pause()` (a checkpoint)
-    waits for the steps in flight to end and keeps new ones from starting until `resume()`. `exclusive()`,
-    entered from inside a step, runs it alone: a CUDA-graph capture must not see another lane's kernels,
-    random numbers or device-wide synchronisation."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._held = False  # pause(): a checkpoint is being taken
-        self._alone = False  # exclusive(): one lane captures
-
-    @contextlib.contextmanager
-    def step(self) -> Iterator[None]:
-        with self._cond:
-            while self._held or self._alone:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._active -= 1  # while it waits, this lane counts as outside any step
-            self._cond.notify_all()
-            while self._alone or self._held:
-                self._cond.wait()
-            self._alone = True
-            while self._active:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._alone = False
-                self._cond.notify_all()
-
-    def pause(self) -> None:
-        with self._cond:
-            self._held = True
-            while self._active:
-                self._cond.wait()
-
-    def resume(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
 
 
 @dataclass
@@ -107,14 +50,14 @@ class Pack:
     running: dict[str, Resumable] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def save_all(self) -> int:
+    def save_all(self, reason: str = "SIGUSR2 (time limit or preemption)") -> int:
         """Hold every lane at a step boundary and save each running trial's state. Returns how many saved."""
         self.gate.pause()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()  # the lanes' streams have finished the steps they launched
         with self.lock:
             running = list(self.running.values())
-        return sum(1 for r in running if r.save())
+        return sum(1 for r in running if r.save(reason))
 
 
 @dataclass
@@ -174,7 +117,7 @@ def run_pack(
                     if not queue:
                         return
                     trial = queue.popleft()
-                    resumable = Resumable(paths.ckpt / trial.trial_id, guard=pack.gate)  # type: ignore[arg-type]
+                    resumable = Resumable(paths.ckpt / trial.trial_id, guard=pack.gate)
                     pack.running[trial.trial_id] = resumable
                 steps = 0
 
@@ -227,7 +170,7 @@ def run_pack(
         lane.thread.start()
 
     def on_term(signum: int, frame: Any) -> None:
-        saved = pack.save_all()
+        saved = pack.save_all("SIGTERM (scancel, requeue, preemption or the time limit)")
         log.info("signal %d: saved %d checkpoint(s) at a step boundary; exiting", signum, saved)
         raise SystemExit(128 + signum)
 

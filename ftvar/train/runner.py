@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftvar.attempts import AttemptLog
 from ftvar.config import Study
 from ftvar.errors import FtvarError
 from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, utc_now, write_record
@@ -269,11 +270,50 @@ def _fit(
         )
         if resumable is not None:
             job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
+            job.after_step = _both(resumable.at_step_boundary, after_step)  # periodic checkpoints too
             job.resume_state = checkpoint.load(resumable.folder)
+            if job.resume_state is not None:
+                step = job.resume_state["step"]
+                log.info("%s: resuming from the checkpoint at step %d", trial.trial_id, step)
         result = engine.fit(job)
     if device.type == "cuda":
         result.engine["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return result
+
+
+def _both(first: Callable[[], object], then: Callable[[], None] | None) -> Callable[[], None]:
+    """A step-boundary hook that calls `first`, then `then` (when there is one)."""
+
+    def hook() -> None:
+        first()
+        if then is not None:
+            then()
+
+    return hook
+
+
+def time_limit_message(exc: BaseException, folder: Path) -> str | None:
+    """The reason of a trial stopped for good by its time limit (submitit's "timed-out too many times")."""
+    if type(exc).__name__ != "UncompletedJobError" or "timed-out" not in str(exc):
+        return None
+    requeues = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    step = checkpoint.saved_step(folder)
+    where = (
+        f"resumable from step {step} (checkpoint kept; `ftvar launch` resumes it)"
+        if step is not None
+        else "no checkpoint yet (training had not started)"
+    )
+    return f"time limit, requeued {requeues} time{'s' if requeues != 1 else ''}, {where}"
+
+
+def _outcome(status: str, error: str | None, record: dict[str, Any]) -> tuple[str, str | None]:
+    """Never an ok record with non-finite or missing metrics: such a trial diverged."""
+    if status != "ok":
+        return status, error
+    missing = [k for k in ("accuracy", "f1", "eval_loss") if record["metrics"][k] is None]
+    if missing:
+        return "diverged", f"non-finite {', '.join(missing)} after training"
+    return status, error
 
 
 def run_trial(
@@ -288,13 +328,15 @@ def run_trial(
     packed_with: int | None = None,
     reraise: Callable[[BaseException], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run one trial and write its record. Input errors (FtvarError) propagate and write nothing; any other
-    failure during training is written as a `failed` record (unless `reraise` claims it), and a non-finite
-    loss as `diverged`.
+    """Run one trial and write its record. Input errors (FtvarError) propagate and write no record; any
+    other failure during training is written as a `failed` record (unless `reraise` claims it), and a
+    non-finite loss as `diverged`.
 
-    With `resumable`, training continues from its checkpoint if there is one, its guard holds preemption back
-    to step boundaries, and the checkpoint is deleted once the record is written. A pack passes the data it
-    has already read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
+    Training continues from the trial's checkpoint if there is one and saves one every
+    `train.checkpoint_minutes`; a pack's `resumable` also saves on preemption, at a step boundary (its guard).
+    The checkpoint is deleted once an ok or diverged record is written; a failed trial keeps it, so the next
+    launch resumes it. The record lists every attempt of the trial. A pack passes the data it has already
+    read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
     set_offline()
     started, t0 = utc_now(), time.perf_counter()
     if prepare_if_missing:
@@ -302,7 +344,13 @@ def run_trial(
 
         prepare(study, paths)
     prepared = prepared or load_prepared(study, paths, trial)
-    device = pick_device(settings(study, trial).train.device)
+    trial_settings = settings(study, trial)
+    device = pick_device(trial_settings.train.device)
+    folder = paths.ckpt / trial.trial_id
+    if resumable is None:
+        resumable = Resumable(folder)
+    resumable.every_s = trial_settings.train.checkpoint_minutes * 60
+    resumable.attempts = AttemptLog.begin(folder, paths.record(trial.trial_id))
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
     result: FitResult | None = None
     status, error = "ok", None
@@ -317,18 +365,26 @@ def run_trial(
             result.engine["packed_with"] = packed_with
         if result.diverged:
             status, error = "diverged", result.diverged
-    except FtvarError:
+    except FtvarError as exc:
+        resumable.attempts.update("failed", str(exc))
+        raise
+    except KeyboardInterrupt:  # Ctrl-C of a local or debug launch: no step-boundary checkpoint here
+        resumable.attempts.update("interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
         raise
     except Exception as exc:  # a crash inside training: keep the evidence in the record
         if reraise is not None and reraise(exc):
             raise
         traceback.print_exc()  # the whole traceback goes to the task's log
-        status, error = "failed", f"{exc.__class__.__name__}: {exc}"
+        status = "failed"
+        error = time_limit_message(exc, folder) or f"{exc.__class__.__name__}: {exc}"
     timings["total"] = time.perf_counter() - t0
     record = _record(study, trial, prepared, result, status, error, timings, device_name(device), started)
-    write_record(paths.record(trial.trial_id), record)
-    if resumable is not None:
-        checkpoint.remove(resumable.folder)
+    status, error = _outcome(status, error, record)
+    resumable.attempts.update(status, error, result.steps if result else resumable.saved_step)
+    record.update(status=status, error=error, attempts=resumable.attempts.attempts)
+    record = write_record(paths.record(trial.trial_id), record)
+    if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
+        checkpoint.remove(folder)
     return record
 
 
