@@ -131,8 +131,8 @@ def run_trial_cmd(
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
-    t = find_trial(s, trial)
     check_no_mixing(s, paths)
+    t = find_trial(s, trial)
     check_out(out, paths.root)
     set_threads()
     record = run_trial(s, t, paths, prepare_if_missing=True)

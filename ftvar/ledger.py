@@ -60,9 +60,11 @@ def check_no_mixing(study: Study, paths: StudyPaths) -> None:
             arrays.setdefault(launched_hash, []).append(str(entry.get("array_id") or entry.get("executor")))
     for h, launched in arrays.items():
         found.append((h, f"{len(launched)} launch(es) in {paths.launches} ({', '.join(launched[:3])})"))
-    meta = read_json(paths.cache / "meta.json")
-    if meta is not None and isinstance(meta.get("key"), str) and meta["key"] != study.hash:
-        found.append((meta["key"], f"the data cache {paths.cache}"))
+    for folder in sorted(paths.cache.glob("*/")) if paths.cache.is_dir() else []:
+        meta = read_json(folder / "meta.json")  # one cache per tokenization, each says which study built it
+        built_by = meta.get("study_hash") if meta is not None else None
+        if isinstance(built_by, str) and built_by != study.hash:
+            found.append((built_by, f"the data cache {folder}"))
     if found:
         h = found[0][0]
         what = "; ".join(w for fh, w in found if fh == h)

@@ -207,6 +207,8 @@ def degenerate_blocks(analysis: Analysis) -> list[Block]:
             else ""
         )
     ]
+    if not d.per_configuration:  # no configuration table (e.g. no axis varies among the trials)
+        return out
     keys = [k for k in d.per_configuration[0] if k not in ("degenerate", "trials", "share")]
     labels = {a.name: a.label for a in analysis.axes}
     rows = [

@@ -118,5 +118,12 @@ def test_every_output_of_collect_and_report_is_readable_like_the_records(
 
 
 def _baseline(rec: dict[str, object]) -> dict[str, object]:
-    params = {"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0}
+    params = {
+        "learning_rate": None,
+        "batch_size": None,
+        "epochs": 0,
+        "seed": 0,
+        "init_seed": 0,
+        "order_seed": None,
+    }
     return {"kind": "baseline", "params": params}

@@ -203,7 +203,8 @@ def test_a_grid_id_with_other_params_is_not_in_the_grid() -> None:
     t0, t1 = expand(study)
     forged = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1, tid=t0.trial_id)
     real = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1)
-    rows = [collect_module._row(forged, "a.json"), collect_module._row(real, "b.json")]
+    axes = collect_module.axis_columns(study)
+    rows = [collect_module._row(forged, "a.json", axes), collect_module._row(real, "b.json", axes)]
     table, _, outside = collect_module._to_table_with_reasons(rows, study)
     assert table.set_index("trial_id")["in_grid"].to_dict() == {t0.trial_id: False, t1.trial_id: True}
     assert outside == [("a.json", f"its params are not those of trial {t0.trial_id}")]

@@ -76,11 +76,16 @@ def test_a_data_cache_of_another_version_is_never_rebuilt_under_it(
     study_file = write_study()
     first = load_study(str(study_file))
     paths = StudyPaths.of(tmp_path / "o", first.name)
-    from ftvar.train import prepare
+    from ftvar.train.data import prepare
 
     prepare(first, paths)
-    meta = (paths.cache / "meta.json").read_bytes()
-    for command in (["launch", "--executor", "debug"], ["run-trial", "--trial", "baseline"]):
+    from ftvar.train.cache import cache_folder
+    from ftvar.trial import expand
+
+    baseline = expand(first)[0].trial_id  # a tiny model's head is new: one baseline per init seed
+    folder, _ = cache_folder(first, paths, expand(first)[0])
+    meta = (folder / "meta.json").read_bytes()
+    for command in (["launch", "--executor", "debug"], ["run-trial", "--trial", baseline]):
         out = ftvar(
             command[0],
             str(study_file),
@@ -91,11 +96,11 @@ def test_a_data_cache_of_another_version_is_never_rebuilt_under_it(
             str(tmp_path / "o"),
         )
         line = one_error_line(out)
-        assert "another version of study 'tiny'" in line and f"the data cache {paths.cache}" in line
-    assert (paths.cache / "meta.json").read_bytes() == meta
+        assert "another version of study 'tiny'" in line and f"the data cache {folder}" in line
+    assert (folder / "meta.json").read_bytes() == meta
     assert not paths.records.exists()
     # the same version is welcome
-    same = ftvar("run-trial", str(study_file), "--trial", "baseline", "--out", str(tmp_path / "o"))
+    same = ftvar("run-trial", str(study_file), "--trial", baseline, "--out", str(tmp_path / "o"))
     assert same.returncode == 0, same.stderr[-2000:]
 
 
@@ -177,7 +182,7 @@ def test_a_bad_out_is_one_line_and_nothing_written(
 ) -> None:
     out = make(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    extra = ["--executor", "local"] if command == "launch" else ["--trial", "baseline"]
+    extra = ["--executor", "local"] if command == "launch" else ["--trial", "baseline"]  # smoke: one seed
     line = one_error_line(ftvar(command, "smoke", *extra, "--out", str(out)))
     assert f"--out {out}" in line and message in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -204,6 +204,8 @@ def test_run_trial_keeps_cluster_env_values_out_of_the_record(
         "--trial",
         "baseline",
         "--set",
+        "grid.seed=[0]",  # one init seed: one baseline, `baseline`
+        "--set",
         f"cluster.env.WANDB_ENTITY={secret}",
         "--set",
         "cluster.env.HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz0123",  # run-trial writes no sbatch script

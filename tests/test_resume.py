@@ -18,7 +18,8 @@ import torch
 from ftvar import record
 from ftvar.attempts import AttemptLog, checkpoint_info
 from ftvar.config import load_study
-from ftvar.train import checkpoint, prepare
+from ftvar.train import checkpoint
+from ftvar.train.data import prepare
 from ftvar.trial import StudyPaths, expand
 
 OVERRIDES = [
@@ -51,7 +52,7 @@ def ftvar(*args: str) -> subprocess.CompletedProcess[str]:
 CHILD = """
 import os, signal, sys
 from ftvar.config import load_study
-from ftvar.train import run_trial
+from ftvar.train.runner import run_trial
 from ftvar.train.checkpoint import Resumable
 from ftvar.trial import StudyPaths, expand
 
@@ -196,7 +197,7 @@ def test_a_diverged_record_removes_the_checkpoint(tmp_path: Path) -> None:
     folder = paths.ckpt / trial.trial_id
     folder.mkdir(parents=True)
     (folder / "attempts.json").write_text("[]")
-    from ftvar.train import run_trial
+    from ftvar.train.runner import run_trial
 
     rec = run_trial(study, trial, paths, prepare_if_missing=True)
     assert rec["status"] == "diverged" and not folder.exists()
