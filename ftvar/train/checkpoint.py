@@ -35,21 +35,24 @@ Snapshot = Callable[[], dict[str, Any]]
 
 class Gate:
     """Optimizer-step boundaries across lanes. Lanes run each step inside `step()`. `pause()` (a checkpoint)
-    waits for the steps in flight to end and keeps new ones from starting until `resume()`. `exclusive()`,
-    entered from inside a step, runs it alone: a CUDA-graph capture must not see another lane's kernels,
-    random numbers or device-wide synchronisation."""
+    waits for the steps in flight to end and keeps new ones from starting until `resume()`; `stop()` ends
+    them. `exclusive()`, entered from inside a step, runs it alone: a CUDA-graph capture must not see another
+    lane's kernels, random numbers or device-wide synchronisation."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0
         self._held = False  # pause(): a checkpoint is being taken
         self._alone = False  # exclusive(): one lane captures
+        self._stopped: BaseException | None = None  # stop(): every step from now on raises this
 
     @contextmanager
     def step(self) -> Iterator[None]:
         with self._cond:
-            while self._held or self._alone:
+            while (self._held or self._alone) and self._stopped is None:
                 self._cond.wait()
+            if self._stopped is not None:
+                raise self._stopped
             self._active += 1
         try:
             yield
@@ -85,6 +88,13 @@ class Gate:
     def resume(self) -> None:
         with self._cond:
             self._held = False
+            self._cond.notify_all()
+
+    def stop(self, reason: BaseException) -> None:
+        """End the training of every lane: each one's next step (or the one it waits to start) raises
+        `reason`, which its trial records (a time limit: the checkpoint just saved stays for the next run)."""
+        with self._cond:
+            self._stopped = reason
             self._cond.notify_all()
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,9 +203,23 @@ def run_pack(
                         len(alive),
                         want,
                     )
-            thread = alive[0].thread
-            if thread is not None:
-                thread.join(timeout=0.2)
+            # not Thread.join: a signal handler that raises inside join() leaves the Thread marked as stopped
+            # while it still runs (CPython's bpo-45274 handling), and the lanes could not be waited for
+            time.sleep(0.1)
+    except Exception as exc:  # raised by submitit's handler of the time-limit signal, in this thread
+        if type(exc).__name__ != "UncompletedJobError":
+            raise
+        # the limit, requeued too often: each running trial (its checkpoint just saved) records why it
+        # stopped and where it resumes, then the task ends as submitit decided
+        with pack.lock:
+            queue.clear()
+        pack.gate.stop(exc)
+        for lane in running_lanes:
+            if lane.thread is not None:
+                lane.thread.join(timeout=120)
+            if lane.error is not None and lane.error is not exc:
+                log.error("lane %d failed to record the time limit: %r", lane.index, lane.error)
+        raise
     finally:
         if in_main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
