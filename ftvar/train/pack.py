@@ -210,7 +210,7 @@ def run_pack(
         if type(exc).__name__ != "UncompletedJobError":
             raise
         # the limit, requeued too often: each running trial (its checkpoint just saved) records why it
-        # stopped and where it resumes, then the task ends as submitit decided
+        # stopped and where it resumes, and the task ends normally: its trials' records tell the rest
         with pack.lock:
             queue.clear()
         pack.gate.stop(exc)
@@ -219,7 +219,6 @@ def run_pack(
                 lane.thread.join(timeout=120)
             if lane.error is not None and lane.error is not exc:
                 log.error("lane %d failed to record the time limit: %r", lane.index, lane.error)
-        raise
     finally:
         if in_main and previous is not None:
             signal.signal(signal.SIGTERM, previous)
