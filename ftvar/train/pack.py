@@ -176,13 +176,31 @@ def run_pack(
         raise SystemExit(128 + signum)
 
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
+    handlers = {}
+    stopped: list[BaseException] = []  # submitit gave up at the time limit ("timed-out too many times")
+    if in_main:
+        submitit_usr2 = signal.getsignal(signal.SIGUSR2)
+
+        def on_usr2(signum: int, frame: Any) -> None:
+            """submitit's time-limit handler (it calls PackTask.checkpoint, then requeues and exits), but its
+            refusal to requeue is handed to the loop below instead of raised: a handler's exception lands
+            wherever the main thread is, and where that is logging's emit() (submitit logs every signal) it
+            would be swallowed."""
+            try:
+                if callable(submitit_usr2):
+                    submitit_usr2(signum, frame)
+            except Exception as exc:
+                stopped.append(exc)
+
+        handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+        if callable(submitit_usr2):
+            handlers[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
     if want > 1:
         log.info("%d trial(s) in up to %d lanes on %s", len(todo), want, device)
     try:
         start_lane()
         capped = False
-        while True:
+        while not stopped:
             alive = [lane for lane in running_lanes if lane.thread is not None and lane.thread.is_alive()]
             for lane in running_lanes:
                 if lane.error is not None:
@@ -206,22 +224,21 @@ def run_pack(
             # not Thread.join: a signal handler that raises inside join() leaves the Thread marked as stopped
             # while it still runs (CPython's bpo-45274 handling), and the lanes could not be waited for
             time.sleep(0.1)
-    except Exception as exc:  # raised by submitit's handler of the time-limit signal, in this thread
-        if type(exc).__name__ != "UncompletedJobError":
-            raise
-        # the limit, requeued too often: each running trial (its checkpoint just saved) records why it
-        # stopped and where it resumes, and the task ends normally: its trials' records tell the rest
-        with pack.lock:
-            queue.clear()
-        pack.gate.stop(exc)
-        for lane in running_lanes:
-            if lane.thread is not None:
-                lane.thread.join(timeout=120)
-            if lane.error is not None and lane.error is not exc:
-                log.error("lane %d failed to record the time limit: %r", lane.index, lane.error)
+        if stopped:
+            # each running trial (its checkpoint just saved) records why it stopped and where it resumes;
+            # the task then ends normally: its trials' records tell the rest
+            log.info("%s", stopped[0])
+            with pack.lock:
+                queue.clear()
+            pack.gate.stop(stopped[0])
+            for lane in running_lanes:
+                if lane.thread is not None:
+                    lane.thread.join(timeout=120)
+                if lane.error is not None and lane.error is not stopped[0]:
+                    log.error("lane %d could not record the time limit: %r", lane.index, lane.error)
     finally:
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return statuses
 
 
