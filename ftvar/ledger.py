@@ -110,7 +110,8 @@ def launch_lock(
                         f"another `ftvar launch` of this study is running ({holder}; lock {lock}); waited "
                         f"{wait_s:.0f} s. Run this launch again once it has finished"
                     ) from None
-                if on_wait is not None:
+                starting = holder == "a launch that is starting"  # it holds the lock, not yet its name
+                if on_wait is not None and (not starting or time.monotonic() > deadline - wait_s + 2):
                     on_wait(holder)
                     on_wait = None
                 time.sleep(0.2)

@@ -244,12 +244,16 @@ def test_a_changed_study_is_refused_while_the_first_array_has_no_record(
     assert out.returncode == 0, out.stderr
     paths = StudyPaths.of(tmp_path, load_study(str(study_file), overrides(args)).name)
     task = task_of(paths)
+    from ftvar.train.cache import cache_folder
+
+    study = load_study(str(study_file), overrides(args))
+    meta_file = cache_folder(study, paths, expand(study)[0])[0] / "meta.json"
     try:
-        meta = (paths.cache / "meta.json").read_bytes()
+        meta = meta_file.read_bytes()
         changed = ftvar("launch", str(study_file), *SLURM, *args, "--set", "train.weight_decay=0.5")
         line = one_error_line(changed)
         assert "another version of study 'tiny'" in line and "launches.jsonl" in line and "data cache" in line
-        assert (paths.cache / "meta.json").read_bytes() == meta
+        assert meta_file.read_bytes() == meta
         assert len(launches(paths)) == 1 and not paths.records.exists()
     finally:
         subprocess.run(["scancel", task], check=False)
@@ -294,7 +298,8 @@ def test_bad_options_on_the_cluster_are_one_line_and_nothing_is_submitted(
         "launch", str(study_file), *SLURM, "--out", str(out), env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     )
     line = one_error_line(failing)
-    assert "sbatch failed to submit an array of 3 task(s): QOSMaxSubmitJobPerUserLimit" in line
+    # two trials and a baseline per init seed (a tiny model's head is new)
+    assert "sbatch failed to submit an array of 4 task(s): QOSMaxSubmitJobPerUserLimit" in line
     assert "Job violates accounting/QOS policy" in line
     paths = StudyPaths.of(out, "tiny")
     assert not paths.launches.exists()
