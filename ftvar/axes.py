@@ -9,6 +9,7 @@ plain types and tables: the study file builds the axes (ftvar.config), the analy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 AxisKind = Literal["numeric", "categorical", "seed"]
@@ -55,6 +56,14 @@ class Axis:
     @property
     def is_seed(self) -> bool:
         return self.kind == "seed"
+
+
+def show_value(value: Any) -> str:
+    """An axis value for people: floats in short form, model folders by their name, not their path."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return (Path(text).name or text) if "/" in text else text
 
 
 def label(name: str) -> str:

@@ -19,7 +19,7 @@ from matplotlib.ticker import NullLocator
 
 from ftvar.analysis import FIT_METRICS, METRIC_LABELS, Analysis
 from ftvar.atomic import write_atomic
-from ftvar.axes import Axis
+from ftvar.axes import Axis, show_value
 from ftvar.fits import Fit
 from ftvar.variance import Decomposition
 
@@ -40,13 +40,6 @@ def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     write_atomic(path, lambda fh: fig.savefig(fh, dpi=90, format="png"))
     plt.close(fig)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    text = str(value)
-    return Path(text).name if "/" in text else text
 
 
 def varying(analysis: Analysis, trials: pd.DataFrame) -> list[Axis]:
@@ -71,7 +64,7 @@ def _seed_key(trials: pd.DataFrame) -> pd.Series:
 def _set_axis(ax: Any, axis: Axis, x: np.ndarray) -> None:
     if axis.coding in ("log10", "log2") and len(x) and np.all(x > 0):
         ax.set_xscale("log", base=2 if axis.coding == "log2" else 10)
-    ax.set_xticks(x, [_show(float(v)) for v in x])
+    ax.set_xticks(x, [show_value(float(v)) for v in x])
     ax.xaxis.set_minor_locator(NullLocator())
 
 
@@ -132,7 +125,7 @@ def hyperparameter_plot(
             ax.errorbar(
                 pos, per_seed["mean"], yerr=per_seed["std"].fillna(0), marker="o", capsize=4, ls="none"
             )
-            ax.set_xticks(pos, [_show(v) for v in per_seed.index], rotation=20, fontsize=8)
+            ax.set_xticks(pos, [show_value(v) for v in per_seed.index], rotation=20, fontsize=8)
         else:
             x = per_seed.index.to_numpy(dtype="float64")
             ax.errorbar(x, per_seed["mean"], yerr=per_seed["std"].fillna(0), marker="o", capsize=4)
@@ -154,8 +147,8 @@ def heatmap_plot(trials: pd.DataFrame, pairs: list[tuple[Axis, Axis]], metric: s
         grid = trials.pivot_table(index=rows.name, columns=cols.name, values=metric, aggfunc="mean")
         values = grid.to_numpy(dtype="float64")
         image = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower")
-        ax.set_xticks(range(grid.shape[1]), [_show(v) for v in grid.columns], fontsize=8)
-        ax.set_yticks(range(grid.shape[0]), [_show(v) for v in grid.index], fontsize=8)
+        ax.set_xticks(range(grid.shape[1]), [show_value(v) for v in grid.columns], fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), [show_value(v) for v in grid.index], fontsize=8)
         ax.set_xlabel(cols.label)
         ax.set_ylabel(rows.label)
         if values.size <= 100:
@@ -180,7 +173,7 @@ def parallel_plot(trials: pd.DataFrame, axes: list[Axis], metric: str, path: Pat
             levels = list(dict.fromkeys(sorted(col.astype(str).unique())))
             pos = col.astype(str).map({v: i for i, v in enumerate(levels)}).to_numpy(dtype="float64")
             scaled = pos / max(len(levels) - 1, 1)
-            ticks.append([(i / max(len(levels) - 1, 1), _show(v)) for i, v in enumerate(levels)])
+            ticks.append([(i / max(len(levels) - 1, 1), show_value(v)) for i, v in enumerate(levels)])
         else:
             x = col.to_numpy(dtype="float64")
             log = axis.coding in ("log10", "log2") and bool(np.all(x > 0))
@@ -190,7 +183,7 @@ def parallel_plot(trials: pd.DataFrame, axes: list[Axis], metric: str, path: Pat
             scaled = (coded - lo) / span if hi > lo else np.full(len(x), 0.5)
             values = sorted(set(x.tolist()))
             shown = values if len(values) <= 8 else [values[0], values[-1]]
-            ticks.append([(((np.log10(v) if log else v) - lo) / span, _show(v)) for v in shown])
+            ticks.append([(((np.log10(v) if log else v) - lo) / span, show_value(v)) for v in shown])
         columns.append(scaled)
     y = frame[metric].to_numpy(dtype="float64")
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(axes)), 4.2))
@@ -228,7 +221,7 @@ def learning_curve_plot(trials: pd.DataFrame, axis: Axis, baseline: float | None
     x = np.sort(trials[axis.name].dropna().unique().astype("float64"))
     if len(x) and np.all(x > 0):
         ax.set_xscale("log")
-    ax.set_xticks(x, [_show(float(v)) for v in x])
+    ax.set_xticks(x, [show_value(float(v)) for v in x])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("training rows")
     ax.set_ylabel("score")

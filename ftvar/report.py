@@ -21,6 +21,7 @@ from rich.table import Table as RichTable
 from ftvar import __version__
 from ftvar.analysis import METRIC_LABELS, Analysis, Fit, analyze, jsonable
 from ftvar.atomic import write_atomic
+from ftvar.axes import show_value
 from ftvar.collect import CollectResult, collect
 from ftvar.config import Study
 from ftvar.errors import FtvarError
@@ -60,9 +61,7 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}g}"
-    if isinstance(value, str) and "/" in value:
-        return Path(value).name or value
-    return str(value)
+    return show_value(value)
 
 
 def pct(value: float | None) -> str:

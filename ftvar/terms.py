@@ -15,14 +15,13 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ftvar.absorb import Factor, absorb, cross
-from ftvar.axes import Axis
+from ftvar.axes import Axis, show_value
 
 
 def _identity(x: np.ndarray) -> np.ndarray:
@@ -152,15 +151,6 @@ class ModelData:
         return f"{response} ~ {rhs}"
 
 
-def _level_label(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    text = str(value)
-    if "/" in text:  # a model folder: its name
-        return Path(text).name or text
-    return text
-
-
 def predictors(rows: pd.DataFrame, axes: tuple[Axis, ...], notes: list[str]) -> list[Predictor]:
     """The hyperparameter axes that vary in the rows, coded and centred."""
     out: list[Predictor] = []
@@ -177,7 +167,7 @@ def predictors(rows: pd.DataFrame, axes: tuple[Axis, ...], notes: list[str]) -> 
             numbers = pd.to_numeric(present, errors="coerce").dropna().to_numpy(dtype="float64")
             values = [float(v) for v in np.unique(numbers)]
         if len(values) < 2:
-            shown = _level_label(values[0]) if values else "none"
+            shown = show_value(values[0]) if values else "none"
             notes.append(f"{axis.label} has a single value ({shown}) in these trials: not in the fits")
             continue
         name = axis.short if axis.short.isidentifier() else f"x{len(out)}"
@@ -250,7 +240,7 @@ def term_matrix(
     rest = term.name.split(":", 1)[1] if ":" in term.name else ""
     for level in factor.values[1:]:
         cols.append(np.array([v == level for v in values], dtype="float64") * numeric)
-        names.append(f"C({factor.name})[T.{_level_label(level)}]" + (f":{rest}" if rest else ""))
+        names.append(f"C({factor.name})[T.{show_value(level)}]" + (f":{rest}" if rest else ""))
     return np.column_stack(cols), names
 
 

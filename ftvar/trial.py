@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftvar.axes import show_value
 from ftvar.config import SWEEPABLE, DataConfig, ModelConfig, Study, TrainConfig
 from ftvar.errors import FtvarError
 from ftvar.studyhash import model_identity
@@ -55,7 +56,7 @@ class Trial:
         }
 
     def label(self) -> str:
-        extra = "".join(f" {name.rsplit('.', 1)[-1]}={_show(v)}" for name, v in self.extra)
+        extra = "".join(f" {name.rsplit('.', 1)[-1]}={show_value(v)}" for name, v in self.extra)
         if self.is_baseline:
             seed = "" if self.init_seed is None else f" init seed={self.init_seed}"
             return f"baseline (no fine-tuning){seed}{extra}"
@@ -63,14 +64,6 @@ class Trial:
         if self.seed is None:
             seeds = f"init={self.init_seed} order={self.order_seed}"
         return f"lr={self.learning_rate:g} bs={self.batch_size} ep={self.epochs}{extra} {seeds}"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str) and "/" in value:
-        return Path(value).name or value
-    return str(value)
 
 
 def _canonical(name: str, value: Any) -> Any:

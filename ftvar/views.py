@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ftvar.axes import show_value
 from ftvar.config import Study
 from ftvar.design import describe
 from ftvar.errors import RecordError
@@ -53,11 +54,7 @@ def _columns(study: Study) -> list[tuple[str, str]]:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str) and "/" in value:
-        return Path(value).name or value
-    return fmt(value)
+    return fmt(value) if value is None else show_value(value)
 
 
 def plan_table(study: Study, paths: StudyPaths) -> Table:

@@ -163,6 +163,19 @@ def evaluate(
     return scores(split.labels, y_pred, loss_sum, num_labels)
 
 
+def evaluated_into(
+    result: FitResult, evaluated: EvalResult, losses: list[float], seconds: float
+) -> FitResult:
+    """A trained trial's result with its evaluation: the metrics, the last epoch's mean training loss and the
+    class counts; a non-finite evaluation loss makes it diverged."""
+    result.eval_time = seconds
+    result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
+    result.eval_counts = evaluated.counts()
+    if result.metrics["eval_loss"] is None:
+        result.diverged = "non-finite evaluation loss"
+    return result
+
+
 def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float, lr_tensor: torch.Tensor | None = None
 ) -> torch.optim.AdamW:
@@ -241,13 +254,7 @@ class PlainEngine:
         t1 = time.perf_counter()
         dtype = autocast_dtype(s.precision, job.device)
         evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
-        result.eval_time = time.perf_counter() - t1
-        losses = state.epoch_losses
-        result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
-        result.eval_counts = evaluated.counts()
-        if result.metrics["eval_loss"] is None:
-            result.diverged = "non-finite evaluation loss"
-        return result
+        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
 
     def _train(
         self,

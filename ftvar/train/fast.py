@@ -35,6 +35,7 @@ from ftvar.train.engine import (
     LoopState,
     autocast_dtype,
     epoch_order,
+    evaluated_into,
     make_optimizer,
     scores,
 )
@@ -278,13 +279,7 @@ class FastEngine:
         evaluated = evaluate_fast(
             model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype
         )
-        result.eval_time = time.perf_counter() - t1
-        losses = state.epoch_losses
-        result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
-        result.eval_counts = evaluated.counts()
-        if result.metrics["eval_loss"] is None:
-            result.diverged = "non-finite evaluation loss"
-        return result
+        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
 
     def _train(
         self,
