@@ -48,9 +48,15 @@ for engine in ("plain", "fast"):
               f"{[round(a, 4) for a in acc]}; engines {[r['engine'].get('cuda_graphs') for r in rs]}; "
               f"packed_with {[r['engine'].get('packed_with') for r in rs]}; "
               f"peak MB {[r['engine'].get('peak_gpu_memory_mb') for r in rs]}")
+for r in recs:
+    if r["status"] != "ok":  # the first GPU runs lost these: say why each trial failed
+        print(f"{r['trial_id']} {r['status']}: {str(r.get('error'))[:300]}")
 base = [r["metrics"]["accuracy"] for r in recs if r["kind"] == "baseline"]
 print(f"baselines (new head, per init seed): {base}; statuses {sorted({r['status'] for r in recs})}")
 PY
+
+mkdir -p "$OUT/minilm"
+cp -r .gpu/out/engines-minilm/records .gpu/out/engines-minilm/submitit "$OUT/minilm/" 2>/dev/null || true
 
 section "start-up: task start to first training step"
 timeout 90 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
