@@ -235,6 +235,28 @@ def test_periodic_checkpoints_follow_the_clock(tmp_path: Path, monkeypatch: pyte
     assert off.at_step_boundary() is False  # checkpoint_minutes = 0: signals only
 
 
+def test_the_sigterm_of_a_requeue_keeps_the_sigusr2_reason(tmp_path: Path) -> None:
+    """A time limit's SIGUSR2 saves and asks for a requeue; SLURM's requeue then sends SIGTERM, sometimes
+    before the process has exited (seen on the dev cluster). The attempt keeps SIGUSR2 as its reason and the
+    checkpoint is not written twice; once a step has run, a signal saves again."""
+    step = [7]
+    resumable = checkpoint.Resumable(tmp_path / "ckpt")
+    resumable.attempts = AttemptLog.begin(tmp_path / "ckpt", tmp_path / "no-record.json")
+    resumable.set_snapshot(lambda: {"step": step[0]})
+    assert resumable.save("SIGUSR2 (time limit or preemption)") is True
+    written = (tmp_path / "ckpt" / "state.pt").stat().st_mtime_ns
+    assert resumable.save("SIGTERM (scancel, requeue, preemption or the time limit)") is True
+    assert (tmp_path / "ckpt" / "state.pt").stat().st_mtime_ns == written
+    attempts = json.loads((tmp_path / "ckpt" / "attempts.json").read_text())
+    assert attempts[-1]["reason"] == "SIGUSR2 (time limit or preemption): checkpoint at step 7"
+    assert checkpoint_info(tmp_path / "ckpt")["reason"].startswith("SIGUSR2")  # type: ignore[index]
+    step[0] = 8
+    resumable.at_step_boundary()
+    assert resumable.save("SIGTERM") is True
+    attempts = json.loads((tmp_path / "ckpt" / "attempts.json").read_text())
+    assert attempts[-1]["reason"] == "SIGTERM: checkpoint at step 8"
+
+
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
     import random
 

@@ -110,10 +110,16 @@ class Resumable:
     attempts: AttemptLog | None = None
     last_save: float = field(default_factory=time.monotonic)
     saved_step: int | None = None
+    signalled: bool = False  # a signal saved the state and no step has run since
 
     def save(self, reason: str = "SIGUSR2 (time limit or preemption)") -> bool:
         """Checkpoint now because the task is being stopped (a signal handler calls this): the attempt ends
-        as interrupted. Returns False when training has not started yet (nothing to save)."""
+        as interrupted. Returns False when training has not started yet (nothing to save). A second signal
+        before the next step (the SIGTERM of the requeue that a SIGUSR2 asked for) keeps the first one's
+        checkpoint and reason: the attempt says why it stopped, not how its requeue ended it."""
+        if self.signalled:
+            return self.saved_step is not None
+        self.signalled = True
         saved = self._write(reason)
         if self.attempts is not None:
             where = f"checkpoint at step {self.saved_step}" if saved else "no checkpoint (not training yet)"
@@ -123,6 +129,7 @@ class Resumable:
     def at_step_boundary(self) -> bool:
         """Called by an engine after every optimizer step: saves when `every_s` seconds of training have
         passed since the last save (or since training started). Returns whether it saved."""
+        self.signalled = False
         if not self.every_s or self.snapshot is None or time.monotonic() - self.last_save < self.every_s:
             return False
         saved = self._write("periodic")
