@@ -213,6 +213,9 @@ def time_limit(root: Path) -> Row:
     t0 = time.monotonic()
     rec = read_record(s.paths.record(s.trials[0]))
     step = checkpoint_info(s.paths.ckpt / s.trials[0])
+    # the task ends a moment after its record (until then a launch leaves the trial to it): wait, as a user
+    # who reads `ftvar status` would
+    wait(lambda: s.state(s.task()) not in ACTIVE, 120, "the timed-out task to end")
     s.launch("--time", "30")
     s.watch()
     notes = [
