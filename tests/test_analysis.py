@@ -13,6 +13,7 @@ import statsmodels.formula.api as smf
 from records_factory import make_study, simulate, study_with, write_table
 from statsmodels.stats.multitest import multipletests
 
+from ftvar import regression
 from ftvar.analysis import FIT_METRICS, analyze, collect
 from ftvar.config import Study
 from ftvar.design import DesignConfig
@@ -308,6 +309,36 @@ def test_seed_model_auto_blocks_when_balanced_and_mixed_when_unbalanced_with_man
     assert resolve_seed_model(few, "auto")[0] == "blocks"
     f = fit(md_u, unbalanced["accuracy"].to_numpy(), "accuracy", "absolute", "all")
     assert f.ok and f.seed_model == "mixed" and f.coef("lr").ci_low <= TRUTH["lr"] <= f.coef("lr").ci_high  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("init_sd", "seed"), [(0.02, 1), (0.005, 2), (0.0, 3), (0.0, 5)])
+def test_the_mixed_fit_from_the_blocks_start_is_at_least_as_good_as_statsmodels_own_start(
+    init_sd: float, seed: int
+) -> None:
+    """The MixedLM starts from the seed-blocked fit (8× faster on 98,000 trials). With seed noise it ends
+    where statsmodels' own start does (the same fixed effects and standard errors); with none, the REML
+    optimum is on the boundary, where statsmodels' own start stops early: ours reaches a likelihood at least
+    as high."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2], seeds=list(range(8)))
+    rows = trials(simulate(study, quadratic(study), init_sd=init_sd, rng=np.random.default_rng(seed)))
+    rng = np.random.default_rng(seed)
+    rows = rows.drop(index=rng.choice(rows.index, size=len(rows) // 5, replace=False))  # unbalanced
+    md = build(rows, study.axes, 2)
+    y, groups = rows["accuracy"].to_numpy(), md.seeds[0].codes
+    ours = fit(md, y, "accuracy", "absolute", "all", "mixed")
+    assert ours.seed_model == "mixed"
+    model = sm.MixedLM(y, md.X, groups)
+    own = model.fit(reml=True)
+    started = model.fit(reml=True, start_params=regression._start(md, y, groups))
+    assert [c.coef for c in ours.coefs] == pytest.approx(list(started.fe_params), rel=1e-9, abs=1e-12)
+    assert started.llf >= own.llf - 1e-6
+    assert ours.fitted == pytest.approx(np.asarray(started.fittedvalues), abs=1e-10)
+    if init_sd > 0:
+        se = np.sqrt(np.diag(own.cov_params()))[: md.X.shape[1]]
+        for j, c in enumerate(ours.coefs):
+            assert c.coef == pytest.approx(own.fe_params[j], rel=1e-4, abs=1e-6)
+            assert c.se == pytest.approx(se[j], rel=1e-3, abs=1e-7)
+        assert ours.sigma == pytest.approx(np.sqrt(own.scale), rel=1e-4)
 
 
 def test_crossed_init_and_order_seeds_are_two_blocks() -> None:
