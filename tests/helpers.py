@@ -4,6 +4,8 @@ lacks them fails instead of skipping)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def ftvar(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ftvar ARGS` as a user runs it, output captured, with `env` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "ftvar", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's answer to bad input: exit code 2 and one `ftvar: error: …` line on stderr."""
+    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftvar: error: "), out.stderr
+    return lines[0]
 
 
 def missing(what: str) -> None:

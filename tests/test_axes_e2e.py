@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import ftvar
+from tests.helpers import ftvar
 
 SMALL = (
     "--set",

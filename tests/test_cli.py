@@ -12,17 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftvar import __version__
-
-
-def ftvar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ftvar", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
+from tests.helpers import ftvar
 
 
 def test_version_and_help() -> None:

@@ -10,7 +10,7 @@ import pytest
 from ftvar.config import load_study
 from ftvar.errors import StudyError
 from ftvar.trial import expand
-from tests.test_cli import ftvar
+from tests.helpers import ftvar
 
 BASE = """
 name = "d"

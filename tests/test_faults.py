@@ -23,6 +23,8 @@ from ftvar.attempts import checkpoint_info
 from ftvar.config import load_study
 from ftvar.executors.slurm import sacct_states, slurm_states
 from ftvar.trial import StudyPaths, expand
+from tests import helpers
+from tests.helpers import one_error_line
 from tests.test_slurm import array_ids, cluster, launches, log_of, overrides, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
@@ -60,21 +62,7 @@ SLURM = ["--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1"]
 def ftvar(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ftvar", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "COLUMNS": "250", **(env or {})},
-    )
-
-
-def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ftvar: error: "), out.stderr
-    return lines[0]
+    return helpers.ftvar(*args, env={"COLUMNS": "250", **(env or {})}, timeout=timeout)
 
 
 def flat(text: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 from ftvar import record
 from ftvar.config import load_study
 from ftvar.trial import StudyPaths, expand
-from tests.test_cli import ftvar
+from tests.helpers import ftvar
 
 
 @pytest.mark.slow

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,25 +18,7 @@ from ftvar.config import load_study
 from ftvar.errors import FtvarError
 from ftvar.launch import launch_study
 from ftvar.trial import StudyPaths
-
-
-def ftvar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ftvar", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=cwd,
-    )
-
-
-def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ftvar: error: "), out.stderr
-    return lines[0]
-
+from tests.helpers import ftvar, one_error_line
 
 # ------------------------------------------------------------------------------------------- mixing (8)
 

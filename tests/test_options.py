@@ -5,11 +5,9 @@ a signal lead time that fits the time limit, and no secret in a record or a task
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,24 +17,7 @@ from ftvar.config import load_study
 from ftvar.errors import FtvarError
 from ftvar.executors import slurm
 from ftvar.trial import StudyPaths
-
-
-def ftvar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ftvar", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ftvar: error: "), out.stderr
-    return lines[0]
+from tests.helpers import ftvar, one_error_line
 
 
 @pytest.mark.parametrize(

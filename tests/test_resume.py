@@ -21,6 +21,7 @@ from ftvar.config import load_study
 from ftvar.train import checkpoint
 from ftvar.train.data import prepare
 from ftvar.trial import StudyPaths, expand
+from tests import helpers
 
 OVERRIDES = [
     "data.synthetic.train=400",
@@ -37,14 +38,7 @@ THREADS = {"FTVAR_THREADS": str(os.cpu_count() or 1), "COLUMNS": "250"}
 
 
 def ftvar(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ftvar", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, **THREADS},
-    )
+    return helpers.ftvar(*args, env=THREADS)
 
 
 # runs the trial as a local job would (run_trial, no signal handling); `fault` decides what happens at the

@@ -19,7 +19,7 @@ from ftvar import record
 from ftvar.config import load_study
 from ftvar.executors.slurm import expand_job_ids, sacct_states
 from ftvar.trial import StudyPaths, expand
-from tests.test_cli import ftvar
+from tests.helpers import ftvar
 
 SMALL = [
     "data.synthetic.train=200",
