@@ -185,9 +185,9 @@ class Stepper:
             self.warm[length] = self.warm.get(length, 0) + 1
             return
         self.idx.copy_(idx)
-        alone = getattr(self.job.guard, "exclusive", None)  # a pack's lanes wait while this one captures
+        gate = self.job.guard  # a pack's lanes wait while this one captures
         try:
-            with alone() if alone is not None else contextlib.nullcontext():
+            with gate.exclusive() if gate is not None else contextlib.nullcontext():
                 graph = self._capture(length)
         except Exception as exc:  # any capture failure means: run this trial eagerly
             self.use_graphs = False
