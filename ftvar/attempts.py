@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ftvar.atomic import write_atomic
-from ftvar.record import utc_now
+from ftvar.record import load_json, utc_now
 
 ATTEMPTS_FILE = "attempts.json"
 STATE_FILE = "state.json"  # the checkpoint's sidecar: {"step", "saved_at", "reason"}
@@ -27,16 +27,9 @@ LOST = (
 )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def checkpoint_info(folder: Path) -> dict[str, Any] | None:
     """The step and time of a trial's last checkpoint, or None when it has none."""
-    info = _read_json(folder / STATE_FILE)
+    info = load_json(folder / STATE_FILE)
     if not isinstance(info, dict) or not isinstance(info.get("step"), int):
         return None
     return info if (folder / "state.pt").is_file() else None
@@ -110,9 +103,9 @@ class AttemptLog:
     def begin(cls, folder: Path, record_path: Path) -> AttemptLog:
         """Start an attempt: the history from `attempts.json`, else from the trial's last record; an earlier
         attempt still marked running died without a word (lost)."""
-        history = _read_json(folder / ATTEMPTS_FILE)
+        history = load_json(folder / ATTEMPTS_FILE)
         if not isinstance(history, list):
-            record = _read_json(record_path)
+            record = load_json(record_path)
             history = from_record(record) if isinstance(record, dict) else []
         history = [clean(a) for a in history if isinstance(a, dict)]
         for attempt in history:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
-from ftvar.record import read_status, study_hashes, utc_now
+from ftvar.record import load_json, read_status, study_hashes, utc_now
 from ftvar.trial import StudyPaths, Trial, expand
 
 LOCK_FILE = ".launch.lock"
@@ -183,8 +183,5 @@ def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file, or None when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
-        return None
+    data = load_json(path)
     return data if isinstance(data, dict) else None

@@ -218,6 +218,15 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def load_json(path: Path) -> Any:
+    """A file's JSON value, or None when it is missing, unreadable or not JSON (deep nesting included: it
+    exhausts the parser's recursion)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def read_status(path: Path) -> str | None:
     """The status of a record file, or None when it is missing, unreadable or invalid: a record the
     collector would skip (corrupt, non-finite, breaking the schema) does not count, so a launch reruns it."""
