@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,19 +302,9 @@ def grid_membership(df: pd.DataFrame, study: Study) -> tuple[pd.Series, list[str
     return pd.Series(flags, index=df.index, dtype=bool), reasons
 
 
-def _in_grid(df: pd.DataFrame, study: Study) -> pd.Series:
-    """Whether each row is a trial of the current grid (see grid_membership)."""
-    return grid_membership(df, study)[0]
-
-
-def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int]:
-    """Rows → one row per trial id (prefer ok, then the newest); returns (table, n superseded)."""
-    table, superseded, _ = _to_table_with_reasons(rows, study)
-    return table, superseded
-
-
-def _to_table_with_reasons(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int, list[Skipped]]:
-    """`_to_table`, plus (file, why) for every row that is not in the grid."""
+def _to_table(rows: list[Row], study: Study) -> tuple[pd.DataFrame, int, list[Skipped]]:
+    """Rows → one row per trial id (prefer ok, then the newest); returns the table, how many rows were
+    superseded, and (file, why) for every row that is not in the grid."""
     axes = axis_columns(study)
     df = pd.DataFrame.from_records(rows, columns=[c for c in columns(study) if c != "in_grid"])
     for col, dtype in _DTYPES.items():
@@ -338,17 +328,6 @@ def _to_table_with_reasons(rows: list[Row], study: Study) -> tuple[pd.DataFrame,
         drop=True
     )
     return df, n_before - len(df), sorted(outside)
-
-
-def replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Kept for callers that write to a path: `write(tmp)` goes through ftvar.atomic (a path-based writer
-    writes into a temp file, whose bytes are then written atomically)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmpdir:
-        tmp = Path(tmpdir) / path.name
-        write(tmp)
-        write_atomic(path, tmp.read_bytes())
 
 
 def write_tables(table: pd.DataFrame, parquet: Path, csv: Path) -> None:
@@ -375,7 +354,7 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
     skipped.sort()
     if strict and skipped:
         raise SkippedRecordsError(skipped)
-    table, superseded, outside = _to_table_with_reasons(rows, study)
+    table, superseded, outside = _to_table(rows, study)
     result = CollectResult(
         table=table,
         skipped=skipped,

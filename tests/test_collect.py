@@ -136,7 +136,7 @@ def test_the_newest_ok_record_wins_and_failures_show_when_nothing_is_ok() -> Non
         row(t2, "diverged", "2024-05-01T10:00:00+00:00", None),
         row(t2, "failed", "2024-05-03T10:00:00Z", None),
     ]
-    table, superseded = collect_module._to_table(rows, study)
+    table, superseded, _ = collect_module._to_table(rows, study)
     by_id = table.set_index("trial_id")
     assert superseded == 4
     assert by_id.loc[t0, "status"] == "ok" and by_id.loc[t0, "accuracy"] == 0.7  # ok beats a newer failure
@@ -205,7 +205,7 @@ def test_a_grid_id_with_other_params_is_not_in_the_grid() -> None:
     real = make_record(study, learning_rate=1e-5, batch_size=8, epochs=1, seed=1)
     axes = collect_module.axis_columns(study)
     rows = [collect_module._row(forged, "a.json", axes), collect_module._row(real, "b.json", axes)]
-    table, _, outside = collect_module._to_table_with_reasons(rows, study)
+    table, _, outside = collect_module._to_table(rows, study)
     assert table.set_index("trial_id")["in_grid"].to_dict() == {t0.trial_id: False, t1.trial_id: True}
     assert outside == [("a.json", f"its params are not those of trial {t0.trial_id}")]
 

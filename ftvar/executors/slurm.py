@@ -392,8 +392,11 @@ def submit_arrays(
         with sbatch_errors(paths, f"an array of {len(group)} task(s)"), executor.batch():
             jobs = [executor.submit(PackTask(), sent, pack, paths, per_task) for pack in group]
         array_id = str(jobs[0].job_id).split("_")[0]
-        entry: dict[str, Any] = {"executor": "slurm", "array_id": array_id}
-        entry["trials"] = [t.trial_id for t in members]
+        entry: dict[str, Any] = {
+            "executor": "slurm",
+            "array_id": array_id,
+            "trials": [t.trial_id for t in members],
+        }
         if per_task > 1:
             entry["trials_per_task"] = per_task
         append_launch(paths, study.hash, entry)
