@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
+from ftvar.record import load_json
 from ftvar.trial import Settings, StudyPaths, Trial, data_key, expand, settings
 
 CACHE_VERSION = 3  # 3: one folder per data key; 2: deterministic trained WordPiece vocabulary
@@ -53,10 +54,7 @@ class Prepared:
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        meta: dict[str, Any] = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
+    meta = load_json(folder / "meta.json")
     return meta if isinstance(meta, dict) else None
 
 
