@@ -4,13 +4,17 @@ for the paper's 144-trial grid on one GPU.
     python bench/sweep.py                                   # CPU: tiny model, K = 1 and 2
     python bench/sweep.py --device cuda --lanes 1 8         # GPU: DistilBERT-base shape
     python bench/sweep.py --device cuda --json sweep.json
+    python bench/sweep.py --device cuda --stack --lanes 1 4 12   # stacks: K trials as one batched model
 
 For each batch size and each K, a pack of K trials (different seeds) runs in this process, each trial training
 on --rows SST-2 rows and then evaluated on the validation split, as a real trial is; twice, for 1 and for 3
 epochs, so that the wall time splits into a per-pack overhead (model build, graph capture, evaluation) and an
 aggregate training rate. From those, the time of the paper's grid (4 learning
 rates × 3 epoch counts × 3 seeds per batch size, 67,349 rows an epoch) is estimated for K trials per task on
-one GPU, with the task start-up measured by bench/startup.py added per task (--startup).
+one GPU, with the task start-up measured by bench/startup.py added per task (--startup). With --stack the K
+trials of a pack train as one stack (ftvar.train.stack) instead of K lanes; a stack's members share their
+epochs, so the paper's grid is then 3 stacks' worth of 12 trials (4 learning rates × 3 seeds) per batch size
+and epoch count.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace, bs: int, lanes: int, epochs: int) -> dict[str,
     if args.device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    statuses = run_pack(None, study, expand(study), paths, lanes)
+    statuses = run_pack(None, study, expand(study), paths, lanes, args.stack)
     wall = time.perf_counter() - t0
     bad = {k: v for k, v in statuses.items() if v != "ok"}
     return {
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument(
         "--startup", type=float, default=None, help="task start-up seconds (bench/startup.py)"
     )
+    parser.add_argument("--stack", action="store_true", help="train each pack as one stack, not in lanes")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     gpu = args.device == "cuda"
@@ -120,16 +125,29 @@ def main() -> None:
         total = 0.0
         for bs in args.batch_sizes:
             fit = next(f for f in fits if f["bs"] == bs and f["lanes"] == k)
-            packs = math.ceil(PAPER_TRIALS_PER_BS / k)
+            # lanes take any trials; a stack's members share their epoch count (12 trials per count)
+            packs = (
+                3 * math.ceil(PAPER_TRIALS_PER_BS / 3 / k)
+                if args.stack
+                else math.ceil(PAPER_TRIALS_PER_BS / k)
+            )
             total += PAPER_ROWS * PAPER_EPOCH_SUM / fit["rate"] + packs * (fit["overhead_per_pack"] + startup)
         missing = {8, 16, 32, 64} - set(args.batch_sizes)
         note = f" (batch sizes {sorted(missing)} not measured: left out)" if missing else ""
         estimates[k] = total
-        print(f"K = {k:2d} trials per task: {total / 60:6.1f} min{note}")
+        how = "stacked" if args.stack else "in lanes"
+        print(f"K = {k:2d} trials per task ({how}): {total / 60:6.1f} min{note}")
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"device": device_name, "runs": rows, "fits": fits, "paper_minutes": estimates}, indent=1
+                {
+                    "device": device_name,
+                    "stack": args.stack,
+                    "runs": rows,
+                    "fits": fits,
+                    "paper_minutes": estimates,
+                },
+                indent=1,
             )
         )
 

@@ -205,6 +205,14 @@ def launch(
             rich_help_panel=SLURM,
         ),
     ] = None,
+    pack: Annotated[
+        str | None,
+        SlurmOpt(
+            help="How a task runs its trials: 'lanes' (threads, one trial each) or 'stack' (trials of one "
+            "model, data, batch size and epochs trained as one batched model). Default lanes.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
     container: Annotated[
         str | None,
         SlurmOpt(
@@ -255,6 +263,7 @@ def launch(
         "constraint": constraint,
         "array_parallelism": array_parallelism,
         "trials_per_task": trials_per_task,
+        "pack": pack,
         "container": container,
         "slurm_args": parse_slurm_args(slurm_arg or []),
     }

@@ -149,10 +149,14 @@ class ClusterConfig:
     array_parallelism: int | None = None
     container: str | None = None  # apptainer:PATH.sif | docker:IMAGE | podman:IMAGE
     trials_per_task: int | None = None  # trials packed into one array task, run concurrently on its GPU
+    pack: str = "lanes"  # how a task runs its trials: lanes (threads) | stack (one batched model)
     slurm_args: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     max_requeues: int = 3  # times a task that reaches its time limit is requeued (from its checkpoint)
 
+
+# how a packed task runs its trials: lanes (threads, a trial each) or stack (one batched model, train/stack)
+PACK_MODES = ("lanes", "stack")
 
 # the [grid] keys of the paper's axes, their value types and the values a study without them uses
 PAPER_AXES: dict[str, type] = {"learning_rate": float, "batch_size": int, "epochs": int}
@@ -474,6 +478,7 @@ def validate(study: Study) -> None:
         )
     if c.trials_per_task is not None and c.trials_per_task < 1:
         raise StudyError(f"cluster.trials_per_task must be ≥ 1, got {c.trials_per_task}")
+    _check_choice(c.pack, PACK_MODES, "cluster.pack")
 
 
 def _validate_train(t: TrainConfig) -> None:

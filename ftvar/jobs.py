@@ -17,12 +17,13 @@ from ftvar.trial import StudyPaths, Trial
 
 
 def job_main(
-    study: Study, trials: list[Trial], paths: StudyPaths, lanes: int | None = None
+    study: Study, trials: list[Trial], paths: StudyPaths, lanes: int | None = None, stack: bool = False
 ) -> dict[str, str]:
-    """A local job: a pack of trials (`lanes` at a time); one trial's crash does not stop the others."""
+    """A local job: a pack of trials (`lanes` at a time, or stacks of up to `lanes` with `stack`); one
+    trial's crash does not stop the others."""
     from ftvar.train.pack import run_pack  # lazily: torch is only imported inside the job
 
-    return run_pack(None, study, trials, paths, lanes)
+    return run_pack(None, study, trials, paths, lanes, stack)
 
 
 class PackTask(submitit.helpers.Checkpointable):
@@ -34,18 +35,18 @@ class PackTask(submitit.helpers.Checkpointable):
         self.pack: Any = None  # set by the running task: what to save
 
     def __call__(
-        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1
+        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1, stack: bool = False
     ) -> dict[str, str]:
         from ftvar.train.pack import run_pack
 
-        return run_pack(self, study, trials, paths, lanes)
+        return run_pack(self, study, trials, paths, lanes, stack)
 
     def checkpoint(
-        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1
+        self, study: Study, trials: list[Trial], paths: StudyPaths, lanes: int = 1, stack: bool = False
     ) -> submitit.helpers.DelayedSubmission:
         if self.pack is not None:
             self.pack.save_all()
-        return submitit.helpers.DelayedSubmission(PackTask(), study, trials, paths, lanes)
+        return submitit.helpers.DelayedSubmission(PackTask(), study, trials, paths, lanes, stack)
 
 
 def report_main(study: Study, out: Path) -> str:

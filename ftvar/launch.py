@@ -20,6 +20,7 @@ from ftvar.errors import FtvarError
 from ftvar.executors import local, slurm
 from ftvar.jobs import report_main
 from ftvar.ledger import append_launch, check_no_mixing, check_out, launch_lock, pending, trial_statuses
+from ftvar.stacking import stacking_order
 from ftvar.trial import StudyPaths, expand
 from ftvar.views import summary_table
 
@@ -64,8 +65,9 @@ def launch_study(
     cluster = slurm.merge_options(study.cluster, cluster_cli)
     if max_parallel is not None and max_parallel < 1:
         raise FtvarError(f"--max-parallel must be ≥ 1, got {max_parallel}")
-    # --trials-per-task also sets the lanes of each local process: the one option that is not SLURM's only
-    given = [k for k, v in cluster_cli.items() if v not in (None, {}, []) and k != "trials_per_task"]
+    # --trials-per-task and --pack also set how each local process runs its trials: not SLURM's only
+    both = ("trials_per_task", "pack")
+    given = [k for k, v in cluster_cli.items() if v not in (None, {}, []) and k not in both]
     if kind != "slurm" and not dry_run and given:
         raise FtvarError(
             f"{slurm.option_name(given[0])} is a SLURM option, but this launch runs --executor {kind}"
@@ -99,6 +101,8 @@ def _launch_locked(
     console: Console,
 ) -> int:
     todo, done = pending(study, paths)
+    if cluster.pack == "stack" and (cluster.trials_per_task or 1) > 1:
+        todo = stacking_order(study, todo)  # each task's trials (K consecutive ones) can then form a stack
     if not todo:
         console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
         console.print(summary_table(study, paths, expand(study)))
@@ -113,7 +117,9 @@ def _launch_locked(
     if kind == "debug":
         job_ids, errors = ["in-process"], local.run_in_process(study, paths, todo, console)
     else:
-        job_ids, errors = local.run_local(study, paths, todo, max_parallel, console, cluster.trials_per_task)
+        job_ids, errors = local.run_local(
+            study, paths, todo, max_parallel, console, cluster.trials_per_task, cluster.pack == "stack"
+        )
     append_launch(
         paths, study.hash, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]}
     )

@@ -131,3 +131,60 @@ def test_packed_lanes_capture_and_train_at_once(tmp_path: Path) -> None:
     recs = [record.read_record(paths.record(t.trial_id)) for t in trials]
     assert all(r["engine"]["cuda_graphs"] and r["engine"]["fallback"] is None for r in recs)
     assert max(r["engine"]["packed_with"] for r in recs) > 1
+
+
+def test_a_stack_captures_its_step_and_trains_each_member(tmp_path: Path) -> None:
+    """Four trials as one stack on the GPU: its step is captured (vmap over the stacked weights inside a
+    CUDA graph), every member writes an ok record and the members differ (their own seeds)."""
+    from ftvar.train import pack
+
+    study = load_study("smoke", [*OVERRIDES, "grid.seed=[0,1,2,3]", "train.engine=fast"])
+    paths = StudyPaths.of(tmp_path, study.name)
+    fake_cache(study, paths)
+    trials = expand(study)
+    statuses = pack.run_pack(None, study, trials, paths, lanes=4, stack=True)
+    assert statuses == dict.fromkeys((t.trial_id for t in trials), "ok")
+    recs = [record.read_record(paths.record(t.trial_id)) for t in trials]
+    assert all(r["engine"]["stacked_with"] == 4 for r in recs)
+    graphed = [r["engine"]["cuda_graphs"] and r["engine"]["fallback"] is None for r in recs]
+    assert all(graphed), recs[0]["engine"]
+    assert len({r["metrics"]["train_loss"] for r in recs}) == 4
+
+
+def test_a_stacks_graph_steps_give_its_eager_losses(tmp_path: Path) -> None:
+    """Without dropout, a stack's graph replays give the losses of its eager steps (bf16 tolerance)."""
+    from ftvar.train.stack import Layout, Stack, StackedAdamW, StackStepper
+
+    study, paths, trial = tiny(tmp_path)
+    s = settings(study, trial)
+    prepared = load_prepared(study, paths, trial)
+
+    def run(graphs: bool) -> list[list[float]]:
+        models = [build_model(study, s, prepared, seed)[0] for seed in (0, 1)]
+        for m in models:
+            for module in m.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+            m.train()
+        stack = Stack(models, torch.device("cuda"))
+        lr = torch.tensor([1e-3, 3e-3], device="cuda")
+        optimizer = StackedAdamW(stack.weights, lr, torch.tensor([0.01, 0.0], device="cuda"), stack.layout)
+        job = FitJob(models[0], prepared.train, prepared.eval, trial, s.train, torch.device("cuda"), 0, 2)
+        data = fast.DeviceSplit.of(prepared.train, job.device)
+        stepper = StackStepper(job, data, stack, optimizer, lr)
+        stepper.use_graphs = graphs
+        order = torch.arange(len(data), device="cuda")
+        out = []
+        for i in range(10):
+            before = stepper.loss_sum.tolist()
+            rows = torch.stack([order[i * 16 : (i + 1) * 16], order[(i + 10) * 16 : (i + 11) * 16]])
+            stepper.step(rows, 32)
+            out.append([a - b for a, b in zip(stepper.loss_sum.tolist(), before, strict=True)])
+        assert not graphs or stepper.stats.graph_steps > 0, stepper.stats.fallback
+        assert Layout.of(models[0]).sizes == stack.layout.sizes
+        return out
+
+    eager, graphed = run(False), run(True)
+    assert graphed[0] == pytest.approx(eager[0], rel=1e-6)
+    for g, e in zip(graphed, eager, strict=True):
+        assert g == pytest.approx(e, rel=2e-2, abs=2e-3)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from ftvar.config import load_study
 from ftvar.train.data import prepare
+from ftvar.train.engine import restore_optimizer
 from ftvar.train.runner import run_trial
 from ftvar.trial import StudyPaths, expand
 
@@ -69,3 +72,25 @@ def test_fresh_weights_reads_both_forms_of_the_loading_info() -> None:
         "pre_classifier.bias"
     ]
     assert fresh_weights({}) == [] and fresh_weights(SimpleNamespace()) == []
+
+
+def test_a_restored_optimizer_follows_its_learning_rate_tensor_again() -> None:
+    """A CUDA-graph trial's AdamW reads its learning rate from a device tensor the loop changes in place;
+    `load_state_dict` alone would leave a resumed trial at the saved step's learning rate for good."""
+    param = torch.nn.Parameter(torch.ones(3))
+    lr = torch.tensor(0.1)
+    optimizer = torch.optim.AdamW([param], lr=lr, foreach=False)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    buffer = io.BytesIO()  # saved and loaded as a checkpoint is: the loaded groups hold other tensors
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    again = torch.optim.AdamW([param], lr=lr, foreach=False)
+    restore_optimizer(again, saved, lr)
+    assert all(group["lr"] is lr for group in again.param_groups)
+    lr.fill_(0.0)  # the schedule's next value: the resumed optimizer must follow it
+    before = param.detach().clone()
+    param.grad = torch.ones(3)
+    again.step()
+    assert torch.equal(param.detach(), before)

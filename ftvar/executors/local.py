@@ -27,6 +27,7 @@ from rich.progress import (
 
 from ftvar.config import Study
 from ftvar.jobs import job_main
+from ftvar.stacking import plan_stacks
 from ftvar.trial import StudyPaths, Trial
 
 
@@ -54,14 +55,16 @@ def trial_cost(trial: Trial) -> float:
     return trial.epochs * (1.0 + 8.0 / trial.batch_size)
 
 
-def split_work(trials: Sequence[Trial], n: int) -> list[list[Trial]]:
-    """Longest-processing-time-first: trials sorted by cost, each to the least loaded of n groups."""
-    groups: list[list[Trial]] = [[] for _ in range(max(1, min(n, len(trials))))]
+def split_work(trials: Sequence[Trial], n: int, units: list[list[Trial]] | None = None) -> list[list[Trial]]:
+    """Longest-processing-time-first: trials (or `units` of trials kept together: stacks, which cost what
+    their longest member costs) sorted by cost, each to the least loaded of n groups."""
+    items = units if units is not None else [[t] for t in trials]
+    groups: list[list[Trial]] = [[] for _ in range(max(1, min(n, len(items))))]
     loads = [0.0] * len(groups)
-    for trial in sorted(trials, key=trial_cost, reverse=True):
+    for item in sorted(items, key=lambda u: max(trial_cost(t) for t in u), reverse=True):
         i = loads.index(min(loads))
-        groups[i].append(trial)
-        loads[i] += trial_cost(trial)
+        groups[i].extend(item)
+        loads[i] += max(trial_cost(t) for t in item)
     return groups
 
 
@@ -100,14 +103,16 @@ def run_local(
     max_parallel: int | None,
     console: Console,
     lanes: int | None = None,
+    stack: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Run the trials in parallel subprocesses with submitit's LocalExecutor, each process a pack of trials
-    run `lanes` at a time; poll the records for progress."""
+    run `lanes` at a time (or trained in stacks of up to `lanes`, kept whole across processes, with `stack`);
+    poll the records for progress."""
     import submitit
 
     gpus = visible_gpus()
     n_jobs = max_parallel or (len(gpus) if gpus else max(1, min(4, (os.cpu_count() or 1))))
-    groups = split_work(todo, n_jobs)
+    groups = split_work(todo, n_jobs, plan_stacks(study, todo, lanes or 1) if stack else None)
     threads = max(1, (os.cpu_count() or 1) // len(groups))
     executor = submitit.LocalExecutor(folder=str(paths.submitit / "%j"))
     jobs = []
@@ -116,8 +121,8 @@ def run_local(
         if gpus:
             params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
         executor.update_parameters(**params)
-        jobs.append(executor.submit(job_main, study, group, paths, lanes))
-    packed = f", {lanes} at a time" if lanes and lanes > 1 else ""
+        jobs.append(executor.submit(job_main, study, group, paths, lanes, stack))
+    packed = f", {'stacks of up to' if stack else ''} {lanes} at a time" if lanes and lanes > 1 else ""
     console.print(
         f"[dim]{len(todo)} trial(s) in {len(jobs)} local process(es){packed}, "
         f"{'1 GPU each' if gpus else f'{threads} CPU thread(s) each'}; logs: {paths.submitit}[/dim]"

@@ -25,7 +25,7 @@ from typing import Any
 import submitit
 from rich.console import Console
 
-from ftvar.config import ClusterConfig, Study, is_local_path
+from ftvar.config import PACK_MODES, ClusterConfig, Study, is_local_path
 from ftvar.errors import FtvarError
 from ftvar.jobs import PackTask, report_main
 from ftvar.ledger import append_launch, read_launches
@@ -119,6 +119,8 @@ def merge_options(cluster: ClusterConfig, cli: dict[str, Any]) -> ClusterConfig:
             raise FtvarError(
                 f"{option_name(key)} {value!r} must be a non-empty value without control characters"
             )
+    if merged.pack not in PACK_MODES:
+        raise FtvarError(f"--pack {merged.pack!r} is not valid; choose one of: {', '.join(PACK_MODES)}")
     for name, value in merged.slurm_args.items():
         if not SLURM_ARG_RE.match(name) or CONTROL_RE.search(value):
             raise FtvarError(
@@ -379,10 +381,11 @@ def submit_arrays(
     trials: Sequence[Trial],
     limit: int,
     per_task: int = 1,
+    stack: bool = False,
 ) -> list[tuple[str, list[Trial]]]:
-    """Submit the trials as arrays of at most `limit` tasks, `per_task` trials packed into each task, each
-    array recorded in `launches.jsonl` as soon as it is submitted. Returns (array job id, its trials in task
-    order) per array."""
+    """Submit the trials as arrays of at most `limit` tasks, `per_task` trials packed into each task (trained
+    as stacks with `stack`), each array recorded in `launches.jsonl` as soon as it is submitted. Returns
+    (array job id, its trials in task order) per array."""
     packs = chunks(trials, max(1, per_task))
     arrays = []
     sent = task_study(study)
@@ -390,7 +393,7 @@ def submit_arrays(
         group = packs[start : start + limit]
         members = [t for pack in group for t in pack]
         with sbatch_errors(paths, f"an array of {len(group)} task(s)"), executor.batch():
-            jobs = [executor.submit(PackTask(), sent, pack, paths, per_task) for pack in group]
+            jobs = [executor.submit(PackTask(), sent, pack, paths, per_task, stack) for pack in group]
         array_id = str(jobs[0].job_id).split("_")[0]
         entry: dict[str, Any] = {
             "executor": "slurm",
@@ -524,10 +527,11 @@ def run_slurm(
         return []
     executor = make_executor(cluster, study, paths)
     per_task = cluster.trials_per_task or 1
-    arrays = submit_arrays(executor, study, paths, submit, max_array_size(), per_task)
+    stack = cluster.pack == "stack" and per_task > 1
+    arrays = submit_arrays(executor, study, paths, submit, max_array_size(), per_task, stack)
     for array_id, group in arrays:
         n_tasks = -(-len(group) // per_task)
-        packed = f" ({per_task} trials per task)" if per_task > 1 else ""
+        packed = f" ({per_task} trials per task{', stacked' if stack else ''})" if per_task > 1 else ""
         console.print(f"submitted array job {array_id}: {n_tasks} task(s){packed}")
     if report_after:
         job_id = submit_report(cluster, study, paths, [a for a, _ in arrays])

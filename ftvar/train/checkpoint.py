@@ -90,6 +90,11 @@ class Gate:
             self._held = False
             self._cond.notify_all()
 
+    @property
+    def stopped(self) -> BaseException | None:
+        """Why every step now ends (a time limit), or None while steps may run."""
+        return self._stopped
+
     def stop(self, reason: BaseException) -> None:
         """End the training of every lane: each one's next step (or the one it waits to start) raises
         `reason`, which its trial records (a time limit: the checkpoint just saved stays for the next run)."""

@@ -176,6 +176,11 @@ def evaluated_into(
     return result
 
 
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to a parameter: not to biases and LayerNorm weights (the BERT recipe)."""
+    return param.ndim >= 2 and "norm" not in name.lower()
+
+
 def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float, lr_tensor: torch.Tensor | None = None
 ) -> torch.optim.AdamW:
@@ -186,7 +191,7 @@ def make_optimizer(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        (decay if decays(name, param) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if lr_tensor is not None:
         return torch.optim.AdamW(groups, lr=lr_tensor, fused=True, capturable=True)
@@ -194,6 +199,18 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a torch or a device without a fused AdamW
         return torch.optim.AdamW(groups, lr=lr)
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], lr_tensor: torch.Tensor | None = None
+) -> None:
+    """Load a checkpoint's optimizer state. `load_state_dict` also replaces each group's learning rate by the
+    saved one: an optimizer driven through `lr_tensor` (a CUDA graph's) is linked to that tensor again, or a
+    resumed trial would train at the learning rate of the step it was saved at."""
+    optimizer.load_state_dict(saved)
+    if lr_tensor is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_tensor
 
 
 @dataclass

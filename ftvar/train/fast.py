@@ -37,6 +37,7 @@ from ftvar.train.engine import (
     epoch_order,
     evaluated_into,
     make_optimizer,
+    restore_optimizer,
     scores,
 )
 
@@ -165,7 +166,7 @@ class Stepper:
 
     def step(self, idx: torch.Tensor, length: int) -> None:
         """A training step on the rows `idx` (a device tensor), padded to the static `length`."""
-        full = self.use_graphs and idx.shape[0] == self.idx.shape[0]
+        full = self.use_graphs and idx.shape == self.idx.shape
         if not full:  # a CPU, fp16, or the epoch's last, smaller batch
             self._eager(idx, length)
             return
@@ -242,7 +243,7 @@ class FastEngine:
         state, result = LoopState(), FitResult(metrics={})
         if job.resume_state is not None:
             model.load_state_dict(job.resume_state["model"])
-            optimizer.load_state_dict(job.resume_state["optimizer"])
+            restore_optimizer(optimizer, job.resume_state["optimizer"], lr)
             state = LoopState(**job.resume_state["loop"])
             result.resumed_from_step = state.step
             set_rng_state(job.resume_state["rng"])

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +33,11 @@ import torch
 
 from ftvar.config import Study
 from ftvar.record import read_status
+from ftvar.stacking import plan_stacks
 from ftvar.train.cache import Prepared, cache_folder, load_prepared
 from ftvar.train.checkpoint import Gate, Resumable
 from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
+from ftvar.train.stack import StackFailed, run_stack
 from ftvar.trial import StudyPaths, Trial, settings
 
 log = logging.getLogger("ftvar.train")
@@ -80,9 +83,11 @@ def run_pack(
     trials: list[Trial],
     paths: StudyPaths,
     lanes: int | None = None,
+    stack: bool = False,
 ) -> dict[str, str]:
-    """Run the trials that have no ok record yet, `lanes` at a time, each to its record. Returns trial id →
-    status. `holder.pack` is set to the running Pack (submitit's checkpoint() saves through it)."""
+    """Run the trials that have no ok record yet, `lanes` at a time, each to its record; with `stack`, in one
+    lane, compatible trials trained together in stacks of up to `lanes` (ftvar.train.stack). Returns trial
+    id → status. `holder.pack` is set to the running Pack (submitit's checkpoint() saves through it)."""
     statuses = {t.trial_id: "ok" for t in trials if read_status(paths.record(t.trial_id)) == "ok"}
     todo = sorted((t for t in trials if t.trial_id not in statuses), key=heaviness)
     if not todo:
@@ -94,11 +99,14 @@ def run_pack(
     if device.type == "cuda":
         torch.cuda.init()  # the device's context, while the model's modules import
     want = min(max(1, lanes or 1), len(todo))
+    queue: collections.deque[list[Trial]] = collections.deque([t] for t in todo)
+    if stack:
+        queue = collections.deque(plan_stacks(study, todo, want))
+        want = 1  # the stack is the concurrency
     torch.set_num_threads(threads_per_lane(want))
     pack = Pack()
     if holder is not None:
         holder.pack = pack
-    queue: collections.deque[Trial] = collections.deque(todo)
     data: dict[str, Prepared] = {}
     data_lock = threading.Lock()
 
@@ -117,9 +125,10 @@ def run_pack(
                 with pack.lock:
                     if not queue:
                         return
-                    trial = queue.popleft()
-                    resumable = Resumable(paths.ckpt / trial.trial_id, guard=pack.gate)
-                    pack.running[trial.trial_id] = resumable
+                    item = queue.popleft()
+                    resumables = [Resumable(paths.ckpt / t.trial_id, guard=pack.gate) for t in item]
+                    for t, r in zip(item, resumables, strict=True):
+                        pack.running[t.trial_id] = r
                 steps = 0
 
                 def after_step() -> None:
@@ -128,6 +137,10 @@ def run_pack(
                     if steps >= WARM_STEPS:
                         lane.ready.set()
 
+                if len(item) > 1:
+                    run_stacked(item, resumables, after_step)
+                    continue
+                trial, resumable = item[0], resumables[0]
                 log.info("lane %d: %s %s", lane.index, trial.trial_id, trial.label())
                 # each lane launches on its own CUDA stream: lanes' kernels run side by side on the GPU
                 stream = torch.cuda.stream(torch.cuda.Stream()) if device.type == "cuda" else nullcontext()
@@ -151,7 +164,7 @@ def run_pack(
                     )
                     with pack.lock:
                         pack.running.pop(trial.trial_id, None)
-                        queue.append(trial)
+                        queue.append([trial])
                     return
                 with pack.lock:
                     pack.running.pop(trial.trial_id, None)
@@ -161,6 +174,26 @@ def run_pack(
             lane.error = exc
         finally:
             lane.ready.set()
+
+    def run_stacked(item: list[Trial], resumables: list[Resumable], after_step: Callable[[], None]) -> None:
+        """One stack; if the stack itself fails, its trials go back to the queue: halves after running out
+        of memory, else one at a time."""
+        log.info("stack of %d: %s", len(item), " ".join(t.trial_id for t in item))
+        try:
+            records = run_stack(study, item, paths, resumables, prepared_for(item[0]), after_step)
+        except StackFailed as exc:
+            half = (len(item) + 1) // 2
+            parts = [item[:half], item[half:]] if exc.out_of_memory else [[t] for t in item]
+            log.warning("the %d trials run again as %s", len(item), " + ".join(str(len(p)) for p in parts))
+            with pack.lock:
+                queue.extendleft(reversed(parts))
+            return
+        finally:
+            with pack.lock:
+                for t in item:
+                    pack.running.pop(t.trial_id, None)
+        for t, rec in zip(item, records, strict=True):
+            statuses[t.trial_id] = str(rec["status"])
 
     def start_lane() -> None:
         lane = Lane(len(running_lanes))

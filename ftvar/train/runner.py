@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,88 @@ def _outcome(status: str, error: str | None, record: dict[str, Any]) -> tuple[st
     return status, error
 
 
+@dataclass
+class TrialRun:
+    """A trial between `begin` and `finish`: its data, device, checkpointing, attempt and timings."""
+
+    trial: Trial
+    prepared: Prepared
+    device: torch.device
+    resumable: Resumable
+    started: str
+    t0: float
+    timings: dict[str, float]
+    record_path: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.resumable.folder
+
+
+def begin(
+    study: Study,
+    trial: Trial,
+    paths: StudyPaths,
+    resumable: Resumable | None = None,
+    prepared: Prepared | None = None,
+    prepare_if_missing: bool = False,
+) -> TrialRun:
+    """Start a trial's attempt: its data (read unless given), device, checkpointing and attempt log."""
+    set_offline()
+    started, t0 = utc_now(), time.perf_counter()
+    if prepare_if_missing:
+        from ftvar.train.data import prepare
+
+        prepare(study, paths)
+    prepared = prepared or load_prepared(study, paths, trial)
+    trial_settings = settings(study, trial)
+    device = pick_device(trial_settings.train.device)
+    folder = paths.ckpt / trial.trial_id
+    if resumable is None:
+        resumable = Resumable(folder)
+    resumable.every_s = trial_settings.train.checkpoint_minutes * 60
+    resumable.attempts = AttemptLog.begin(folder, paths.record(trial.trial_id))
+    timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
+    return TrialRun(trial, prepared, device, resumable, started, t0, timings, paths.record(trial.trial_id))
+
+
+def fitted(run: TrialRun, result: FitResult, packed_with: int | None) -> tuple[str, str | None]:
+    """Take a fit's timings into the run; its status and error."""
+    run.timings["train"], run.timings["eval"] = result.train_time, result.eval_time
+    if result.first_step_at is not None and not STARTED.is_set():
+        STARTED.set()  # the process' first trial: how long from the task's start to its first step
+        run.timings["startup"] = max(0.0, result.first_step_at - process_started())
+    if packed_with is not None:
+        result.engine["packed_with"] = packed_with
+    if result.diverged:
+        return "diverged", result.diverged
+    return "ok", None
+
+
+def crashed(run: TrialRun, exc: Exception) -> tuple[str, str]:
+    """A crash inside training: the whole traceback to the task's log, the reason to the record."""
+    traceback.print_exc()
+    return "failed", time_limit_message(exc, run.folder) or f"{exc.__class__.__name__}: {exc}"
+
+
+def finish(
+    study: Study, run: TrialRun, result: FitResult | None, status: str, error: str | None
+) -> dict[str, Any]:
+    """Write the trial's record (and end its attempt); drop its checkpoint once it is ok or diverged."""
+    run.timings["total"] = time.perf_counter() - run.t0
+    device = device_name(run.device)
+    record = _record(study, run.trial, run.prepared, result, status, error, run.timings, device, run.started)
+    status, error = _outcome(status, error, record)
+    attempts = run.resumable.attempts
+    assert attempts is not None  # begin() opened it
+    attempts.update(status, error, result.steps if result else run.resumable.saved_step)
+    record.update(status=status, error=error, attempts=attempts.attempts)
+    record = write_record(run.record_path, record)
+    if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
+        checkpoint.remove(run.folder)
+    return record
+
+
 def run_trial(
     study: Study,
     trial: Trial,
@@ -337,55 +420,25 @@ def run_trial(
     The checkpoint is deleted once an ok or diverged record is written; a failed trial keeps it, so the next
     launch resumes it. The record lists every attempt of the trial. A pack passes the data it has already
     read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
-    set_offline()
-    started, t0 = utc_now(), time.perf_counter()
-    if prepare_if_missing:
-        from ftvar.train.data import prepare
-
-        prepare(study, paths)
-    prepared = prepared or load_prepared(study, paths, trial)
-    trial_settings = settings(study, trial)
-    device = pick_device(trial_settings.train.device)
-    folder = paths.ckpt / trial.trial_id
-    if resumable is None:
-        resumable = Resumable(folder)
-    resumable.every_s = trial_settings.train.checkpoint_minutes * 60
-    resumable.attempts = AttemptLog.begin(folder, paths.record(trial.trial_id))
-    timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
+    run = begin(study, trial, paths, resumable, prepared, prepare_if_missing)
+    attempts = run.resumable.attempts
+    assert attempts is not None
     result: FitResult | None = None
-    status, error = "ok", None
     try:
         packed = packed_with is not None and packed_with > 1
-        result = _fit(study, trial, prepared, device, resumable, after_step, packed)
-        timings["train"], timings["eval"] = result.train_time, result.eval_time
-        if result.first_step_at is not None and not STARTED.is_set():
-            STARTED.set()  # the process' first trial: how long from the task's start to its first step
-            timings["startup"] = max(0.0, result.first_step_at - process_started())
-        if packed_with is not None:
-            result.engine["packed_with"] = packed_with
-        if result.diverged:
-            status, error = "diverged", result.diverged
+        result = _fit(study, trial, run.prepared, run.device, run.resumable, after_step, packed)
+        status, error = fitted(run, result, packed_with)
     except FtvarError as exc:
-        resumable.attempts.update("failed", str(exc))
+        attempts.update("failed", str(exc))
         raise
     except KeyboardInterrupt:  # Ctrl-C of a local or debug launch: no step-boundary checkpoint here
-        resumable.attempts.update("interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
+        attempts.update("interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
         raise
     except Exception as exc:  # a crash inside training: keep the evidence in the record
         if reraise is not None and reraise(exc):
             raise
-        traceback.print_exc()  # the whole traceback goes to the task's log
-        status = "failed"
-        error = time_limit_message(exc, folder) or f"{exc.__class__.__name__}: {exc}"
-    timings["total"] = time.perf_counter() - t0
-    record = _record(study, trial, prepared, result, status, error, timings, device_name(device), started)
-    status, error = _outcome(status, error, record)
-    resumable.attempts.update(status, error, result.steps if result else resumable.saved_step)
-    record.update(status=status, error=error, attempts=resumable.attempts.attempts)
-    record = write_record(paths.record(trial.trial_id), record)
-    if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
-        checkpoint.remove(folder)
-    return record
+        status, error = crashed(run, exc)
+    return finish(study, run, result, status, error)
 
 
 def log_to_stderr() -> None:

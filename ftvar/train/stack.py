@@ -1,0 +1,536 @@
+"""Stacked packs: compatible trials of a pack trained as one batched model, each kernel serving all of them.
+
+A fast-engine step of one small trial (DistilBERT at batch 16, 13 tokens a row) is a few hundred kernels, each
+of which leaves most of a GPU idle, and a pack's lanes on separate streams overlap them little
+(docs/benchmarks.md). A stack holds the weights of K trials as one leaf tensor [K, N], runs the model over
+them with `torch.func.vmap` (each member its own rows, weights and dropout masks) and updates them with one
+AdamW whose learning rate and weight decay are per member: a step of K trials is about as many kernels as a
+step of one, each K times larger. On a GPU the step is captured as a CUDA graph per batch shape by the fast
+engine's `Stepper`; on a CPU it runs eagerly.
+
+Members share the model, the data, the batch size, the epochs, the precision and the clipping; they may
+differ in learning rate, weight decay, schedule, warmup and both seeds (`stack_key`). Each member keeps its
+own record, attempt log, divergence check and checkpoint (saved in the fast engine's format: a member resumes
+alone or in another stack). What differs from training it alone: the dropout masks are drawn for the whole
+stack, so a member's numbers depend on its stack (as a lane's depend on its pack), a resumed member does not
+restore its random generators, and its throughput in the record is its own samples over the stack's time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ftvar.config import Study
+from ftvar.errors import FtvarError
+from ftvar.train import checkpoint
+from ftvar.train.cache import Prepared
+from ftvar.train.checkpoint import Resumable
+from ftvar.train.engine import (
+    FitJob,
+    FitResult,
+    LoopState,
+    decays,
+    epoch_order,
+    evaluated_into,
+    make_optimizer,
+)
+from ftvar.train.fast import (
+    CHECK_EVERY,
+    DeviceSplit,
+    Stepper,
+    bucket_of,
+    buckets,
+    evaluate_fast,
+    lr_multipliers,
+)
+from ftvar.train.runner import BUILD_LOCK, TrialRun, begin, build_model, crashed, finish, fitted
+from ftvar.trial import StudyPaths, Trial, settings
+
+log = logging.getLogger("ftvar.train")
+
+
+@dataclasses.dataclass
+class Layout:
+    """Where each parameter of a model lies in a row of the stack's [K, N] weights."""
+
+    names: list[str]  # parameter names, in the model's order (a tied weight once)
+    shapes: list[torch.Size]
+    sizes: list[int]
+    decay: torch.Tensor  # [N]: 1 where weight decay applies
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> Layout:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if len(named) != len(list(model.parameters())):
+            raise ValueError("a stack trains every parameter; this model has frozen ones")
+        decay = torch.cat([torch.full((p.numel(),), float(decays(n, p))) for n, p in named])
+        return cls([n for n, _ in named], [p.shape for _, p in named], [p.numel() for _, p in named], decay)
+
+    def row(self, model: torch.nn.Module) -> torch.Tensor:
+        params = dict(model.named_parameters())
+        return torch.cat([params[n].detach().reshape(-1).float() for n in self.names])
+
+
+class StackedAdamW(torch.optim.Optimizer):
+    """AdamW (torch.optim.AdamW's update) on the stack's [K, N] weights, with a learning rate and a weight
+    decay per member (device tensors of K values, changed in place): no host reads, so a CUDA graph holds
+    it. Weight decay spares biases and LayerNorm weights (`decay`, as ftvar's other optimizers)."""
+
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        lr: torch.Tensor,
+        weight_decay: torch.Tensor,
+        layout: Layout,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__([weights], {"lr": 0.0})
+        self.weights, self.lr, self.layout, self.betas, self.eps = weights, lr, layout, betas, eps
+        self.decay_rate = weight_decay[:, None] * layout.decay.to(weights.device)[None, :]  # [K, N]
+        self.count = torch.zeros((), dtype=torch.float32, device=weights.device)
+        self.exp_avg = torch.zeros_like(weights, memory_format=torch.contiguous_format)
+        self.exp_avg_sq = torch.zeros_like(weights, memory_format=torch.contiguous_format)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        p, g = self.weights, self.weights.grad
+        if g is None:
+            return
+        beta1, beta2 = self.betas
+        lr = self.lr[:, None]
+        self.count += 1
+        p.mul_(1 - lr * self.decay_rate)
+        self.exp_avg.lerp_(g, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        step_size = lr / (1 - beta1**self.count)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**self.count).sqrt()).add_(self.eps)
+        p.sub_(torch.div(self.exp_avg, denom, out=denom).mul_(step_size))
+
+    def member_state(self, k: int, order: list[int], step: int) -> dict[int, dict[str, torch.Tensor]]:
+        """Member k's moments as a torch AdamW state dict's `state` (parameter index → tensors), the
+        parameters taken in `order` (indices into the layout's names)."""
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        m = self.exp_avg[k].split(self.layout.sizes)
+        v = self.exp_avg_sq[k].split(self.layout.sizes)
+        for index, i in enumerate(order):
+            shape = self.layout.shapes[i]
+            state[index] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": m[i].view(shape).detach().cpu().clone(),
+                "exp_avg_sq": v[i].view(shape).detach().cpu().clone(),
+            }
+        return state
+
+    def load_member(self, k: int, saved: dict[str, Any], order: list[int]) -> None:
+        """Member k's moments from a checkpoint's torch AdamW state dict (parameters in `order`)."""
+        with torch.no_grad():
+            m = self.exp_avg[k].split(self.layout.sizes)
+            v = self.exp_avg_sq[k].split(self.layout.sizes)
+            for index, i in enumerate(order):
+                entry = saved["state"].get(index)
+                if entry is not None:
+                    m[i].copy_(entry["exp_avg"].reshape(-1))
+                    v[i].copy_(entry["exp_avg_sq"].reshape(-1))
+
+
+class Stack:
+    """K models' weights as one [K, N] leaf tensor, their buffers stacked, and the batched forward."""
+
+    def __init__(self, models: list[torch.nn.Module], device: torch.device) -> None:
+        self.base = models[0]  # the module whose forward runs (with the stack's tensors swapped in)
+        self.layout = Layout.of(self.base)
+        self.k = len(models)
+        self.weights = torch.stack([self.layout.row(m) for m in models]).to(device).requires_grad_()
+        self.buffers = {
+            name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
+            for name, _ in self.base.named_buffers()
+        }
+        for model in models:  # plain matmuls, every op with a batching rule (members evaluate alike too)
+            choose = getattr(model, "set_attn_implementation", None)
+            if callable(choose):
+                choose("eager")
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """Each parameter as a [K, …] view of the weights (one split: its backward is one concatenation)."""
+        chunks = self.weights.split(self.layout.sizes, dim=1)
+        return {
+            n: c.view(self.k, *s)
+            for n, c, s in zip(self.layout.names, chunks, self.layout.shapes, strict=True)
+        }
+
+    def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits [K, rows, labels] of each member on its own rows: ids [K, rows, L], lengths [K, rows]."""
+        from torch.func import functional_call, vmap
+
+        width = ids.shape[-1]
+        keep = torch.arange(width, device=ids.device)[None, None, :] < lengths[:, :, None]
+        # a prepared additive mask [K, rows, 1, L, L]: transformers passes a 4-D mask through as it is (a 2-D
+        # one it checks for padding with a host read, which vmap cannot batch)
+        mask = torch.zeros(keep.shape, dtype=torch.float32, device=ids.device)
+        mask = mask.masked_fill(~keep, torch.finfo(torch.float32).min)[:, :, None, None, :]
+        mask = mask.expand(*keep.shape[:2], 1, width, width)
+
+        def member(
+            params: dict[str, torch.Tensor],
+            buffers: dict[str, torch.Tensor],
+            i: torch.Tensor,
+            m: torch.Tensor,
+        ) -> torch.Tensor:
+            out = functional_call(self.base, (params, buffers), (), {"input_ids": i, "attention_mask": m})
+            logits: torch.Tensor = out.logits
+            return logits
+
+        batched = vmap(member, randomness="different")
+        out: torch.Tensor = batched(self.views(), self.buffers, ids, mask)
+        return out
+
+    def member_model(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's parameters by name (CPU copies)."""
+        row = self.weights[k].detach().split(self.layout.sizes)
+        return {
+            n: r.view(s).cpu().clone()
+            for n, r, s in zip(self.layout.names, row, self.layout.shapes, strict=True)
+        }
+
+
+class StackStepper(Stepper):
+    """The fast engine's Stepper (warm-up, one CUDA graph per shape, fallback to eager) for a stack's step."""
+
+    def __init__(
+        self, job: FitJob, data: DeviceSplit, stack: Stack, optimizer: StackedAdamW, lr: torch.Tensor
+    ) -> None:
+        super().__init__(job, data, optimizer, lr)
+        self.stack = stack
+        self.loss_sum = torch.zeros(stack.k, device=job.device, dtype=torch.float32)
+        assert job.trial.batch_size is not None
+        self.idx = torch.zeros(stack.k, job.trial.batch_size, dtype=torch.long, device=job.device)
+
+    def _compute(self, idx: torch.Tensor, length: int) -> None:
+        """One step of every member on its rows idx[k], padded to `length`."""
+        k, rows = idx.shape
+        flat = idx.reshape(-1)
+        ids = self.data.ids[:, :length].index_select(0, flat).view(k, rows, length)
+        lengths = self.data.lengths.index_select(0, flat).view(k, rows)
+        labels = self.data.labels.index_select(0, flat)
+        with torch.autocast(
+            self.job.device.type,
+            dtype=self.dtype or torch.float32,
+            enabled=self.dtype is not None,
+            cache_enabled=False,
+        ):
+            logits = self.stack.logits(ids, lengths)
+        losses = F.cross_entropy(logits.float().reshape(k * rows, -1), labels, reduction="none")
+        losses = losses.view(k, rows).mean(1)
+        losses.sum().backward()  # member k's gradient is its own loss's: the members share nothing
+        grad = self.stack.weights.grad
+        assert grad is not None
+        if self.job.settings.max_grad_norm > 0:  # clip_grad_norm_ per member
+            norms = grad.norm(dim=1, keepdim=True)
+            grad.mul_((self.job.settings.max_grad_norm / (norms + 1e-6)).clamp(max=1.0))
+        self.optimizer.step()
+        self.loss_sum.add_(losses.detach())
+
+
+class StackEngine:
+    """Trains the trials of `jobs` (one stack) together; a result per member."""
+
+    name = "fast"
+
+    def fit(self, jobs: list[FitJob], after_step: Callable[[], None] | None = None) -> list[FitResult]:
+        first, k = jobs[0], len(jobs)
+        device, bs = first.device, first.trial.batch_size
+        if bs is None or any(j.trial.learning_rate is None or j.trial.order_seed is None for j in jobs):
+            raise ValueError("a stack trains trials, not baselines")
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        states = [LoopState() for _ in jobs]
+        results = [FitResult(metrics={}) for _ in jobs]
+        for j, job in enumerate(jobs):  # resumed members: their weights before stacking
+            if job.resume_state is not None:
+                job.model.load_state_dict(job.resume_state["model"])
+                states[j] = LoopState(**job.resume_state["loop"])
+                results[j].resumed_from_step = states[j].step
+        if len({st.step for st in states}) > 1:
+            raise ValueError("the members of a stack resume from one step")
+        stack = Stack([job.model for job in jobs], device)
+        data = DeviceSplit.of(first.train, device)
+        steps_per_epoch = math.ceil(len(data) / bs)
+        total = steps_per_epoch * first.trial.epochs
+        schedule = torch.tensor(  # [total, K]: each member's learning rate at each step, read on the device
+            [
+                [j.trial.learning_rate * m(i) for i in range(total)]  # type: ignore[operator]
+                for j, m in zip(jobs, _multipliers(jobs, total), strict=True)
+            ],
+            dtype=torch.float32,
+        ).T.contiguous()
+        schedule = schedule.to(device)
+        lr = schedule[min(states[0].step, total - 1)].clone()
+        weight_decay = torch.tensor([j.settings.weight_decay for j in jobs], device=device)
+        optimizer = StackedAdamW(stack.weights, lr, weight_decay, stack.layout)
+        orders = [_optimizer_order(job.model, stack.layout) for job in jobs]
+        for j, job in enumerate(jobs):
+            if job.resume_state is not None:
+                optimizer.load_member(j, job.resume_state["optimizer"], orders[j])
+        if jobs[0].resume_state is not None:
+            optimizer.count.fill_(float(states[0].step))
+        stepper = StackStepper(first, data, stack, optimizer, lr)
+        for j, job in enumerate(jobs):
+            if job.on_checkpointable is not None:
+                job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j], orders[j]))
+        t0 = time.perf_counter()
+        diverged = self._train(jobs, stepper, data, states, schedule, lr, after_step)
+        if cuda:
+            torch.cuda.current_stream(device).synchronize()
+        train_time = time.perf_counter() - t0
+        engine = {
+            "name": self.name,
+            "stacked_with": k,
+            "cuda_graphs": bool(stepper.stats.graph_steps),
+            "fallback": stepper.stats.fallback,
+            "graph_shapes": stepper.stats.shapes,
+            "graph_steps": stepper.stats.graph_steps,
+            "eager_steps": stepper.stats.eager_steps,
+            "capture_seconds": round(stepper.stats.capture_seconds, 3),
+        }
+        for j, job in enumerate(jobs):
+            result, state = results[j], states[j]
+            result.steps, result.train_time = state.step, train_time
+            result.samples, result.tokens = state.samples, state.tokens
+            result.first_step_at, result.engine = stepper.first_step_at, dict(engine)
+            if diverged[j]:
+                result.diverged = diverged[j]
+                result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+                continue
+            t1 = time.perf_counter()
+            job.model.load_state_dict(stack.member_model(j), strict=True)
+            job.model.to(device)
+            evaluated = evaluate_fast(
+                job.model, job.eval, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
+            )
+            job.model.to("cpu")
+            evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        return results
+
+    def _train(
+        self,
+        jobs: list[FitJob],
+        stepper: StackStepper,
+        data: DeviceSplit,
+        states: list[LoopState],
+        schedule: torch.Tensor,
+        lr: torch.Tensor,
+        after_step: Callable[[], None] | None,
+    ) -> list[str | None]:
+        first = jobs[0]
+        device, bs, epochs = first.device, first.trial.batch_size, first.trial.epochs
+        assert bs is not None
+        sizes = buckets(int(data.ids.shape[1]))
+        steps_per_epoch = math.ceil(len(data) / bs)
+        total = steps_per_epoch * epochs
+        guard = first.guard.step if first.guard is not None else contextlib.nullcontext
+        diverged: list[str | None] = [None] * len(jobs)
+        hooks = [job.after_step for job in jobs if job.after_step is not None]
+        if after_step is not None:
+            hooks.append(after_step)
+        first.model.train()
+        step = states[0].step
+        while step < total:
+            epoch, offset = divmod(step, steps_per_epoch)
+            if offset == 0:
+                for state in states:
+                    state.epoch_losses = []
+            host = np.stack(
+                [
+                    epoch_order(len(data), int(j.trial.order_seed or 0), epoch)[offset * bs :].numpy()
+                    for j in jobs
+                ]
+            )
+            on_device = torch.from_numpy(host).to(device)
+            stepper.loss_sum.zero_()
+            done, checked = 0, 0
+            for start in range(0, host.shape[1], bs):
+                rows = host[:, start : start + bs]
+                lengths = data.host_lengths[rows]
+                # static lengths for graphs (the longest row of any member); on a CPU the batches' own
+                length = bucket_of(lengths, sizes) if stepper.cuda else int(lengths.max())
+                with guard():
+                    lr.copy_(schedule[step])
+                    stepper.step(on_device[:, start : start + bs], length)
+                    step += 1
+                    for j, state in enumerate(states):
+                        state.step = step
+                        state.samples += rows.shape[1]
+                        state.tokens += int(lengths[j].sum())
+                    done += 1
+                if stepper.first_step_at is None:
+                    if stepper.cuda:
+                        torch.cuda.current_stream(device).synchronize()
+                    stepper.first_step_at = time.time()
+                for hook in hooks:
+                    hook()
+                if done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps, for all members
+                    checked = done
+                    for j, value in enumerate(stepper.loss_sum.tolist()):
+                        if diverged[j] is None and not math.isfinite(value):
+                            diverged[j] = (
+                                f"non-finite training loss between steps {step - CHECK_EVERY} and {step}"
+                            )
+                    if all(diverged):
+                        return diverged
+            means = [value / max(1, done) for value in stepper.loss_sum.tolist()]
+            for j, (state, mean) in enumerate(zip(states, means, strict=True)):
+                if diverged[j] is None and not math.isfinite(mean):
+                    diverged[j] = f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
+                state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
+            if all(diverged):
+                return diverged
+            log.info(
+                "stack of %d, epoch %d/%d done: step %d/%d, train loss %s",
+                len(jobs),
+                epoch + 1,
+                epochs,
+                step,
+                total,
+                " ".join(f"{sum(st.epoch_losses) / max(1, len(st.epoch_losses)):.4f}" for st in states),
+            )
+        return diverged
+
+
+def _multipliers(jobs: list[FitJob], total: int) -> list[Callable[[int], float]]:
+    return [
+        lr_multipliers(j.settings.scheduler, math.ceil(j.settings.warmup_ratio * total), total) for j in jobs
+    ]
+
+
+def _optimizer_order(model: torch.nn.Module, layout: Layout) -> list[int]:
+    """The order of the parameters in a torch AdamW of `make_optimizer` (decayed ones first), as indices
+    into the layout: what the state's parameter indices in a fast-engine checkpoint refer to."""
+    optimizer = make_optimizer(model, 0.0, 0.0)
+    index = {id(p): i for i, p in enumerate(dict(model.named_parameters())[n] for n in layout.names)}
+    return [index[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _snapshot(
+    stack: Stack, optimizer: StackedAdamW, k: int, job: FitJob, state: LoopState, order: list[int]
+) -> Callable[[], dict[str, Any]]:
+    """Member k's live state in the fast engine's checkpoint format (a torch AdamW state dict)."""
+
+    def snapshot() -> dict[str, Any]:
+        model_state = {**job.model.state_dict(), **stack.member_model(k)}
+        template = make_optimizer(job.model, job.trial.learning_rate or 0.0, job.settings.weight_decay)
+        return {
+            "model": model_state,
+            "optimizer": {
+                "state": optimizer.member_state(k, order, state.step),
+                "param_groups": template.state_dict()["param_groups"],
+            },
+            "step": state.step,
+            "loop": dataclasses.asdict(state),
+        }
+
+    return snapshot
+
+
+class StackFailed(Exception):
+    """The stack could not train (not its trials): they run again in smaller stacks or alone."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"{cause.__class__.__name__}: {cause}")
+        self.out_of_memory = isinstance(cause, torch.cuda.OutOfMemoryError)
+
+
+def run_stack(
+    study: Study,
+    trials: list[Trial],
+    paths: StudyPaths,
+    resumables: list[Resumable],
+    prepared: Prepared,
+    after_step: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train `trials` as one stack and write each one's record. Raises StackFailed, with each trial's attempt
+    ended, when the stack itself failed (a model that vmap cannot run, out of memory): the caller then runs
+    the trials in smaller stacks or alone. A time limit ends each member as it ends a trial run alone."""
+    runs = [begin(study, t, paths, r, prepared) for t, r in zip(trials, resumables, strict=True)]
+    device = runs[0].device
+    try:
+        jobs: list[FitJob] = []
+        for run in runs:
+            s = settings(study, run.trial)
+            with BUILD_LOCK:
+                model, _ = build_model(study, s, prepared, run.trial.init_seed or 0, seed_cuda=False)
+            job = FitJob(
+                model=model,
+                train=prepared.train,
+                eval=prepared.eval,
+                trial=run.trial,
+                settings=s.train,
+                device=device,
+                pad_id=prepared.pad_token_id,
+                num_labels=len(prepared.label_names),
+                guard=run.resumable.guard,
+                on_checkpointable=run.resumable.set_snapshot,
+                after_step=_discard(run.resumable.at_step_boundary),
+                resume_state=checkpoint.load(run.folder),
+            )
+            jobs.append(job)
+        steps = {j.resume_state["step"] if j.resume_state else 0 for j in jobs}
+        if len(steps) > 1:
+            raise ValueError(f"members saved at different steps ({sorted(steps)})")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results = StackEngine().fit(jobs, after_step)
+    except FtvarError as exc:
+        for run in runs:
+            _end_attempt(run, "failed", str(exc))
+        raise
+    except KeyboardInterrupt:
+        for run in runs:
+            _end_attempt(run, "interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
+        raise
+    except Exception as exc:
+        if runs[0].resumable.guard.stopped is None:  # the stack failed, not its trials: they run alone
+            failure = StackFailed(exc)
+            log.warning("a stack of %d trials failed (%s)", len(runs), failure, exc_info=True)
+            for run in runs:
+                _end_attempt(run, "failed", f"stacked training failed ({failure}); the trial runs again")
+            raise failure from exc
+        records = []
+        for run in runs:  # the time limit: each member records it, its checkpoint kept
+            failed, why = crashed(run, exc)
+            records.append(finish(study, run, None, failed, why))
+        return records
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+    records = []
+    for run, result in zip(runs, results, strict=True):
+        if peak is not None:
+            result.engine["peak_gpu_memory_mb"] = peak  # the whole stack's
+        status, error = fitted(run, result, len(runs))
+        records.append(finish(study, run, result, status, error))
+    return records
+
+
+def _discard(hook: Callable[[], object]) -> Callable[[], None]:
+    """`hook` as a step-boundary hook (its return value dropped)."""
+
+    def call() -> None:
+        hook()
+
+    return call
+
+
+def _end_attempt(run: TrialRun, state: str, reason: str) -> None:
+    if run.resumable.attempts is not None:
+        run.resumable.attempts.update(state, reason)
