@@ -3,6 +3,7 @@
 # First, here: bash bench/gpu_prepare.sh; then on the GPU machine, from the repo root, with .gpu carried:
 #   bash bench/gpu_run.sh            # writes its figures to $OUT (default ./gpu-out)
 # Sections run in order of importance, each with its own time limit, and a failing one does not stop the next.
+# The lanes sweep (bench/sweep.py --lanes 1 8, measured on 2026-11-27) runs last, if time is left.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-out}
@@ -19,6 +20,10 @@ python3 -c "import torch, transformers, accelerate; print('torch', torch.__versi
 section "CUDA tests (graph capture, bf16, fallback)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
 
+section "stacked sweep: K trials as one batched model (the paper's grid estimate)"
+timeout 200 python3 bench/sweep.py "${B[@]}" --stack --lanes 1 12 --json "$OUT/stack.json" 2>"$OUT/stack.log"
+tail -n 3 "$OUT/stack.log"
+
 section "throughput: Trainer, plain, fast (DistilBERT-base shape, SST-2)"
 # shellcheck disable=SC2086  # THROUGHPUT_ARGS: extra arguments, e.g. --runs to measure fewer engines
 timeout 220 python3 bench/throughput.py "${B[@]}" --steps 300 ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" \
@@ -28,25 +33,27 @@ section "import time of the model class (transformers), top entries"
 python3 -X importtime -c "import transformers.models.distilbert.modeling_distilbert" 2>&1 \
     | sort -t'|' -k2 -n -r | head -n 12
 
-section "packed sweep: K trials per task"
-timeout 200 python3 bench/sweep.py "${B[@]}" --lanes 1 8 --json "$OUT/sweep.json" 2>"$OUT/sweep.log"
 
 section "accuracy: plain vs fast, MiniLM, 3 seeds, one packed task (ftvar launch)"
-timeout 150 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 9 \
-    --set model.name_or_path=.gpu/minilm --set data.train=.gpu/data/sst2/train.tsv \
-    --set data.eval=.gpu/data/sst2/validation.tsv --out .gpu/out >"$OUT/accuracy.log" 2>&1
+M=(--set model.name_or_path=.gpu/minilm --set data.train=.gpu/data/sst2/train.tsv
+   --set data.eval=.gpu/data/sst2/validation.tsv)
+timeout 150 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 9 "${M[@]}" \
+    --out .gpu/out >"$OUT/accuracy.log" 2>&1
 tail -n 5 "$OUT/accuracy.log"
-python3 - <<'PY'
-import json, statistics
+accuracy() {  # the accuracy per engine (and per stack) of the records in $1
+python3 - "$1" <<'PY'
+import json, statistics, sys
 from pathlib import Path
-recs = [json.loads(p.read_text()) for p in Path(".gpu/out/engines-minilm/records").glob("*.json")]
+recs = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*.json")]
 for engine in ("plain", "fast"):
     rs = [r for r in recs if r["kind"] == "trial" and r["params"].get("train.engine") == engine and r["status"] == "ok"]
     acc = [r["metrics"]["accuracy"] for r in rs]
     if acc:
         print(f"{engine}: accuracy {statistics.mean(acc):.4f} ± {statistics.pstdev(acc):.4f} over {len(acc)} seeds "
-              f"{[round(a, 4) for a in acc]}; engines {[r['engine'].get('cuda_graphs') for r in rs]}; "
+              f"{[round(a, 4) for a in acc]}; graphs {[r['engine'].get('cuda_graphs') for r in rs]}; "
               f"packed_with {[r['engine'].get('packed_with') for r in rs]}; "
+              f"stacked_with {[r['engine'].get('stacked_with') for r in rs]}; "
+              f"train s {[r['timings']['train'] for r in rs]}; "
               f"peak MB {[r['engine'].get('peak_gpu_memory_mb') for r in rs]}")
 for r in recs:
     if r["status"] != "ok":  # the first GPU runs lost these: say why each trial failed
@@ -54,11 +61,24 @@ for r in recs:
 base = [r["metrics"]["accuracy"] for r in recs if r["kind"] == "baseline"]
 print(f"baselines (new head, per init seed): {base}; statuses {sorted({r['status'] for r in recs})}")
 PY
-
+}
+accuracy .gpu/out/engines-minilm/records
 mkdir -p "$OUT/minilm"
 cp -r .gpu/out/engines-minilm/records .gpu/out/engines-minilm/submitit "$OUT/minilm/" 2>/dev/null || true
 
+section "accuracy: the same 3 fast trials as one stack (--pack stack)"
+mkdir -p .gpu/out-stack/engines-minilm && cp -r .gpu/out/engines-minilm/cache .gpu/out-stack/engines-minilm/
+timeout 120 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 3 --pack stack \
+    "${M[@]}" --set 'grid.train.engine=["fast"]' --out .gpu/out-stack >"$OUT/stack-accuracy.log" 2>&1
+tail -n 3 "$OUT/stack-accuracy.log"
+accuracy .gpu/out-stack/engines-minilm/records
+mkdir -p "$OUT/minilm-stack"
+cp -r .gpu/out-stack/engines-minilm/records .gpu/out-stack/engines-minilm/submitit "$OUT/minilm-stack/" 2>/dev/null || true
+
 section "start-up: task start to first training step"
 timeout 90 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
+
+section "packed sweep in lanes: K trials per task"
+timeout 150 python3 bench/sweep.py "${B[@]}" --lanes 1 8 --json "$OUT/sweep.json" 2>"$OUT/sweep.log"
 
 section "done"

@@ -25,7 +25,7 @@ from ftvar.train.checkpoint import Resumable, rng_state
 from ftvar.train.data import prepare
 from ftvar.train.engine import FitJob, FitResult, make_optimizer
 from ftvar.train.fast import FastEngine
-from ftvar.train.stack import Layout, StackedAdamW, StackEngine
+from ftvar.train.stack import Layout, StackEngine
 from ftvar.trial import StudyPaths, Trial, expand
 from tests.helpers import ftvar, one_error_line
 
@@ -87,29 +87,18 @@ def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 
     return a.keys() == b.keys() and all(torch.allclose(a[n], b[n], atol=atol, rtol=1e-4) for n in a)
 
 
-def test_the_stacked_adamw_is_torch_adamw_for_each_member() -> None:
-    torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)) for _ in range(3)]
-    layout = Layout.of(nets[0])
-    assert layout.decay.tolist() == [1.0] * 12 + [0.0] * 9  # the Linear's weight only
-    lrs, wds = [1e-2, 3e-3, 0.0], [0.1, 0.0, 0.5]
-    stacked = torch.stack([layout.row(n) for n in nets]).requires_grad_()
-    lr = torch.tensor(lrs)
-    opt = StackedAdamW(stacked, lr, torch.tensor(wds), layout)
-    refs = [make_optimizer(n, lrs[i], wds[i]) for i, n in enumerate(nets)]
-    for step in range(6):
-        grads = torch.randn(stacked.shape)
-        stacked.grad = grads.clone()
-        lr.mul_(0.9)  # the schedule changes the learning rate in place
-        opt.step()
-        for i, (net, ref) in enumerate(zip(nets, refs, strict=True)):
-            for group in ref.param_groups:
-                group["lr"] = lrs[i] * 0.9 ** (step + 1)
-            for p, g in zip(net.parameters(), grads[i].split(layout.sizes), strict=True):
-                p.grad = g.view(p.shape).clone()
-            ref.step()
-    for i, net in enumerate(nets):
-        assert torch.allclose(stacked[i].detach(), layout.row(net), atol=1e-6)
+def test_a_members_parameters_are_in_make_optimizers_order() -> None:
+    """Parameter i of a fast-engine checkpoint's AdamW state is entry i of the layout's two blocks: the
+    decayed parameters, then biases and LayerNorm weights, each in the model's order."""
+    net = model(0)
+    layout = Layout.of(net)
+    params = dict(net.named_parameters())
+    groups = make_optimizer(net, 1e-3, 0.01).param_groups
+    assert [params[n] for n in layout.names[0] + layout.names[1]] == [p for g in groups for p in g["params"]]
+    assert layout.names[1] and all(n.endswith("bias") or "norm" in n.lower() for n in layout.names[1])
+    flat = layout.flat(net, 0)
+    assert sum(layout.sizes(0)) == flat.numel()
+    assert all(torch.equal(v, params[n]) for n, v in layout.split(flat, 0).items())
 
 
 def test_a_stack_trains_each_member_as_it_trains_alone() -> None:

@@ -10,6 +10,11 @@ only while the free memory holds another lane as large as the largest so far (wi
 when it runs fewer lanes than asked. A lane that runs out of memory anyway hands its trial back to the queue
 and stops, so packing never costs a trial.
 
+Stacks (`stack=True`, `--pack stack`): one lane instead, and the task's trials that can train together (same
+model, data, batch size and epochs: ftvar.stacking) train as one batched model (ftvar.train.stack), in stacks
+of up to K; a stack that cannot run (out of memory, a model vmap cannot batch) hands its trials back, in
+halves after running out of memory, else one by one.
+
 Preemption: every optimizer step of every lane runs inside the task's `Gate`. On SIGTERM (a cancel, a
 requeue, a preemption), or when submitit asks for a checkpoint before the time limit, the gate waits for the
 steps in flight to end and holds the lanes there while each running trial's state is saved: a resumed trial

@@ -61,97 +61,51 @@ log = logging.getLogger("ftvar.train")
 
 @dataclasses.dataclass
 class Layout:
-    """Where each parameter of a model lies in a row of the stack's [K, N] weights."""
+    """A member's parameters in two flat blocks: those weight decay applies to, then the others (biases,
+    LayerNorm weights), each in the model's order. That is the order of `make_optimizer`'s two groups, so
+    parameter i of a fast-engine checkpoint's optimizer state is entry i of the two blocks' names."""
 
-    names: list[str]  # parameter names, in the model's order (a tied weight once)
-    shapes: list[torch.Size]
-    sizes: list[int]
-    decay: torch.Tensor  # [N]: 1 where weight decay applies
+    names: tuple[list[str], list[str]]
+    shapes: tuple[list[torch.Size], list[torch.Size]]
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> Layout:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if len(named) != len(list(model.parameters())):
+        named = list(model.named_parameters())
+        if not all(p.requires_grad for _, p in named):
             raise ValueError("a stack trains every parameter; this model has frozen ones")
-        decay = torch.cat([torch.full((p.numel(),), float(decays(n, p))) for n, p in named])
-        return cls([n for n, _ in named], [p.shape for _, p in named], [p.numel() for _, p in named], decay)
+        blocks = ([n for n, p in named if decays(n, p)], [n for n, p in named if not decays(n, p)])
+        shapes = dict((n, p.shape) for n, p in named)
+        return cls(blocks, ([shapes[n] for n in blocks[0]], [shapes[n] for n in blocks[1]]))
 
-    def row(self, model: torch.nn.Module) -> torch.Tensor:
+    def sizes(self, block: int) -> list[int]:
+        return [s.numel() for s in self.shapes[block]]
+
+    def flat(self, model: torch.nn.Module, block: int) -> torch.Tensor:
         params = dict(model.named_parameters())
-        return torch.cat([params[n].detach().reshape(-1).float() for n in self.names])
+        return torch.cat([params[n].detach().reshape(-1).float() for n in self.names[block]])
 
-
-class StackedAdamW(torch.optim.Optimizer):
-    """AdamW (torch.optim.AdamW's update) on the stack's [K, N] weights, with a learning rate and a weight
-    decay per member (device tensors of K values, changed in place): no host reads, so a CUDA graph holds
-    it. Weight decay spares biases and LayerNorm weights (`decay`, as ftvar's other optimizers)."""
-
-    def __init__(
-        self,
-        weights: torch.Tensor,
-        lr: torch.Tensor,
-        weight_decay: torch.Tensor,
-        layout: Layout,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        super().__init__([weights], {"lr": 0.0})
-        self.weights, self.lr, self.layout, self.betas, self.eps = weights, lr, layout, betas, eps
-        self.decay_rate = weight_decay[:, None] * layout.decay.to(weights.device)[None, :]  # [K, N]
-        self.count = torch.zeros((), dtype=torch.float32, device=weights.device)
-        self.exp_avg = torch.zeros_like(weights, memory_format=torch.contiguous_format)
-        self.exp_avg_sq = torch.zeros_like(weights, memory_format=torch.contiguous_format)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        p, g = self.weights, self.weights.grad
-        if g is None:
-            return
-        beta1, beta2 = self.betas
-        lr = self.lr[:, None]
-        self.count += 1
-        p.mul_(1 - lr * self.decay_rate)
-        self.exp_avg.lerp_(g, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1**self.count)
-        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**self.count).sqrt()).add_(self.eps)
-        p.sub_(torch.div(self.exp_avg, denom, out=denom).mul_(step_size))
-
-    def member_state(self, k: int, order: list[int], step: int) -> dict[int, dict[str, torch.Tensor]]:
-        """Member k's moments as a torch AdamW state dict's `state` (parameter index → tensors), the
-        parameters taken in `order` (indices into the layout's names)."""
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        m = self.exp_avg[k].split(self.layout.sizes)
-        v = self.exp_avg_sq[k].split(self.layout.sizes)
-        for index, i in enumerate(order):
-            shape = self.layout.shapes[i]
-            state[index] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": m[i].view(shape).detach().cpu().clone(),
-                "exp_avg_sq": v[i].view(shape).detach().cpu().clone(),
-            }
-        return state
-
-    def load_member(self, k: int, saved: dict[str, Any], order: list[int]) -> None:
-        """Member k's moments from a checkpoint's torch AdamW state dict (parameters in `order`)."""
-        with torch.no_grad():
-            m = self.exp_avg[k].split(self.layout.sizes)
-            v = self.exp_avg_sq[k].split(self.layout.sizes)
-            for index, i in enumerate(order):
-                entry = saved["state"].get(index)
-                if entry is not None:
-                    m[i].copy_(entry["exp_avg"].reshape(-1))
-                    v[i].copy_(entry["exp_avg_sq"].reshape(-1))
+    def split(self, flat: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
+        """A block's flat tensor as named parameter views (the leading dimensions kept)."""
+        lead = flat.shape[:-1]
+        chunks = flat.split(self.sizes(block), dim=-1)
+        return {
+            n: c.view(*lead, *s)
+            for n, c, s in zip(self.names[block], chunks, self.shapes[block], strict=True)
+        }
 
 
 class Stack:
-    """K models' weights as one [K, N] leaf tensor, their buffers stacked, and the batched forward."""
+    """K models as leaf tensors (each member's two blocks), their buffers stacked, and the batched forward."""
 
     def __init__(self, models: list[torch.nn.Module], device: torch.device) -> None:
         self.base = models[0]  # the module whose forward runs (with the stack's tensors swapped in)
         self.layout = Layout.of(self.base)
         self.k = len(models)
-        self.weights = torch.stack([self.layout.row(m) for m in models]).to(device).requires_grad_()
+        self.blocks = [b for b in (0, 1) if self.layout.names[b]]
+        # leaves[k][b]: member k's block b, a leaf of its own (one AdamW group each: its learning rate)
+        self.leaves = [
+            [self.layout.flat(m, b).to(device).requires_grad_() for b in self.blocks] for m in models
+        ]
         self.buffers = {
             name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
             for name, _ in self.base.named_buffers()
@@ -162,12 +116,12 @@ class Stack:
                 choose("eager")
 
     def views(self) -> dict[str, torch.Tensor]:
-        """Each parameter as a [K, …] view of the weights (one split: its backward is one concatenation)."""
-        chunks = self.weights.split(self.layout.sizes, dim=1)
-        return {
-            n: c.view(self.k, *s)
-            for n, c, s in zip(self.layout.names, chunks, self.layout.shapes, strict=True)
-        }
+        """Each parameter as a [K, …] view of the members' blocks stacked (one copy per block; its backward
+        hands each member its slice)."""
+        out: dict[str, torch.Tensor] = {}
+        for i, b in enumerate(self.blocks):
+            out.update(self.layout.split(torch.stack([member[i] for member in self.leaves]), b))
+        return out
 
     def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [K, rows, labels] of each member on its own rows: ids [K, rows, L], lengths [K, rows]."""
@@ -195,20 +149,86 @@ class Stack:
         out: torch.Tensor = batched(self.views(), self.buffers, ids, mask)
         return out
 
-    def member_model(self, k: int) -> dict[str, torch.Tensor]:
+    def member_params(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's parameters by name (CPU copies)."""
-        row = self.weights[k].detach().split(self.layout.sizes)
-        return {
-            n: r.view(s).cpu().clone()
-            for n, r, s in zip(self.layout.names, row, self.layout.shapes, strict=True)
-        }
+        out: dict[str, torch.Tensor] = {}
+        for i, b in enumerate(self.blocks):
+            out.update(self.layout.split(self.leaves[k][i].detach().cpu().clone(), b))
+        return out
+
+    def optimizer(self, jobs: list[FitJob], lrs: list[torch.Tensor] | None) -> torch.optim.AdamW:
+        """torch's AdamW with a group per member and block: the member's learning rate (`lrs[k]`, a device
+        tensor a CUDA graph reads, or set per step on a CPU) and weight decay on the first block only. Fused,
+        like the fast engine's: one kernel per group."""
+        groups = []
+        for k, job in enumerate(jobs):
+            for i, b in enumerate(self.blocks):
+                group: dict[str, Any] = {
+                    "params": [self.leaves[k][i]],
+                    "weight_decay": job.settings.weight_decay if b == 0 else 0.0,
+                }
+                group["lr"] = lrs[k] if lrs is not None else job.trial.learning_rate
+                groups.append(group)
+        if lrs is not None:
+            return torch.optim.AdamW(groups, lr=lrs[0], fused=True, capturable=True)
+        try:
+            return torch.optim.AdamW(groups, fused=True)
+        except (RuntimeError, ValueError):  # a torch or a device without a fused AdamW
+            return torch.optim.AdamW(groups)
+
+    def member_optimizer_state(self, optimizer: torch.optim.Optimizer, k: int) -> dict[int, Any]:
+        """Member k's AdamW state as a torch AdamW state dict's `state` in `make_optimizer`'s parameter
+        order (what the fast engine saves); empty before the first step."""
+        state: dict[int, Any] = {}
+        index = 0
+        for i, b in enumerate(self.blocks):
+            entry = optimizer.state.get(self.leaves[k][i], {})
+            names = self.layout.names[b]
+            if "exp_avg" in entry:
+                m, v = self.layout.split(entry["exp_avg"], b), self.layout.split(entry["exp_avg_sq"], b)
+                step = entry["step"].detach().cpu().float()
+                for j, name in enumerate(names):
+                    state[index + j] = {
+                        "step": step.clone(),
+                        "exp_avg": m[name].detach().cpu().clone(),
+                        "exp_avg_sq": v[name].detach().cpu().clone(),
+                    }
+            index += len(names)
+        return state
+
+    def load_member_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, k: int, saved: dict[str, Any]
+    ) -> None:
+        """Member k's AdamW state from a torch AdamW state dict (a fast-engine or a stack checkpoint's)."""
+        entries = saved.get("state", {})
+        index = 0
+        for i, b in enumerate(self.blocks):
+            leaf, names = self.leaves[k][i], self.layout.names[b]
+            found = [entries.get(index + j) for j in range(len(names))]
+            index += len(names)
+            if all(entry is None for entry in found):
+                continue  # saved before the first step: AdamW starts its state as usual
+            moments = {key: torch.zeros_like(leaf) for key in ("exp_avg", "exp_avg_sq")}
+            views = {key: self.layout.split(flat, b) for key, flat in moments.items()}
+            step = 0.0
+            for name, entry in zip(names, found, strict=True):
+                if entry is not None:
+                    step = float(entry["step"])
+                    for key in moments:
+                        views[key][name].copy_(entry[key].reshape(views[key][name].shape))
+            group = next(g for g in optimizer.param_groups if g["params"][0] is leaf)
+            device = leaf.device if group.get("fused") or group.get("capturable") else torch.device("cpu")
+            optimizer.state[leaf] = {
+                "step": torch.tensor(step, dtype=torch.float32, device=device),
+                **moments,
+            }
 
 
 class StackStepper(Stepper):
     """The fast engine's Stepper (warm-up, one CUDA graph per shape, fallback to eager) for a stack's step."""
 
     def __init__(
-        self, job: FitJob, data: DeviceSplit, stack: Stack, optimizer: StackedAdamW, lr: torch.Tensor
+        self, job: FitJob, data: DeviceSplit, stack: Stack, optimizer: torch.optim.Optimizer, lr: torch.Tensor
     ) -> None:
         super().__init__(job, data, optimizer, lr)
         self.stack = stack
@@ -233,11 +253,9 @@ class StackStepper(Stepper):
         losses = F.cross_entropy(logits.float().reshape(k * rows, -1), labels, reduction="none")
         losses = losses.view(k, rows).mean(1)
         losses.sum().backward()  # member k's gradient is its own loss's: the members share nothing
-        grad = self.stack.weights.grad
-        assert grad is not None
-        if self.job.settings.max_grad_norm > 0:  # clip_grad_norm_ per member
-            norms = grad.norm(dim=1, keepdim=True)
-            grad.mul_((self.job.settings.max_grad_norm / (norms + 1e-6)).clamp(max=1.0))
+        if self.job.settings.max_grad_norm > 0:  # clipped per member, as each would be alone
+            for member in self.stack.leaves:
+                torch.nn.utils.clip_grad_norm_(member, self.job.settings.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.loss_sum.add_(losses.detach())
 
@@ -269,29 +287,30 @@ class StackEngine:
         data = DeviceSplit.of(first.train, device)
         steps_per_epoch = math.ceil(len(data) / bs)
         total = steps_per_epoch * first.trial.epochs
-        schedule = torch.tensor(  # [total, K]: each member's learning rate at each step, read on the device
-            [
-                [j.trial.learning_rate * m(i) for i in range(total)]  # type: ignore[operator]
-                for j, m in zip(jobs, _multipliers(jobs, total), strict=True)
-            ],
-            dtype=torch.float32,
-        ).T.contiguous()
-        schedule = schedule.to(device)
-        lr = schedule[min(states[0].step, total - 1)].clone()
-        weight_decay = torch.tensor([j.settings.weight_decay for j in jobs], device=device)
-        optimizer = StackedAdamW(stack.weights, lr, weight_decay, stack.layout)
-        orders = [_optimizer_order(job.model, stack.layout) for job in jobs]
+        multipliers = _multipliers(jobs, total)
+        # on a GPU each member's learning rate is a device tensor its AdamW groups read inside the graph
+        lrs = [torch.tensor(j.trial.learning_rate, device=device) for j in jobs] if cuda else None
+        optimizer = stack.optimizer(jobs, lrs)
         for j, job in enumerate(jobs):
             if job.resume_state is not None:
-                optimizer.load_member(j, job.resume_state["optimizer"], orders[j])
-        if jobs[0].resume_state is not None:
-            optimizer.count.fill_(float(states[0].step))
-        stepper = StackStepper(first, data, stack, optimizer, lr)
+                stack.load_member_optimizer_state(optimizer, j, job.resume_state["optimizer"])
+        per_member = len(stack.blocks)
+
+        def set_lr(step: int) -> None:
+            values = [j.trial.learning_rate * m(step) for j, m in zip(jobs, multipliers, strict=True)]  # type: ignore[operator]
+            if lrs is not None:
+                for tensor, value in zip(lrs, values, strict=True):
+                    tensor.fill_(value)
+            else:
+                for g, group in enumerate(optimizer.param_groups):
+                    group["lr"] = values[g // per_member]
+
+        stepper = StackStepper(first, data, stack, optimizer, lrs[0] if lrs else torch.zeros(()))
         for j, job in enumerate(jobs):
             if job.on_checkpointable is not None:
-                job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j], orders[j]))
+                job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j]))
         t0 = time.perf_counter()
-        diverged = self._train(jobs, stepper, data, states, schedule, lr, after_step)
+        diverged = self._train(jobs, stepper, data, states, set_lr, after_step)
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         train_time = time.perf_counter() - t0
@@ -315,7 +334,7 @@ class StackEngine:
                 result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
                 continue
             t1 = time.perf_counter()
-            job.model.load_state_dict(stack.member_model(j), strict=True)
+            job.model.load_state_dict({**job.model.state_dict(), **stack.member_params(j)})
             job.model.to(device)
             evaluated = evaluate_fast(
                 job.model, job.eval, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
@@ -330,8 +349,7 @@ class StackEngine:
         stepper: StackStepper,
         data: DeviceSplit,
         states: list[LoopState],
-        schedule: torch.Tensor,
-        lr: torch.Tensor,
+        set_lr: Callable[[int], None],
         after_step: Callable[[], None] | None,
     ) -> list[str | None]:
         first = jobs[0]
@@ -367,7 +385,7 @@ class StackEngine:
                 # static lengths for graphs (the longest row of any member); on a CPU the batches' own
                 length = bucket_of(lengths, sizes) if stepper.cuda else int(lengths.max())
                 with guard():
-                    lr.copy_(schedule[step])
+                    set_lr(step)
                     stepper.step(on_device[:, start : start + bs], length)
                     step += 1
                     for j, state in enumerate(states):
@@ -415,26 +433,17 @@ def _multipliers(jobs: list[FitJob], total: int) -> list[Callable[[int], float]]
     ]
 
 
-def _optimizer_order(model: torch.nn.Module, layout: Layout) -> list[int]:
-    """The order of the parameters in a torch AdamW of `make_optimizer` (decayed ones first), as indices
-    into the layout: what the state's parameter indices in a fast-engine checkpoint refer to."""
-    optimizer = make_optimizer(model, 0.0, 0.0)
-    index = {id(p): i for i, p in enumerate(dict(model.named_parameters())[n] for n in layout.names)}
-    return [index[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
 def _snapshot(
-    stack: Stack, optimizer: StackedAdamW, k: int, job: FitJob, state: LoopState, order: list[int]
+    stack: Stack, optimizer: torch.optim.Optimizer, k: int, job: FitJob, state: LoopState
 ) -> Callable[[], dict[str, Any]]:
     """Member k's live state in the fast engine's checkpoint format (a torch AdamW state dict)."""
 
     def snapshot() -> dict[str, Any]:
-        model_state = {**job.model.state_dict(), **stack.member_model(k)}
         template = make_optimizer(job.model, job.trial.learning_rate or 0.0, job.settings.weight_decay)
         return {
-            "model": model_state,
+            "model": {**job.model.state_dict(), **stack.member_params(k)},
             "optimizer": {
-                "state": optimizer.member_state(k, order, state.step),
+                "state": stack.member_optimizer_state(optimizer, k),
                 "param_groups": template.state_dict()["param_groups"],
             },
             "step": state.step,
