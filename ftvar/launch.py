@@ -73,6 +73,10 @@ def launch_study(
             f"{slurm.option_name(given[0])} is a SLURM option, but this launch runs --executor {kind}"
             + ("" if shutil.which("sbatch") else " (no sbatch on PATH)")
         )
+    if cluster.pack == "stack" and (cluster.trials_per_task or 1) < 2:
+        raise FtvarError(
+            "--pack stack trains the trials of one task together: give --trials-per-task K (K ≥ 2, e.g. 12)"
+        )
     check_no_mixing(study, paths)
     if dry_run:
         per_task = cluster.trials_per_task or 1

@@ -298,5 +298,8 @@ def test_a_bad_pack_mode_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--pack 'heap' is not valid; choose one of: lanes, stack" in one_error_line(result)
     assert not any(tmp_path.iterdir())
+    alone = ftvar("launch", "smoke", "--executor", "local", "--pack", "stack", "--out", str(tmp_path))
+    assert "give --trials-per-task K" in one_error_line(alone)
+    assert not any(tmp_path.iterdir())
     with pytest.raises(StudyError, match=r"cluster\.pack = 'heap' is not valid"):  # the study's table too
         load_study("smoke", ["cluster.pack=heap"])

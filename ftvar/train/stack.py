@@ -2,14 +2,15 @@
 
 A fast-engine step of one small trial (DistilBERT at batch 16, 13 tokens a row) is a few hundred kernels, each
 of which leaves most of a GPU idle, and a pack's lanes on separate streams overlap them little
-(docs/benchmarks.md). A stack holds the weights of K trials as one leaf tensor [K, N], runs the model over
-them with `torch.func.vmap` (each member its own rows, weights and dropout masks) and updates them with one
-AdamW whose learning rate and weight decay are per member: a step of K trials is about as many kernels as a
-step of one, each K times larger. On a GPU the step is captured as a CUDA graph per batch shape by the fast
-engine's `Stepper`; on a CPU it runs eagerly.
+(docs/benchmarks.md). A stack keeps each member's weights as two flat leaf tensors (decayed, not decayed),
+stacks them into [K, …] views for a step, runs the model over them with `torch.func.vmap` (each member its
+own rows, weights and dropout masks) and updates them with torch's fused AdamW, a group per member and block
+(its own learning rate and weight decay): a step of K trials is about as many kernels as a step of one, each
+K times larger. On a GPU the step is captured as a CUDA graph per batch shape by the fast engine's `Stepper`;
+on a CPU it runs eagerly.
 
 Members share the model, the data, the batch size, the epochs, the precision and the clipping; they may
-differ in learning rate, weight decay, schedule, warmup and both seeds (`stack_key`). Each member keeps its
+differ in learning rate, weight decay, schedule, warmup and both seeds (ftvar.stacking). Each member keeps its
 own record, attempt log, divergence check and checkpoint (saved in the fast engine's format: a member resumes
 alone or in another stack). What differs from training it alone: the dropout masks are drawn for the whole
 stack, so a member's numbers depend on its stack (as a lane's depend on its pack), a resumed member does not
@@ -288,8 +289,9 @@ class StackEngine:
         steps_per_epoch = math.ceil(len(data) / bs)
         total = steps_per_epoch * first.trial.epochs
         multipliers = _multipliers(jobs, total)
+        peaks = [float(j.trial.learning_rate or 0.0) for j in jobs]
         # on a GPU each member's learning rate is a device tensor its AdamW groups read inside the graph
-        lrs = [torch.tensor(j.trial.learning_rate, device=device) for j in jobs] if cuda else None
+        lrs = [torch.tensor(peak, device=device) for peak in peaks] if cuda else None
         optimizer = stack.optimizer(jobs, lrs)
         for j, job in enumerate(jobs):
             if job.resume_state is not None:
@@ -297,7 +299,7 @@ class StackEngine:
         per_member = len(stack.blocks)
 
         def set_lr(step: int) -> None:
-            values = [j.trial.learning_rate * m(step) for j, m in zip(jobs, multipliers, strict=True)]  # type: ignore[operator]
+            values = [peak * m(step) for peak, m in zip(peaks, multipliers, strict=True)]
             if lrs is not None:
                 for tensor, value in zip(lrs, values, strict=True):
                     tensor.fill_(value)
