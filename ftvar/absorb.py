@@ -4,7 +4,8 @@ blocks, by alternating projections.
 Fitting `y ~ X + C(init_seed) + C(order_seed)` with dummy columns costs n × (levels) memory; absorbing the
 blocks first (subtracting group means, factor after factor, until nothing changes: the method of alternating
 projections behind fixed-effects regression) gives the same X coefficients and residuals with n × k memory
-(Frisch–Waugh–Lovell). One factor needs one pass; crossed balanced factors two.
+(Frisch–Waugh–Lovell). One factor needs one pass; crossed balanced factors two; unbalanced ones many, so
+several factors are solved exactly instead when the smaller ones have few enough levels together.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 
 TOL = 1e-11
 MAX_ITER = 1000
+MAX_SOLVED = 4000  # levels of the smaller factors for which the exact solve replaces alternating projections
 
 
 @dataclass
@@ -42,6 +44,10 @@ def absorb(
     y = np.asarray(y, dtype="float64")
     matrix = y if y.ndim == 2 else y[:, None]
     r = matrix - matrix.mean(axis=0)
+    if len(factors) > 1 and not effects:
+        solved = _solve(r, factors)
+        if solved is not None:
+            return (solved if y.ndim == 2 else solved[:, 0]), []
     found = [np.zeros((f.n_levels, r.shape[1])) for f in factors]
     scale = max(float(np.abs(r).max()) if r.size else 0.0, 1e-300)
     for _ in range(MAX_ITER if len(factors) > 1 else 1):
@@ -56,6 +62,30 @@ def absorb(
             break
     out = r if y.ndim == 2 else r[:, 0]
     return out, found
+
+
+def _solve(r: np.ndarray, factors: list[Factor]) -> np.ndarray | None:
+    """The residuals of several factors at once, exactly: the factor with the most levels is absorbed by its
+    means and the normal equations of the others' levels (a dense m × m system, m their levels together)
+    solved by an eigendecomposition. Alternating projections converge slowly when the factors are unbalanced
+    (a configuration's seeds missing, an incomplete last seed): measured 3 s of the analysis of 100,000
+    trials, against a few milliseconds here. None when m is too large for a dense system."""
+    big = max(range(len(factors)), key=lambda i: factors[i].n_levels)
+    first, others = factors[big], [f for i, f in enumerate(factors) if i != big]
+    m = sum(f.n_levels for f in others)
+    if m > MAX_SOLVED:
+        return None
+    z = sp.hstack([f.onehot for f in others], format="csr")
+    zl = (z.T @ first.onehot).tocsr()  # m × levels of the first: counts of shared rows
+    inverse = sp.diags(1.0 / np.where(first.counts > 0, first.counts, 1.0))
+    system = (z.T @ z - zl @ inverse @ zl.T).toarray()
+    resid = r - first.means(r)[first.codes]
+    rhs = np.asarray(z.T @ resid)
+    w, v = np.linalg.eigh(system)
+    keep = w > max(float(w.max()), 1e-300) * 1e-10  # the null space: the intercept, unconnected levels
+    beta = v[:, keep] @ ((v[:, keep].T @ rhs) / w[keep][:, None])
+    fitted = np.asarray(z @ beta)
+    return np.asarray(resid - fitted + first.means(fitted)[first.codes])
 
 
 def cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
