@@ -24,14 +24,26 @@ class Curve:
 
 
 def expected_max(values: np.ndarray, budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """E[max] and sd[max] of n draws with replacement from `values`, for each n in `budgets`."""
+    """E[max] and sd[max] of n draws with replacement from `values`, for each n in `budgets`. The powers
+    (i/N)ⁿ are carried from one budget to the next by multiplication: no budgets × N matrix (160 MB, and
+    0.13 s, for 200 budgets of 100,000 trials)."""
     v = np.sort(np.asarray(values, dtype="float64"))
     big_n = len(v)
-    i = np.arange(1, big_n + 1)
-    n = np.asarray(budgets, dtype="float64")[:, None]
-    weights = (i / big_n) ** n - ((i - 1) / big_n) ** n  # (budgets, N)
-    mean = weights @ v
-    second = weights @ (v**2)
+    upper = np.arange(1, big_n + 1) / big_n  # P(one draw ≤ v_(i))
+    lower = np.arange(0, big_n) / big_n  # P(one draw < v_(i)), ties counted apart
+    wanted = np.asarray(budgets, dtype="int64")
+    mean, second = np.zeros(len(wanted)), np.zeros(len(wanted))
+    p_up, p_lo, power = np.ones(big_n), np.ones(big_n), 0
+    for k in np.argsort(wanted, kind="stable"):
+        n = int(wanted[k])
+        if n - power > 64:  # a far budget: straight to its power
+            p_up, p_lo, power = upper**n, lower**n, n
+        while power < n:
+            p_up *= upper
+            p_lo *= lower
+            power += 1
+        weights = p_up - p_lo
+        mean[k], second[k] = weights @ v, weights @ (v**2)
     return mean, np.sqrt(np.clip(second - mean**2, 0, None))
 
 
