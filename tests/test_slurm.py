@@ -294,3 +294,35 @@ def test_a_study_larger_than_max_array_size_is_split(
     sets = [arg for item in SMALL for arg in ("--set", item)]
     watch = ftvar("status", "smoke", "--watch", "--interval", "1", "--out", str(tmp_path), *sets)
     assert watch.returncode == 0, watch.stdout
+
+
+def test_a_stacked_array_trains_each_tasks_trials_as_one_stack(
+    cluster: None, tmp_path: Path, write_study: Callable[..., Path]
+) -> None:
+    """--trials-per-task 2 --pack stack: the launch orders the trials so that each task's two share a batch
+    size, and each task trains them as one stack; every trial still writes its own record."""
+    study_file = write_study()
+    args = ["--set", "grid.batch_size=[32,64]", "--set", "analysis.baseline=none", "--out", str(tmp_path)]
+    out = ftvar(
+        "launch", str(study_file), "--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1",
+        "--trials-per-task", "2", "--pack", "stack", *args,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert ": 2 task(s) (2 trials per task, stacked)" in out.stdout
+    (array,) = array_ids(out.stdout)
+    done = {f"{array}_{i}": "COMPLETED" for i in range(2)}
+    wait_for(
+        lambda: {k: v for k, v in sacct_states([array]).items() if k.startswith(f"{array}_")} == done,
+        120,
+        "sacct to show 2 completed tasks",
+    )
+    study = load_study(str(study_file), overrides(args))
+    paths = StudyPaths.of(tmp_path, study.name)
+    by_task: dict[str, set[int]] = {}
+    for trial in expand(study):
+        rec = record.read_record(paths.record(trial.trial_id))
+        assert rec["status"] == "ok" and rec["engine"]["stacked_with"] == 2
+        by_task.setdefault(rec["environment"]["slurm_array_task_id"], set()).add(rec["params"]["batch_size"])
+    assert sorted(by_task) == ["0", "1"] and all(len(sizes) == 1 for sizes in by_task.values())
+    (entry,) = [e for e in launches(paths) if e["executor"] == "slurm"]
+    assert entry["trials_per_task"] == 2
