@@ -165,6 +165,7 @@ def test_a_diverging_member_is_recorded_diverged_and_the_others_train_on() -> No
     stacked[1].trial = dataclasses.replace(stacked[1].trial, learning_rate=float("inf"))
     results = StackEngine().fit(stacked)
     assert results[1].diverged is not None and "non-finite training loss" in results[1].diverged
+    assert results[1].steps < results[0].steps == results[2].steps == 26  # it stopped counting there
     assert results[1].metrics["accuracy"] is None
     for i in (0, 2):
         assert results[i].diverged is None and results[i].metrics["accuracy"] is not None

@@ -391,9 +391,10 @@ class StackEngine:
                     stepper.step(on_device[:, start : start + bs], length)
                     step += 1
                     for j, state in enumerate(states):
-                        state.step = step
-                        state.samples += rows.shape[1]
-                        state.tokens += int(lengths[j].sum())
+                        if diverged[j] is None:  # a diverged member's record counts the steps it trained
+                            state.step = step
+                            state.samples += rows.shape[1]
+                            state.tokens += int(lengths[j].sum())
                     done += 1
                 if stepper.first_step_at is None:
                     if stepper.cuda:
