@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ftvar.config import Study
 from ftvar.trial import Trial, data_key, settings
@@ -29,9 +29,15 @@ def stack_key(study: Study, trial: Trial) -> str | None:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def plan_stacks(study: Study, trials: Iterable[Trial], size: int) -> list[list[Trial]]:
+def plan_stacks(
+    study: Study,
+    trials: Iterable[Trial],
+    size: int,
+    resume_step: Callable[[Trial], int | None] | None = None,
+) -> list[list[Trial]]:
     """The trials in stacks of at most `size` members with equal keys (in their given order), and every trial
-    that cannot be stacked alone."""
+    that cannot be stacked alone. With `resume_step` (a trial's checkpoint step), only trials that resume
+    from the same step (or start) share a stack."""
     groups: dict[str, list[Trial]] = {}
     items: list[list[Trial]] = []
     for trial in trials:
@@ -39,6 +45,8 @@ def plan_stacks(study: Study, trials: Iterable[Trial], size: int) -> list[list[T
         if key is None or size < 2:
             items.append([trial])
             continue
+        if resume_step is not None:
+            key += f"@{resume_step(trial) or 0}"
         group = groups.get(key)
         if group is None or len(group) >= size:
             group = groups[key] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,10 @@ def test_which_trials_stack_together() -> None:
     assert all(len({stack_key(study, t) for t in item}) == 1 and len(item) <= 3 for item in plan)
     baselines = sum(1 for t in trials if t.is_baseline)
     assert sorted(len(item) for item in plan) == [1] * (baselines + 4) + [3] * 4  # 4 groups of 4 (lr × seed)
+    steps = {t.trial_id: (5 if i % 2 else None) for i, t in enumerate(runs)}
+    by_step = plan_stacks(study, runs, 8, lambda t: steps[t.trial_id])
+    assert all(len({steps[t.trial_id] for t in item}) == 1 for item in by_step)  # one resume step a stack
+    assert len(by_step) == 8  # each (batch size, epochs) group split in two by the step
     ordered = stacking_order(study, trials)
     keyed = [stack_key(study, t) or "alone" for t in ordered]
     changes = sum(1 for x, y in itertools.pairwise(keyed) if x != y)
@@ -304,3 +309,30 @@ def test_a_bad_pack_mode_is_one_line(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
     with pytest.raises(StudyError, match=r"cluster\.pack = 'heap' is not valid"):  # the study's table too
         load_study("smoke", ["cluster.pack=heap"])
+
+
+def test_a_stacks_members_save_their_periodic_checkpoints_together(tmp_path: Path) -> None:
+    """On the first member's timer, every member saves at the same step: they then resume as one stack."""
+    saved: list[tuple[str, int]] = []
+    resumables = [Resumable(tmp_path / name) for name in ("a", "b", "c")]
+    step = 0
+
+    def snapshot_of(name: str) -> Callable[[], dict[str, Any]]:
+        def snapshot() -> dict[str, Any]:
+            saved.append((name, step))
+            return {"step": step}
+
+        return snapshot
+
+    for r in resumables:
+        r.every_s = 3600.0
+        r.set_snapshot(snapshot_of(r.folder.name))
+    hook = stack_mod._together(resumables, None)
+    step = 1
+    hook()
+    assert saved == []  # not due
+    resumables[0].last_save -= 7200  # the first member's timer is due; the others' are not
+    step = 2
+    hook()
+    assert saved == [("a", 2), ("b", 2), ("c", 2)]
+    assert [r.saved_step for r in resumables] == [2, 2, 2]

@@ -131,11 +131,15 @@ class Resumable:
             self.attempts.update("interrupted", f"{reason}: {where}", self.saved_step)
         return saved
 
-    def at_step_boundary(self) -> bool:
+    def at_step_boundary(self, force: bool = False) -> bool:
         """Called by an engine after every optimizer step: saves when `every_s` seconds of training have
-        passed since the last save (or since training started). Returns whether it saved."""
+        passed since the last save (or since training started), or when `force`d (a stack saves its members
+        together, on its first member's timer). Returns whether it saved."""
         self.signalled = False
-        if not self.every_s or self.snapshot is None or time.monotonic() - self.last_save < self.every_s:
+        if self.snapshot is None:
+            return False
+        due = bool(self.every_s) and time.monotonic() - self.last_save >= self.every_s
+        if not (due or force):
             return False
         saved = self._write("periodic")
         if saved and self.attempts is not None:

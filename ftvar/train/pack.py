@@ -40,7 +40,7 @@ from ftvar.config import Study
 from ftvar.record import read_status
 from ftvar.stacking import plan_stacks
 from ftvar.train.cache import Prepared, cache_folder, load_prepared
-from ftvar.train.checkpoint import Gate, Resumable
+from ftvar.train.checkpoint import Gate, Resumable, saved_step
 from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
 from ftvar.train.stack import StackFailed, run_stack
 from ftvar.trial import StudyPaths, Trial, settings
@@ -106,7 +106,11 @@ def run_pack(
     want = min(max(1, lanes or 1), len(todo))
     queue: collections.deque[list[Trial]] = collections.deque([t] for t in todo)
     if stack:
-        queue = collections.deque(plan_stacks(study, todo, want))
+
+        def step_of(trial: Trial) -> int | None:  # a stack's members resume from one step
+            return saved_step(paths.ckpt / trial.trial_id)
+
+        queue = collections.deque(plan_stacks(study, todo, want, step_of))
         want = 1  # the stack is the concurrency
     torch.set_num_threads(threads_per_lane(want))
     pack = Pack()

@@ -329,6 +329,7 @@ class TrialRun:
     t0: float
     timings: dict[str, float]
     record_path: Path
+    attempts: AttemptLog
 
     @property
     def folder(self) -> Path:
@@ -357,9 +358,10 @@ def begin(
     if resumable is None:
         resumable = Resumable(folder)
     resumable.every_s = trial_settings.train.checkpoint_minutes * 60
-    resumable.attempts = AttemptLog.begin(folder, paths.record(trial.trial_id))
+    record_path = paths.record(trial.trial_id)
+    attempts = resumable.attempts = AttemptLog.begin(folder, record_path)
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
-    return TrialRun(trial, prepared, device, resumable, started, t0, timings, paths.record(trial.trial_id))
+    return TrialRun(trial, prepared, device, resumable, started, t0, timings, record_path, attempts)
 
 
 def fitted(run: TrialRun, result: FitResult, packed_with: int | None) -> tuple[str, str | None]:
@@ -389,10 +391,8 @@ def finish(
     device = device_name(run.device)
     record = _record(study, run.trial, run.prepared, result, status, error, run.timings, device, run.started)
     status, error = _outcome(status, error, record)
-    attempts = run.resumable.attempts
-    assert attempts is not None  # begin() opened it
-    attempts.update(status, error, result.steps if result else run.resumable.saved_step)
-    record.update(status=status, error=error, attempts=attempts.attempts)
+    run.attempts.update(status, error, result.steps if result else run.resumable.saved_step)
+    record.update(status=status, error=error, attempts=run.attempts.attempts)
     record = write_record(run.record_path, record)
     if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
         checkpoint.remove(run.folder)
@@ -421,8 +421,7 @@ def run_trial(
     launch resumes it. The record lists every attempt of the trial. A pack passes the data it has already
     read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
     run = begin(study, trial, paths, resumable, prepared, prepare_if_missing)
-    attempts = run.resumable.attempts
-    assert attempts is not None
+    attempts = run.attempts
     result: FitResult | None = None
     try:
         packed = packed_with is not None and packed_with > 1

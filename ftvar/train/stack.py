@@ -494,7 +494,6 @@ def run_stack(
                 num_labels=len(prepared.label_names),
                 guard=run.resumable.guard,
                 on_checkpointable=run.resumable.set_snapshot,
-                after_step=_discard(run.resumable.at_step_boundary),
                 resume_state=checkpoint.load(run.folder),
             )
             jobs.append(job)
@@ -503,7 +502,7 @@ def run_stack(
             raise ValueError(f"members saved at different steps ({sorted(steps)})")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        results = StackEngine().fit(jobs, after_step)
+        results = StackEngine().fit(jobs, _together([r.resumable for r in runs], after_step))
     except FtvarError as exc:
         for run in runs:
             _end_attempt(run, "failed", str(exc))
@@ -534,15 +533,19 @@ def run_stack(
     return records
 
 
-def _discard(hook: Callable[[], object]) -> Callable[[], None]:
-    """`hook` as a step-boundary hook (its return value dropped)."""
+def _together(resumables: list[Resumable], then: Callable[[], None] | None) -> Callable[[], None]:
+    """The stack's step-boundary hook: periodic checkpoints of all members at once, on the first one's
+    timer (so that they resume from one step, together), then `then`."""
 
-    def call() -> None:
-        hook()
+    def hook() -> None:
+        saved = resumables[0].at_step_boundary()
+        for resumable in resumables[1:]:
+            resumable.at_step_boundary(force=saved)
+        if then is not None:
+            then()
 
-    return call
+    return hook
 
 
 def _end_attempt(run: TrialRun, state: str, reason: str) -> None:
-    if run.resumable.attempts is not None:
-        run.resumable.attempts.update(state, reason)
+    run.attempts.update(state, reason)
