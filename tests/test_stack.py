@@ -97,6 +97,10 @@ def test_a_members_parameters_are_in_make_optimizers_order() -> None:
     groups = make_optimizer(net, 1e-3, 0.01).param_groups
     assert [params[n] for n in layout.names[0] + layout.names[1]] == [p for g in groups for p in g["params"]]
     assert layout.names[1] and all(n.endswith("bias") or "norm" in n.lower() for n in layout.names[1])
+    assert layout.aliases == {}  # a classifier ties no weights
+    tied = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    tied[1].weight = tied[0].weight
+    assert Layout.of(tied).aliases == {"1.weight": "0.weight"}
     flat = layout.flat(net, 0)
     assert sum(layout.sizes(0)) == flat.numel()
     assert all(torch.equal(v, params[n]) for n, v in layout.split(flat, 0).items())

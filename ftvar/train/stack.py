@@ -68,6 +68,7 @@ class Layout:
 
     names: tuple[list[str], list[str]]
     shapes: tuple[list[torch.Size], list[torch.Size]]
+    aliases: dict[str, str]  # a tied weight's other names → the name it is stored under
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> Layout:
@@ -76,7 +77,11 @@ class Layout:
             raise ValueError("a stack trains every parameter; this model has frozen ones")
         blocks = ([n for n, p in named if decays(n, p)], [n for n, p in named if not decays(n, p)])
         shapes = dict((n, p.shape) for n, p in named)
-        return cls(blocks, ([shapes[n] for n in blocks[0]], [shapes[n] for n in blocks[1]]))
+        stored = {id(p): n for n, p in named}
+        aliases = {
+            n: stored[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if n not in shapes
+        }
+        return cls(blocks, ([shapes[n] for n in blocks[0]], [shapes[n] for n in blocks[1]]), aliases)
 
     def sizes(self, block: int) -> list[int]:
         return [s.numel() for s in self.shapes[block]]
@@ -151,10 +156,11 @@ class Stack:
         return out
 
     def member_params(self, k: int) -> dict[str, torch.Tensor]:
-        """Member k's parameters by name (CPU copies)."""
+        """Member k's parameters by name (CPU copies; a tied weight under each of its names)."""
         out: dict[str, torch.Tensor] = {}
         for i, b in enumerate(self.blocks):
             out.update(self.layout.split(self.leaves[k][i].detach().cpu().clone(), b))
+        out.update({alias: out[name] for alias, name in self.layout.aliases.items()})
         return out
 
     def optimizer(self, jobs: list[FitJob], lrs: list[torch.Tensor] | None) -> torch.optim.AdamW:
