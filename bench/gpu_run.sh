@@ -3,7 +3,9 @@
 # First, here: bash bench/gpu_prepare.sh; then on the GPU machine, from the repo root, with .gpu carried:
 #   bash bench/gpu_run.sh            # writes its figures to $OUT (default ./gpu-out)
 # Sections run in order of importance, each with its own time limit, and a failing one does not stop the next.
-# The lanes sweep (bench/sweep.py --lanes 1 8, measured on 2026-11-27) runs last, if time is left.
+# SECTIONS picks them (default: what is still unmeasured, about 9 minutes at most, inside one 10-minute call):
+#   SECTIONS="tests stack accuracy startup" bash bench/gpu_run.sh
+# throughput (Trainer/plain/fast) and lanes (the packed sweep in lanes) were measured on 2026-11-27.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-out}
@@ -12,18 +14,25 @@ export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASE
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
 B=(--device cuda --out .gpu/out --data .gpu/data/sst2 --tokenizer "$PWD/.gpu/out/tokenizer")
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+SECTIONS=${SECTIONS:-tests stack accuracy startup}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 section environment
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, '· transformers', transformers.__version__, '· accelerate', accelerate.__version__)"
 
-section "CUDA tests (graph capture, bf16, fallback)"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+if want tests; then
+section "CUDA tests (graph capture, bf16, fallback, lanes, stacks)"
+timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+fi
 
+if want stack; then
 section "stacked sweep: K trials as one batched model (the paper's grid estimate)"
-timeout 200 python3 bench/sweep.py "${B[@]}" --stack --lanes 1 12 --json "$OUT/stack.json" 2>"$OUT/stack.log"
+timeout 190 python3 bench/sweep.py "${B[@]}" --stack --lanes 1 12 --json "$OUT/stack.json" 2>"$OUT/stack.log"
 tail -n 3 "$OUT/stack.log"
+fi
 
+if want throughput; then
 section "throughput: Trainer, plain, fast (DistilBERT-base shape, SST-2)"
 # shellcheck disable=SC2086  # THROUGHPUT_ARGS: extra arguments, e.g. --runs to measure fewer engines
 timeout 220 python3 bench/throughput.py "${B[@]}" --steps 300 ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" \
@@ -32,14 +41,8 @@ timeout 220 python3 bench/throughput.py "${B[@]}" --steps 300 ${THROUGHPUT_ARGS:
 section "import time of the model class (transformers), top entries"
 python3 -X importtime -c "import transformers.models.distilbert.modeling_distilbert" 2>&1 \
     | sort -t'|' -k2 -n -r | head -n 12
+fi
 
-
-section "accuracy: plain vs fast, MiniLM, 3 seeds, one packed task (ftvar launch)"
-M=(--set model.name_or_path=.gpu/minilm --set data.train=.gpu/data/sst2/train.tsv
-   --set data.eval=.gpu/data/sst2/validation.tsv)
-timeout 150 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 9 "${M[@]}" \
-    --out .gpu/out >"$OUT/accuracy.log" 2>&1
-tail -n 5 "$OUT/accuracy.log"
 accuracy() {  # the accuracy per engine (and per stack) of the records in $1
 python3 - "$1" <<'PY'
 import json, statistics, sys
@@ -62,23 +65,35 @@ base = [r["metrics"]["accuracy"] for r in recs if r["kind"] == "baseline"]
 print(f"baselines (new head, per init seed): {base}; statuses {sorted({r['status'] for r in recs})}")
 PY
 }
+M=(--set model.name_or_path=.gpu/minilm --set data.train=.gpu/data/sst2/train.tsv
+   --set data.eval=.gpu/data/sst2/validation.tsv)
+if want accuracy; then
+section "accuracy: plain vs fast, MiniLM, 3 seeds, one packed task (ftvar launch)"
+timeout 110 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 9 "${M[@]}" \
+    --out .gpu/out >"$OUT/accuracy.log" 2>&1
+tail -n 5 "$OUT/accuracy.log"
 accuracy .gpu/out/engines-minilm/records
 mkdir -p "$OUT/minilm"
 cp -r .gpu/out/engines-minilm/records .gpu/out/engines-minilm/submitit "$OUT/minilm/" 2>/dev/null || true
 
 section "accuracy: the same 3 fast trials as one stack (--pack stack)"
 mkdir -p .gpu/out-stack/engines-minilm && cp -r .gpu/out/engines-minilm/cache .gpu/out-stack/engines-minilm/
-timeout 120 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 3 --pack stack \
+timeout 80 python3 -m ftvar launch bench/engines-minilm.toml --executor local --trials-per-task 3 --pack stack \
     "${M[@]}" --set 'grid.train.engine=["fast"]' --out .gpu/out-stack >"$OUT/stack-accuracy.log" 2>&1
 tail -n 3 "$OUT/stack-accuracy.log"
 accuracy .gpu/out-stack/engines-minilm/records
 mkdir -p "$OUT/minilm-stack"
 cp -r .gpu/out-stack/engines-minilm/records .gpu/out-stack/engines-minilm/submitit "$OUT/minilm-stack/" 2>/dev/null || true
+fi
 
+if want startup; then
 section "start-up: task start to first training step"
-timeout 90 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
+timeout 60 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
+fi
 
+if want lanes; then
 section "packed sweep in lanes: K trials per task"
 timeout 150 python3 bench/sweep.py "${B[@]}" --lanes 1 8 --json "$OUT/sweep.json" 2>"$OUT/sweep.log"
+fi
 
 section "done"
