@@ -64,18 +64,18 @@ def model(seed: int) -> torch.nn.Module:
     return net
 
 
-MEMBERS = [  # learning rate, weight decay, init seed, order seed, warmup ratio
-    (3e-3, 0.01, 0, 0, 0.06),
-    (1e-3, 0.0, 1, 2, 0.2),
-    (5e-3, 0.1, 2, 1, 0.0),
+MEMBERS = [  # learning rate, weight decay, init seed, order seed, warmup ratio, schedule
+    (3e-3, 0.01, 0, 0, 0.06, "linear"),
+    (1e-3, 0.0, 1, 2, 0.2, "cosine"),
+    (5e-3, 0.1, 2, 1, 0.0, "constant"),
 ]
 
 
 def jobs(train: Split, evaluation: Split, batch_size: int = 16, epochs: int = 2) -> list[FitJob]:
     out = []
-    for i, (lr, wd, init, order, warmup) in enumerate(MEMBERS):
+    for i, (lr, wd, init, order, warmup, schedule) in enumerate(MEMBERS):
         trial = Trial(f"t{i}", lr, batch_size, epochs, init, order)
-        settings = TrainConfig(weight_decay=wd, warmup_ratio=warmup, device="cpu")
+        settings = TrainConfig(weight_decay=wd, warmup_ratio=warmup, scheduler=schedule, device="cpu")
         out.append(FitJob(model(init), train, evaluation, trial, settings, torch.device("cpu"), 0, 2))
     return out
 
