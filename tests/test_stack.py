@@ -84,7 +84,10 @@ def weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in net.named_parameters()}
 
 
-def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 2e-5) -> bool:
+def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-4) -> bool:
+    """Equal weights up to float noise: batched and single matmuls sum in other orders, and AdamW turns a
+    near-zero gradient's noise into steps of up to the learning rate (seen: 3e-5 after 26 steps at 5e-3; a
+    wrong learning rate, clipping or row order moves weights by 1e-3 and more)."""
     return a.keys() == b.keys() and all(torch.allclose(a[n], b[n], atol=atol, rtol=1e-4) for n in a)
 
 
