@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ftvar.config import TrainConfig
 from ftvar.train.cache import Split
 from ftvar.train.checkpoint import set_rng_state
 from ftvar.train.engine import (
@@ -87,12 +88,14 @@ def bucket_of(lengths: np.ndarray, sizes: list[int]) -> int:
     return next(b for b in sizes if b >= need)
 
 
-def lr_multipliers(name: str, warmup: int, total: int) -> Callable[[int], float]:
-    """The learning-rate multiplier of step k under a transformers schedule (what its LambdaLR applies)."""
+def lr_multipliers(s: TrainConfig, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier of step k of `total` under the settings' transformers schedule and warmup
+    (what its LambdaLR applies)."""
     from transformers import get_scheduler
 
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total)
+    warmup = math.ceil(s.warmup_ratio * total)
+    schedule = get_scheduler(s.scheduler, dummy, num_warmup_steps=warmup, num_training_steps=total)
     multiplier: Callable[[int], float] = schedule.lr_lambdas[0]
     return multiplier
 
@@ -143,12 +146,7 @@ class Stepper:
         ids = self.data.ids[:, :length].index_select(0, idx)
         mask = (self.arange[:length][None, :] < self.data.lengths.index_select(0, idx)[:, None]).long()
         labels = self.data.labels.index_select(0, idx)
-        with torch.autocast(
-            self.job.device.type,
-            dtype=self.dtype or torch.float32,
-            enabled=self.dtype is not None,
-            cache_enabled=False,
-        ):
+        with self.autocast():
             logits = self.model(input_ids=ids, attention_mask=mask).logits
         loss = F.cross_entropy(logits.float(), labels)
         self.scaler.scale(loss).backward()
@@ -158,6 +156,22 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.loss_sum.add_(loss.detach())
+
+    def autocast(self) -> torch.autocast:
+        """The step's autocast (no weight cache: a graph must not keep casts across replays)."""
+        return torch.autocast(
+            self.job.device.type,
+            dtype=self.dtype or torch.float32,
+            enabled=self.dtype is not None,
+            cache_enabled=False,
+        )
+
+    def mark_first_step(self) -> None:
+        """Start-up: when the task's first step has really run (on a GPU, once its kernels have finished)."""
+        if self.first_step_at is None:
+            if self.cuda:
+                torch.cuda.current_stream(self.job.device).synchronize()
+            self.first_step_at = time.time()
 
     def _eager(self, idx: torch.Tensor, length: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -237,7 +251,7 @@ class FastEngine:
         data = DeviceSplit.of(job.train, job.device)
         steps_per_epoch = math.ceil(len(data) / trial.batch_size)
         total = steps_per_epoch * trial.epochs
-        multiplier = lr_multipliers(s.scheduler, math.ceil(s.warmup_ratio * total), total)
+        multiplier = lr_multipliers(s, total)
         lr = torch.tensor(trial.learning_rate, device=job.device) if cuda else None
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay, lr_tensor=lr)
         state, result = LoopState(), FitResult(metrics={})
@@ -330,10 +344,7 @@ class FastEngine:
                     state.samples += len(rows)
                     state.tokens += int(data.host_lengths[rows].sum())
                     done += 1
-                if stepper.first_step_at is None:  # start-up: when the first step has really run
-                    if stepper.cuda:
-                        torch.cuda.current_stream(device).synchronize()
-                    stepper.first_step_at = time.time()
+                stepper.mark_first_step()
                 after_step()
                 if done - checked >= CHECK_EVERY:  # one host sync every CHECK_EVERY steps
                     checked = done

@@ -236,9 +236,7 @@ def _fit(
     packed: bool = False,
 ) -> FitResult:
     s = settings(study, trial)
-    seed = trial.init_seed if trial.init_seed is not None else 0
-    with BUILD_LOCK:  # lanes of a pack share the global RNG: seeding and initialising happen as one
-        model, head = build_model(study, s, prepared, seed, seed_cuda=not packed)
+    model, head = trial_model(study, trial, prepared, seed_cuda=not packed)
     num_labels = len(prepared.label_names)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -258,28 +256,53 @@ def _fit(
         )
     else:
         engine = engines.make(s.train.engine, device)
-        job = FitJob(
-            model=model,
-            train=prepared.train,
-            eval=prepared.eval,
-            trial=trial,
-            settings=s.train,
-            device=device,
-            pad_id=prepared.pad_token_id,
-            num_labels=num_labels,
-            after_step=after_step,
-        )
         if resumable is not None:
-            job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
-            job.after_step = _both(resumable.at_step_boundary, after_step)  # periodic checkpoints too
-            job.resume_state = checkpoint.load(resumable.folder)
-            if job.resume_state is not None:
-                step = job.resume_state["step"]
-                log.info("%s: resuming from the checkpoint at step %d", trial.trial_id, step)
-        result = engine.fit(job)
+            after_step = _both(resumable.at_step_boundary, after_step)  # periodic checkpoints too
+        result = engine.fit(fit_job(study, trial, prepared, device, model, resumable, after_step))
     if device.type == "cuda":
         result.engine["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return result
+
+
+def trial_model(
+    study: Study, trial: Trial, prepared: Prepared, seed_cuda: bool = True
+) -> tuple[torch.nn.Module, str]:
+    """`build_model` for a trial, from its init seed, under the build lock (lanes and a stack's members share
+    the global RNG: seeding and initialising happen as one)."""
+    seed = trial.init_seed if trial.init_seed is not None else 0
+    with BUILD_LOCK:
+        return build_model(study, settings(study, trial), prepared, seed, seed_cuda=seed_cuda)
+
+
+def fit_job(
+    study: Study,
+    trial: Trial,
+    prepared: Prepared,
+    device: torch.device,
+    model: torch.nn.Module,
+    resumable: Resumable | None,
+    after_step: Callable[[], None] | None,
+) -> FitJob:
+    """What an engine trains: the trial's model, data and settings, checkpointed through `resumable` (its
+    guard and snapshot, and the checkpoint to resume from)."""
+    job = FitJob(
+        model=model,
+        train=prepared.train,
+        eval=prepared.eval,
+        trial=trial,
+        settings=settings(study, trial).train,
+        device=device,
+        pad_id=prepared.pad_token_id,
+        num_labels=len(prepared.label_names),
+        after_step=after_step,
+    )
+    if resumable is not None:
+        job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
+        job.resume_state = checkpoint.load(resumable.folder)
+        if job.resume_state is not None:
+            step = job.resume_state["step"]
+            log.info("%s: resuming from the checkpoint at step %d", trial.trial_id, step)
+    return job
 
 
 def _both(first: Callable[[], object], then: Callable[[], None] | None) -> Callable[[], None]:

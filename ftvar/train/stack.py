@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from ftvar.config import Study
 from ftvar.errors import FtvarError
-from ftvar.train import checkpoint
 from ftvar.train.cache import Prepared
 from ftvar.train.checkpoint import Resumable
 from ftvar.train.engine import (
@@ -54,8 +53,8 @@ from ftvar.train.fast import (
     evaluate_fast,
     lr_multipliers,
 )
-from ftvar.train.runner import BUILD_LOCK, TrialRun, begin, build_model, crashed, finish, fitted
-from ftvar.trial import StudyPaths, Trial, settings
+from ftvar.train.runner import TrialRun, begin, crashed, finish, fit_job, fitted, trial_model
+from ftvar.trial import StudyPaths, Trial
 
 log = logging.getLogger("ftvar.train")
 
@@ -250,12 +249,7 @@ class StackStepper(Stepper):
         ids = self.data.ids[:, :length].index_select(0, flat).view(k, rows, length)
         lengths = self.data.lengths.index_select(0, flat).view(k, rows)
         labels = self.data.labels.index_select(0, flat)
-        with torch.autocast(
-            self.job.device.type,
-            dtype=self.dtype or torch.float32,
-            enabled=self.dtype is not None,
-            cache_enabled=False,
-        ):
+        with self.autocast():
             logits = self.stack.logits(ids, lengths)
         losses = F.cross_entropy(logits.float().reshape(k * rows, -1), labels, reduction="none")
         losses = losses.view(k, rows).mean(1)
@@ -294,7 +288,7 @@ class StackEngine:
         data = DeviceSplit.of(first.train, device)
         steps_per_epoch = math.ceil(len(data) / bs)
         total = steps_per_epoch * first.trial.epochs
-        multipliers = _multipliers(jobs, total)
+        multipliers = [lr_multipliers(j.settings, total) for j in jobs]
         peaks = [float(j.trial.learning_rate or 0.0) for j in jobs]
         # on a GPU each member's learning rate is a device tensor its AdamW groups read inside the graph
         lrs = [torch.tensor(peak, device=device) for peak in peaks] if cuda else None
@@ -402,10 +396,7 @@ class StackEngine:
                             state.samples += rows.shape[1]
                             state.tokens += int(lengths[j].sum())
                     done += 1
-                if stepper.first_step_at is None:
-                    if stepper.cuda:
-                        torch.cuda.current_stream(device).synchronize()
-                    stepper.first_step_at = time.time()
+                stepper.mark_first_step()
                 for hook in hooks:
                     hook()
                 if done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps, for all members
@@ -434,12 +425,6 @@ class StackEngine:
                 " ".join(f"{sum(st.epoch_losses) / max(1, len(st.epoch_losses)):.4f}" for st in states),
             )
         return diverged
-
-
-def _multipliers(jobs: list[FitJob], total: int) -> list[Callable[[int], float]]:
-    return [
-        lr_multipliers(j.settings.scheduler, math.ceil(j.settings.warmup_ratio * total), total) for j in jobs
-    ]
 
 
 def _snapshot(
@@ -484,25 +469,10 @@ def run_stack(
     runs = [begin(study, t, paths, r, prepared) for t, r in zip(trials, resumables, strict=True)]
     device = runs[0].device
     try:
-        jobs: list[FitJob] = []
-        for run in runs:
-            s = settings(study, run.trial)
-            with BUILD_LOCK:
-                model, _ = build_model(study, s, prepared, run.trial.init_seed or 0, seed_cuda=False)
-            job = FitJob(
-                model=model,
-                train=prepared.train,
-                eval=prepared.eval,
-                trial=run.trial,
-                settings=s.train,
-                device=device,
-                pad_id=prepared.pad_token_id,
-                num_labels=len(prepared.label_names),
-                guard=run.resumable.guard,
-                on_checkpointable=run.resumable.set_snapshot,
-                resume_state=checkpoint.load(run.folder),
-            )
-            jobs.append(job)
+        jobs = []
+        for run in runs:  # each member's periodic checkpoints come from the stack's hook (_together)
+            model, _ = trial_model(study, run.trial, prepared, seed_cuda=False)
+            jobs.append(fit_job(study, run.trial, prepared, device, model, run.resumable, None))
         steps = {j.resume_state["step"] if j.resume_state else 0 for j in jobs}
         if len(steps) > 1:
             raise ValueError(f"members saved at different steps ({sorted(steps)})")
