@@ -73,6 +73,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_for_completed(array: str, tasks: int, timeout: float) -> None:
+    """Wait until sacct shows the array's `tasks` tasks, and only those, COMPLETED."""
+    done = {f"{array}_{i}": "COMPLETED" for i in range(tasks)}
+    wait_for(
+        lambda: {k: v for k, v in sacct_states([array]).items() if k.startswith(f"{array}_")} == done,
+        timeout,
+        f"sacct to show {tasks} completed tasks",
+    )
+
+
 def array_ids(out: str) -> list[str]:
     return re.findall(r"submitted array job (\d+)", out)
 
@@ -170,12 +180,7 @@ def test_a_four_trial_array_then_nothing_to_submit(
     assert "submitted array job" in out.stdout and ": 4 task(s)" in out.stdout
     watch = ftvar("status", str(study_file), "--watch", "--interval", "1", *args)
     assert watch.returncode == 0, watch.stdout + watch.stderr
-    done = {f"{array}_{i}": "COMPLETED" for i in range(4)}  # records land a moment before the tasks end
-    wait_for(
-        lambda: {k: v for k, v in sacct_states([array]).items() if k.startswith(f"{array}_")} == done,
-        60,
-        "sacct to show 4 completed tasks",
-    )
+    wait_for_completed(array, 4, 60)  # records land a moment before the tasks end
     study = load_study(str(study_file), overrides(args))
     paths = StudyPaths.of(tmp_path, study.name)
     gpus, tasks = set(), set()
@@ -310,12 +315,7 @@ def test_a_stacked_array_trains_each_tasks_trials_as_one_stack(
     assert out.returncode == 0, out.stderr
     assert ": 2 task(s) (2 trials per task, stacked)" in out.stdout
     (array,) = array_ids(out.stdout)
-    done = {f"{array}_{i}": "COMPLETED" for i in range(2)}
-    wait_for(
-        lambda: {k: v for k, v in sacct_states([array]).items() if k.startswith(f"{array}_")} == done,
-        120,
-        "sacct to show 2 completed tasks",
-    )
+    wait_for_completed(array, 2, 120)
     study = load_study(str(study_file), overrides(args))
     paths = StudyPaths.of(tmp_path, study.name)
     by_task: dict[str, set[int]] = {}
