@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 
 from ftvar import record
@@ -46,6 +47,40 @@ def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
             jsonschema.validate(bad, schema)
         with pytest.raises(RecordError):
             record.validate(bad)
+
+
+def test_the_validator_names_the_field_and_takes_what_python_would_write() -> None:
+    """jsonschema-rs takes exact JSON types only: a record built in Python (torch's version string is a str
+    subclass, sklearn's metrics numpy floats) is checked as it will be written."""
+
+    class Version(str):
+        pass
+
+    rec = make_record()
+    rec["environment"]["torch"] = Version("2.13.0")
+    rec["metrics"]["accuracy"] = np.float64(0.8)
+    record.validate(rec)
+    with pytest.raises(RecordError, match=r"metrics\.accuracy: 1\.5 is greater than the maximum of 1"):
+        record.validate(make_record(metrics={"accuracy": 1.5, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0}))
+    with pytest.raises(RecordError, match="not JSON"):
+        record.validate(make_record(label_names={"negative", "positive"}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": 1, "b": [1.5, -2e-7, null, true], "c": "\\u00e9"}',
+        b'{"a": 9223372036854775807, "b": 18446744073709551616, "c": -9223372036854775809}',  # 19+ digits
+        b'{"a": 1180591620717411303424.0}',
+        b'{"a": "\\ud800"}',  # a lone surrogate: Python's reader takes it, orjson does not
+        b'{"a": 1, "a": 2}',
+        '{"a": "é"}'.encode("utf-16"),  # Python's reader detects UTF-16
+    ],
+)
+def test_the_fast_parser_reads_what_pythons_reader_reads(text: bytes) -> None:
+    assert record._parse(text) == json.loads(text)
+    got = record._parse(text)
+    assert [type(v) for v in got.values()] == [type(v) for v in json.loads(text).values()]
 
 
 def test_failed_and_baseline_records_are_valid() -> None:
