@@ -10,13 +10,17 @@ some table becomes a note, never a crash.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from ftvar.axes import Axis
 from ftvar.collect import CollectResult, SkippedRecordsError, collect
@@ -51,6 +55,7 @@ T = TypeVar("T")
 BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
 BOOTSTRAP_MIN = 100
 BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
+PARALLEL_MIN_TRIALS = 20_000  # below, forking workers costs more than the metrics' analyses in parallel save
 
 
 @dataclass
@@ -209,8 +214,122 @@ def _select(study: Study, rows: pd.DataFrame, metric: str) -> Selection:
     return select(metric, model, response, a.degree)
 
 
-def analyze(study: Study, table: pd.DataFrame) -> Analysis:
-    """Every part of the report on a collected table (ok trials of the current design)."""
+@dataclass
+class _MetricJob:
+    """What every metric's part of the analysis reads (inherited by forked workers, never pickled)."""
+
+    study: Study
+    trials: pd.DataFrame
+    baseline: pd.DataFrame
+    baselines: Baselines
+    resamples: int
+
+
+@dataclass
+class _MetricPart:
+    """One metric's fits, decomposition, degree selection and best configuration, and its notes."""
+
+    metric: str
+    model: ModelData | None = None
+    fits: list[Fit] = field(default_factory=list)
+    variance: list[Decomposition] = field(default_factory=list)
+    selection: Selection | None = None
+    best: Best | None = None
+    notes: list[str] = field(default_factory=list)
+    relative_note: str | None = None
+    seed_model: str = ""  # set by the first metric's part (accuracy)
+    seed_model_why: str = ""
+
+
+def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
+    """Everything the report shows for metric FIT_METRICS[i], seeded by i (so the same in any process)."""
+    study, trials, a = job.study, job.trials, job.study.analysis
+    metric = FIT_METRICS[i]
+    part = _MetricPart(metric)
+    notes = part.notes
+    finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
+    rows = trials.loc[finite].reset_index(drop=True)
+    if rows.empty:
+        notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
+        return part
+    md = part.model = build(rows, study.axes, a.degree, a.factor_interactions)
+    if i == 0:
+        notes.extend(md.notes)
+        part.seed_model, part.seed_model_why = resolve_seed_model(md, a.seed_model)
+    y = rows[metric].to_numpy(dtype="float64")
+    part.fits.append(fit_metric(md, y, metric, "absolute", "all", a.seed_model))
+    base = job.baseline.loc[finite].reset_index(drop=True)[metric].to_numpy(dtype="float64")
+    if job.baselines.n and job.baselines.shared:
+        part.relative_note = (
+            "relative (% change from the baseline) is the absolute fit scaled by one constant here, "
+            "because every trial shares one baseline value: same directions, p-values and R², so it is "
+            "not repeated"
+        )
+    elif job.baselines.n:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (y - base) / base * 100.0
+        ok_rel = np.isfinite(rel)
+        if ok_rel.any():
+            md_rel = (
+                md if ok_rel.all() else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
+            )
+            part.fits.append(fit_metric(md_rel, rel[ok_rel], metric, "relative", "all", a.seed_model))
+    keep = ~rows["degenerate_flag"].to_numpy(dtype=bool)
+    if not keep.all():
+        if keep.sum() == 0:
+            notes.append(f"every trial with {METRIC_LABELS[metric]} is degenerate: no fit without them")
+        else:
+            md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
+            part.fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
+    part.variance = _guard(
+        notes,
+        f"the variance decomposition of {METRIC_LABELS[metric]}",
+        [],
+        partial(decompose, md, y[:, None], [metric], job.resamples, i),
+    )
+    sel = part.selection = _guard(
+        notes,
+        f"the degree selection for {METRIC_LABELS[metric]}",
+        None,
+        partial(_select, study, rows, metric),
+    )
+    degree = sel.chosen if sel is not None and sel.chosen is not None else a.degree
+    md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
+    if md_best.predictors and md_best.n > md_best.X.shape[1]:
+        maximise = HIGHER_IS_BETTER[metric]
+        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + i)
+        part.best = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
+    return part
+
+
+_FORKED_JOB: _MetricJob | None = None  # the job a forked worker inherits
+
+
+def _forked_part(i: int) -> _MetricPart:
+    assert _FORKED_JOB is not None  # set before the pool forks
+    with threadpool_limits(1):  # one BLAS thread per worker: spinning BLAS threads of 3 workers fight
+        return _metric_part(_FORKED_JOB, i)
+
+
+def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
+    """Each metric's part, in FIT_METRICS order: one forked process per metric when `parallel` (the parts are
+    independent and seeded by metric, so the results are those of the serial run; a worker inherits the
+    trials instead of receiving them pickled), else one after the other."""
+    global _FORKED_JOB
+    indices = range(len(FIT_METRICS))
+    if not parallel or "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
+        return [_metric_part(job, i) for i in indices]
+    _FORKED_JOB = job
+    try:
+        with ProcessPoolExecutor(len(FIT_METRICS), mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_forked_part, indices))
+    finally:
+        _FORKED_JOB = None
+
+
+def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> Analysis:
+    """Every part of the report on a collected table (ok trials of the current design). The metrics are
+    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way)."""
     a = study.analysis
     notes: list[str] = []
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
@@ -222,13 +341,6 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
     degenerate = summarise(trials, flagged, config_cols, from_acc)
     baseline, baselines = _baseline_of(table, trials, study)
 
-    fits: list[Fit] = []
-    models: dict[str, ModelData] = {}
-    variance: list[Decomposition] = []
-    selection: list[Selection] = []
-    bests: list[Best] = []
-    relative_note = None
-    seed_model, seed_model_why = "none", ""
     resamples = a.bootstrap
     n_ok = max(1, len(trials))
     if resamples > BOOTSTRAP_MIN and n_ok * resamples > BOOTSTRAP_CELLS:
@@ -237,66 +349,18 @@ def analyze(study: Study, table: pd.DataFrame) -> Analysis:
             f"bootstrap: {resamples} resamples instead of analysis.bootstrap = {a.bootstrap}, to keep "
             f"{n_ok} trials fast (intervals from fewer resamples are a little rougher)"
         )
-    for i, metric in enumerate(FIT_METRICS):
-        finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
-        rows = trials.loc[finite].reset_index(drop=True)
-        if rows.empty:
-            notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
-            continue
-        md = build(rows, study.axes, a.degree, a.factor_interactions)
-        models[metric] = md
-        if i == 0:
-            notes.extend(md.notes)
-            seed_model, seed_model_why = resolve_seed_model(md, a.seed_model)
-        y = rows[metric].to_numpy(dtype="float64")
-        fits.append(fit_metric(md, y, metric, "absolute", "all", a.seed_model))
-        base = baseline.loc[finite].reset_index(drop=True)[metric].to_numpy(dtype="float64")
-        if baselines.n and baselines.shared:
-            relative_note = (
-                "relative (% change from the baseline) is the absolute fit scaled by one constant here, "
-                "because every trial shares one baseline value: same directions, p-values and R², so it is "
-                "not repeated"
-            )
-        elif baselines.n:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = (y - base) / base * 100.0
-            ok_rel = np.isfinite(rel)
-            if ok_rel.any():
-                md_rel = (
-                    md
-                    if ok_rel.all()
-                    else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
-                )
-                fits.append(fit_metric(md_rel, rel[ok_rel], metric, "relative", "all", a.seed_model))
-        keep = ~rows["degenerate_flag"].to_numpy(dtype=bool)
-        if not keep.all():
-            if keep.sum() == 0:
-                notes.append(f"every trial with {METRIC_LABELS[metric]} is degenerate: no fit without them")
-            else:
-                md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
-                fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
-        variance += _guard(
-            notes,
-            f"the variance decomposition of {METRIC_LABELS[metric]}",
-            [],
-            partial(decompose, md, y[:, None], [metric], resamples, i),
-        )
-        sel = _guard(
-            notes,
-            f"the degree selection for {METRIC_LABELS[metric]}",
-            None,
-            partial(_select, study, rows, metric),
-        )
-        if sel is not None:
-            selection.append(sel)
-        degree = sel.chosen if sel is not None and sel.chosen is not None else a.degree
-        md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
-        if md_best.predictors and md_best.n > md_best.X.shape[1]:
-            maximise = HIGHER_IS_BETTER[metric]
-            compute = partial(best, md_best, y, metric, maximise, degree, resamples, 100 + i)
-            b = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
-            if b is not None:
-                bests.append(b)
+    job = _MetricJob(study, trials, baseline, baselines, resamples)
+    parts = _run_metrics(job, len(trials) >= PARALLEL_MIN_TRIALS if parallel is None else parallel)
+    fits = [f for part in parts for f in part.fits]
+    models = {part.metric: part.model for part in parts if part.model is not None}
+    variance = [d for part in parts for d in part.variance]
+    selection = [part.selection for part in parts if part.selection is not None]
+    bests = [part.best for part in parts if part.best is not None]
+    relative_note = next((part.relative_note for part in parts if part.relative_note), None)
+    seed_model, seed_model_why = next(
+        ((part.seed_model, part.seed_model_why) for part in parts if part.seed_model), ("none", "")
+    )
+    notes += [note for part in parts for note in part.notes]
     by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
     em: list[Curve] = _guard(
         notes,

@@ -433,3 +433,30 @@ def test_a_sobol_design_is_analysed_like_a_grid() -> None:
     best = next(b for b in result.best if b.metric == "accuracy")
     lr = best.axes[0]
     assert lr.ci_low is not None and lr.ci_low <= 1e-4 <= lr.ci_high  # type: ignore[operator]
+
+
+def test_the_metrics_analysed_in_parallel_processes_give_the_serial_analysis() -> None:
+    """Large studies analyse their metrics in forked workers (one per metric, seeded by metric): the same
+    numbers, notes and order as one after the other, relative fits, degenerate trials and a failing part
+    included."""
+    study = make_study(seeds=[0, 1, 2, 3], bootstrap=200)
+    table = simulate(study, quadratic(study), init_sd=0.03, degenerate=0.1, rng=np.random.default_rng(3))
+    table.loc[table.index[:5], "eval_loss"] = np.nan  # one metric with fewer rows than the others
+    serial = analyze(study, table, parallel=False)
+    forked = analyze(study, table, parallel=True)
+
+    def numbers(a: object) -> object:
+        return (
+            [(f.metric, f.kind, f.subset, [c.coef for c in f.coefs], [t.p for t in f.tests]) for f in a.fits],
+            [(d.metric, [(c.name, c.share, c.ci_low, c.ci_high) for c in d.components]) for d in a.variance],
+            [(s.metric, s.chosen) for s in a.selection],
+            [(b.metric, repr(b)) for b in a.best],
+            a.notes,
+            a.relative_note,
+            (a.seed_model, a.seed_model_why),
+            sorted(a.models),
+        )
+
+    assert {f.kind for f in serial.fits} == {"absolute", "relative"}
+    assert {f.subset for f in serial.fits} == {"all", "non-degenerate"}
+    assert numbers(serial) == numbers(forked)
