@@ -119,7 +119,10 @@ def _launch_locked(
         console.print(f"records will appear in {paths.records}; follow them with `ftvar status`")
         return 0
     if kind == "debug":
-        job_ids, errors = ["in-process"], local.run_in_process(study, paths, todo, console)
+        job_ids = ["in-process"]
+        errors = local.run_in_process(
+            study, paths, todo, console, cluster.trials_per_task, cluster.pack == "stack"
+        )
     else:
         job_ids, errors = local.run_local(
             study, paths, todo, max_parallel, console, cluster.trials_per_task, cluster.pack == "stack"

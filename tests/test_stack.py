@@ -343,3 +343,30 @@ def test_a_stacks_members_save_their_periodic_checkpoints_together(tmp_path: Pat
     hook()
     assert saved == [("a", 2), ("b", 2), ("c", 2)]
     assert [r.saved_step for r in resumables] == [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_the_debug_executor_runs_a_pack_in_its_own_process(tmp_path: Path) -> None:
+    """`--executor debug` keeps --trials-per-task and --pack: a stack can be stepped through in one process."""
+    args = [f"--set={s}" for s in SMALL]
+    result = ftvar(
+        "launch",
+        "smoke",
+        *args,
+        "--executor",
+        "debug",
+        "--trials-per-task",
+        "4",
+        "--pack",
+        "stack",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one pack in this process, stacks of up to 4" in result.stdout
+    study = load_study("smoke", SMALL)
+    for t in expand(study):
+        rec = record.read_record(StudyPaths.of(tmp_path, study.name).record(t.trial_id))
+        assert rec["status"] == "ok"
+        if not t.is_baseline:
+            assert rec["engine"]["stacked_with"] == 4 and rec["environment"]["slurm_job_id"] is None

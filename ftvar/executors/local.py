@@ -82,10 +82,23 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def run_in_process(study: Study, paths: StudyPaths, todo: list[Trial], console: Console) -> list[str]:
-    """The `debug` executor: every trial in turn, in this process."""
+def run_in_process(
+    study: Study,
+    paths: StudyPaths,
+    todo: list[Trial],
+    console: Console,
+    lanes: int | None = None,
+    stack: bool = False,
+) -> list[str]:
+    """The `debug` executor: every trial in turn, in this process; with `lanes` > 1, one pack of them all in
+    this process (`lanes` at a time, or in stacks of up to `lanes` with `stack`), as a task would run it."""
     from ftvar.train.runner import run_trial, set_threads
 
+    if lanes is not None and lanes > 1:
+        how = f"stacks of up to {lanes}" if stack else f"{lanes} at a time"
+        console.print(f"[dim]{len(todo)} trial(s) in one pack in this process, {how}[/dim]")
+        job_main(study, todo, paths, lanes, stack)
+        return []
     set_threads()
     with progress_bar(console) as progress:
         task = progress.add_task("trials", total=len(todo))
