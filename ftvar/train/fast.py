@@ -271,8 +271,19 @@ class FastEngine:
                     "loop": dataclasses.asdict(state),
                 }
             )
+        peak = trial.learning_rate
+
+        def set_lr(step: int) -> None:
+            value = peak * multiplier(step)
+            if lr is not None:  # the graph reads it on the device
+                lr.fill_(value)
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = value
+
         t0 = time.perf_counter()
-        result.diverged = self._train(job, stepper, data, state, total, multiplier)
+        hooks = [job.after_step] if job.after_step is not None else []
+        result.diverged = run_epochs([job], stepper, data, [state], set_lr, hooks, trial.trial_id)[0]
         if cuda:  # this lane's stream only: a device-wide wait would also wait for (or break) other lanes
             torch.cuda.current_stream(job.device).synchronize()
         result.steps, result.train_time = state.step, time.perf_counter() - t0
@@ -296,75 +307,87 @@ class FastEngine:
         )
         return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
 
-    def _train(
-        self,
-        job: FitJob,
-        stepper: Stepper,
-        data: DeviceSplit,
-        state: LoopState,
-        total: int,
-        multiplier: Callable[[int], float],
-    ) -> str | None:
-        trial, device = job.trial, job.device
-        assert (
-            trial.batch_size is not None and trial.learning_rate is not None and trial.order_seed is not None
-        )
-        bs, sizes = trial.batch_size, buckets(int(data.ids.shape[1]))
-        steps_per_epoch = math.ceil(len(data) / bs)
-        guard = job.guard.step if job.guard is not None else contextlib.nullcontext
-        after_step = job.after_step or (lambda: None)
-        job.model.train()
-        while state.step < total:
-            epoch, offset = divmod(state.step, steps_per_epoch)
-            if offset == 0:
+
+def run_epochs(
+    jobs: list[FitJob],
+    stepper: Stepper,
+    data: DeviceSplit,
+    states: list[LoopState],
+    set_lr: Callable[[int], None],
+    hooks: list[Callable[[], None]],
+    label: str,
+) -> list[str | None]:
+    """The training loop of one trial (one job: a batch is a vector of row indices) or of a stack's members
+    (several jobs: a [K, batch] matrix, each member's rows in its own order), from the states' step to the
+    end; why each member diverged, or None. Batches are padded to a static bucket length on a GPU (one graph
+    per length), to the batch's own longest row on a CPU (the plain loop's dropout masks then match). The
+    loss sums stay on the device, read every CHECK_EVERY steps and at each epoch's end; a diverged member
+    stops counting steps, the others train on."""
+    first, k = jobs[0], len(jobs)
+    bs, epochs = first.trial.batch_size, first.trial.epochs
+    if bs is None:
+        raise ValueError("a baseline has no training loop")
+    sizes = buckets(int(data.ids.shape[1]))
+    steps_per_epoch = math.ceil(len(data) / bs)
+    total = steps_per_epoch * epochs
+    guard = first.guard.step if first.guard is not None else contextlib.nullcontext
+    diverged: list[str | None] = [None] * k
+    first.model.train()
+    step = states[0].step
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        if offset == 0:
+            for state in states:
                 state.epoch_losses = []
-            order = epoch_order(len(data), trial.order_seed, epoch)[offset * bs :]
-            host = order.numpy()
-            on_device = order.to(device)
-            stepper.loss_sum.zero_()
-            done, checked = 0, 0
-            for start in range(0, len(host), bs):
-                rows = host[start : start + bs]
-                # static lengths for graphs; on a CPU each batch's own (dropout masks, drawn over the padded
-                # batch, then match the plain loop's exactly)
-                length = bucket_of(
-                    data.host_lengths[rows], sizes if stepper.cuda else [int(data.ids.shape[1])]
-                )
-                if not stepper.cuda:
-                    length = int(data.host_lengths[rows].max())
-                with guard():
-                    value = trial.learning_rate * multiplier(state.step)
-                    if stepper.cuda:
-                        stepper.lr.fill_(value)
-                    else:
-                        for group in stepper.optimizer.param_groups:
-                            group["lr"] = value
-                    stepper.step(on_device[start : start + bs], length)
-                    state.step += 1
-                    state.samples += len(rows)
-                    state.tokens += int(data.host_lengths[rows].sum())
-                    done += 1
-                stepper.mark_first_step()
-                after_step()
-                if done - checked >= CHECK_EVERY:  # one host sync every CHECK_EVERY steps
-                    checked = done
-                    if not math.isfinite(float(stepper.loss_sum)):
-                        since = state.step - CHECK_EVERY
-                        return f"non-finite training loss between steps {since} and {state.step}"
-            mean = float(stepper.loss_sum) / max(1, done)
-            if not math.isfinite(mean):
-                return f"non-finite training loss in epoch {epoch + 1} (by step {state.step} of {total})"
-            state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
-            log.info(
-                "%s epoch %d/%d done: step %d/%d, train loss %.4f",
-                trial.trial_id,
-                epoch + 1,
-                trial.epochs,
-                state.step,
-                total,
-                sum(state.epoch_losses) / max(1, len(state.epoch_losses)),
-            )
-        return None
+        orders = [epoch_order(len(data), int(j.trial.order_seed or 0), epoch)[offset * bs :] for j in jobs]
+        host = orders[0].numpy() if k == 1 else np.stack([o.numpy() for o in orders])
+        on_device = torch.from_numpy(host).to(first.device)
+        stepper.loss_sum.zero_()
+        done, checked = 0, 0
+        for start in range(0, host.shape[-1], bs):
+            rows = host[..., start : start + bs]
+            lengths = data.host_lengths[rows]
+            length = bucket_of(lengths, sizes) if stepper.cuda else int(lengths.max())
+            per_member = lengths.reshape(k, -1)
+            with guard():
+                set_lr(step)
+                stepper.step(on_device[..., start : start + bs], length)
+                step += 1
+                for j, state in enumerate(states):
+                    if diverged[j] is None:  # a diverged member's record counts the steps it trained
+                        state.step = step
+                        state.samples += per_member.shape[1]
+                        state.tokens += int(per_member[j].sum())
+                done += 1
+            stepper.mark_first_step()
+            for hook in hooks:
+                hook()
+            if done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps, for all members
+                checked = done
+                for j, value in enumerate(stepper.loss_sum.reshape(-1).tolist()):
+                    if diverged[j] is None and not math.isfinite(value):
+                        since = step - CHECK_EVERY
+                        diverged[j] = f"non-finite training loss between steps {since} and {step}"
+                if all(diverged):
+                    return diverged
+        means = [value / max(1, done) for value in stepper.loss_sum.reshape(-1).tolist()]
+        for j, (state, mean) in enumerate(zip(states, means, strict=True)):
+            if diverged[j] is None and not math.isfinite(mean):
+                diverged[j] = f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
+            if diverged[j] is None:
+                state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
+        if all(diverged):
+            return diverged
+        log.info(
+            "%s epoch %d/%d done: step %d/%d, train loss %s",
+            label,
+            epoch + 1,
+            epochs,
+            step,
+            total,
+            " ".join(f"{sum(st.epoch_losses) / max(1, len(st.epoch_losses)):.4f}" for st in states),
+        )
+    return diverged
 
 
 @torch.no_grad()

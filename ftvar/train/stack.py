@@ -19,7 +19,6 @@ restore its random generators, and its throughput in the record is its own sampl
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -27,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,18 +38,15 @@ from ftvar.train.engine import (
     FitResult,
     LoopState,
     decays,
-    epoch_order,
     evaluated_into,
     make_optimizer,
 )
 from ftvar.train.fast import (
-    CHECK_EVERY,
     DeviceSplit,
     Stepper,
-    bucket_of,
-    buckets,
     evaluate_fast,
     lr_multipliers,
+    run_epochs,
 )
 from ftvar.train.runner import TrialRun, begin, crashed, finish, fit_job, fitted, trial_model
 from ftvar.trial import StudyPaths, Trial
@@ -312,7 +307,9 @@ class StackEngine:
             if job.on_checkpointable is not None:
                 job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j]))
         t0 = time.perf_counter()
-        diverged = self._train(jobs, stepper, data, states, set_lr, after_step)
+        hooks = [job.after_step for job in jobs if job.after_step is not None]
+        hooks += [after_step] if after_step is not None else []
+        diverged = run_epochs(jobs, stepper, data, states, set_lr, hooks, f"stack of {k},")
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         train_time = time.perf_counter() - t0
@@ -344,87 +341,6 @@ class StackEngine:
             job.model.to("cpu")
             evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
         return results
-
-    def _train(
-        self,
-        jobs: list[FitJob],
-        stepper: StackStepper,
-        data: DeviceSplit,
-        states: list[LoopState],
-        set_lr: Callable[[int], None],
-        after_step: Callable[[], None] | None,
-    ) -> list[str | None]:
-        first = jobs[0]
-        device, bs, epochs = first.device, first.trial.batch_size, first.trial.epochs
-        assert bs is not None
-        sizes = buckets(int(data.ids.shape[1]))
-        steps_per_epoch = math.ceil(len(data) / bs)
-        total = steps_per_epoch * epochs
-        guard = first.guard.step if first.guard is not None else contextlib.nullcontext
-        diverged: list[str | None] = [None] * len(jobs)
-        hooks = [job.after_step for job in jobs if job.after_step is not None]
-        if after_step is not None:
-            hooks.append(after_step)
-        first.model.train()
-        step = states[0].step
-        while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if offset == 0:
-                for state in states:
-                    state.epoch_losses = []
-            host = np.stack(
-                [
-                    epoch_order(len(data), int(j.trial.order_seed or 0), epoch)[offset * bs :].numpy()
-                    for j in jobs
-                ]
-            )
-            on_device = torch.from_numpy(host).to(device)
-            stepper.loss_sum.zero_()
-            done, checked = 0, 0
-            for start in range(0, host.shape[1], bs):
-                rows = host[:, start : start + bs]
-                lengths = data.host_lengths[rows]
-                # static lengths for graphs (the longest row of any member); on a CPU the batches' own
-                length = bucket_of(lengths, sizes) if stepper.cuda else int(lengths.max())
-                with guard():
-                    set_lr(step)
-                    stepper.step(on_device[:, start : start + bs], length)
-                    step += 1
-                    for j, state in enumerate(states):
-                        if diverged[j] is None:  # a diverged member's record counts the steps it trained
-                            state.step = step
-                            state.samples += rows.shape[1]
-                            state.tokens += int(lengths[j].sum())
-                    done += 1
-                stepper.mark_first_step()
-                for hook in hooks:
-                    hook()
-                if done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps, for all members
-                    checked = done
-                    for j, value in enumerate(stepper.loss_sum.tolist()):
-                        if diverged[j] is None and not math.isfinite(value):
-                            diverged[j] = (
-                                f"non-finite training loss between steps {step - CHECK_EVERY} and {step}"
-                            )
-                    if all(diverged):
-                        return diverged
-            means = [value / max(1, done) for value in stepper.loss_sum.tolist()]
-            for j, (state, mean) in enumerate(zip(states, means, strict=True)):
-                if diverged[j] is None and not math.isfinite(mean):
-                    diverged[j] = f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
-                state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
-            if all(diverged):
-                return diverged
-            log.info(
-                "stack of %d, epoch %d/%d done: step %d/%d, train loss %s",
-                len(jobs),
-                epoch + 1,
-                epochs,
-                step,
-                total,
-                " ".join(f"{sum(st.epoch_losses) / max(1, len(st.epoch_losses)):.4f}" for st in states),
-            )
-        return diverged
 
 
 def _snapshot(
