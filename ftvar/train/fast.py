@@ -110,6 +110,19 @@ class Stats:
     fallback: str | None = None
     capture_seconds: float = 0.0
 
+    def engine(self, name: str, **extra: Any) -> dict[str, Any]:
+        """The record's `engine` block of an engine that stepped with these statistics."""
+        return {
+            "name": name,
+            **extra,
+            "cuda_graphs": bool(self.graph_steps),
+            "fallback": self.fallback,
+            "graph_shapes": self.shapes,
+            "graph_steps": self.graph_steps,
+            "eager_steps": self.eager_steps,
+            "capture_seconds": round(self.capture_seconds, 3),
+        }
+
 
 class Stepper:
     """Runs training steps of one trial: eagerly, or by replaying the CUDA graph of the batch's shape."""
@@ -289,15 +302,7 @@ class FastEngine:
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
         result.first_step_at = stepper.first_step_at
-        result.engine = {
-            "name": self.name,
-            "cuda_graphs": bool(stepper.stats.graph_steps),
-            "fallback": stepper.stats.fallback,
-            "graph_shapes": stepper.stats.shapes,
-            "graph_steps": stepper.stats.graph_steps,
-            "eager_steps": stepper.stats.eager_steps,
-            "capture_seconds": round(stepper.stats.capture_seconds, 3),
-        }
+        result.engine = stepper.stats.engine(self.name)
         if result.diverged:
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
             return result

@@ -313,16 +313,7 @@ class StackEngine:
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         train_time = time.perf_counter() - t0
-        engine = {
-            "name": self.name,
-            "stacked_with": k,
-            "cuda_graphs": bool(stepper.stats.graph_steps),
-            "fallback": stepper.stats.fallback,
-            "graph_shapes": stepper.stats.shapes,
-            "graph_steps": stepper.stats.graph_steps,
-            "eager_steps": stepper.stats.eager_steps,
-            "capture_seconds": round(stepper.stats.capture_seconds, 3),
-        }
+        engine = stepper.stats.engine(self.name, stacked_with=k)
         for j, job in enumerate(jobs):
             result, state = results[j], states[j]
             result.steps, result.train_time = state.step, train_time
