@@ -80,6 +80,7 @@ def columns(study: Study) -> tuple[str, ...]:
 
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
 INT64 = (-(2**63), 2**63 - 1)
+INT_COLUMNS = {c for c, dtype in _DTYPES.items() if dtype.lower() == "int64"} | {"seed"}
 MAX_LOSS = 1e9  # no real mean cross-entropy comes near it; beyond, squares overflow the regressions
 
 Row = tuple[Any, ...]
@@ -204,13 +205,15 @@ def _read_chunk(
 
 
 def _out_of_range(rec: dict[str, Any]) -> str | None:
-    """The first integer field that a 64-bit table column cannot hold (the schema bounds only the minimum)."""
+    """The first integer field that a 64-bit table column cannot hold (the schema bounds only the minimum;
+    the parser reads an integer beyond 64 bits as a float, as JSON Schema's integers may be)."""
     fields = {f"params.{k}": v for k, v in rec["params"].items()}
     fields |= {k: rec.get(k) for k in ("n_train", "n_eval", "steps")}
     fields["resume.requeues"] = (rec.get("resume") or {}).get("requeues")
     for name, value in fields.items():
-        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
-            return f"{name} = {value}"
+        integral = isinstance(value, int) or (name.split(".")[-1] in INT_COLUMNS and isinstance(value, float))
+        if integral and not INT64[0] <= value <= INT64[1]:
+            return f"{name} = {int(value)}"
     return None
 
 

