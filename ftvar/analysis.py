@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -323,6 +324,8 @@ def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
     try:
         with ProcessPoolExecutor(len(FIT_METRICS), mp_context=multiprocessing.get_context("fork")) as pool:
             return list(pool.map(_forked_part, indices))
+    except BrokenProcessPool:  # a worker was killed (out of memory?): one metric at a time needs a third
+        return [_metric_part(job, i) for i in indices]
     finally:
         _FORKED_JOB = None
 

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,14 +234,21 @@ def read_records(
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     rows: list[Row] = []
     skipped: list[Skipped] = []
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(_read_chunk, chunk, name, hash_, axes) for chunk in _chunks(paths, workers * 4)
-        ]
-        for fut in futures:
-            r, s = fut.result()
-            rows.extend(r)
-            skipped.extend(s)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_read_chunk, chunk, name, hash_, axes) for chunk in _chunks(paths, workers * 4)
+            ]
+            for fut in futures:
+                r, s = fut.result()
+                rows.extend(r)
+                skipped.extend(s)
+    except BrokenProcessPool:  # killed, or crashed on a file: reading it here could crash this process too
+        raise FtvarError(
+            f"a record reader process died while reading {len(paths)} record files (killed, e.g. for memory, "
+            "or crashed by a file); run it again, and if it dies again see `dmesg` for what killed it, or "
+            "look for a damaged file among the newest records"
+        ) from None
     return rows, skipped
 
 

@@ -460,3 +460,27 @@ def test_the_metrics_analysed_in_parallel_processes_give_the_serial_analysis() -
     assert {f.kind for f in serial.fits} == {"absolute", "relative"}
     assert {f.subset for f in serial.fits} == {"all", "non-degenerate"}
     assert numbers(serial) == numbers(forked)
+
+
+def test_a_killed_analysis_worker_leaves_the_serial_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked worker that dies (the kernel's out-of-memory killer) breaks the pool: the metrics are then
+    analysed one at a time in the process itself, with the same numbers."""
+    import os
+
+    from ftvar import analysis as analysis_mod
+
+    study = make_study(seeds=[0, 1, 2], bootstrap=100)
+    table = simulate(study, quadratic(study), rng=np.random.default_rng(5))
+    serial = analyze(study, table, parallel=False)
+    parent = os.getpid()
+    real = analysis_mod._metric_part
+
+    def dies_in_a_worker(job: object, i: int) -> object:
+        if os.getpid() != parent:
+            os._exit(137)
+        return real(job, i)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysis_mod, "_metric_part", dies_in_a_worker)
+    rescued = analyze(study, table, parallel=True)
+    assert [f.coefs for f in rescued.fits] == [f.coefs for f in serial.fits]
+    assert [d.components for d in rescued.variance] == [d.components for d in serial.variance]

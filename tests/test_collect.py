@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -165,6 +167,28 @@ def test_parallel_reading_gives_the_same_table(tmp_path: Path, monkeypatch: pyte
     parallel = collect(study, tmp_path, workers=2)
     pd.testing.assert_frame_equal(serial.table, parallel.table)
     assert serial.skipped == parallel.skipped and len(parallel.skipped) == 1
+
+
+_PARENT = os.getpid()
+
+
+def _dies_in_a_worker(*args: Any) -> Any:
+    """A reader that the kernel's out-of-memory killer ends (module level: the pool pickles it by name)."""
+    if os.getpid() != _PARENT:
+        os._exit(137)
+    raise AssertionError("called in the collecting process")
+
+
+def test_a_reader_process_that_dies_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = make_study(lr=[1e-5, 2e-5], bs=[8], ep=[1], seeds=[0, 1])
+    write_grid(tmp_path, study)
+    monkeypatch.setattr(collect_module, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(collect_module, "_read_chunk", _dies_in_a_worker)
+    with pytest.raises(FtvarError, match="a record reader process died while reading 6 record files"):
+        collect(study, tmp_path, workers=2)
+    assert not (tmp_path / study.name / "results.parquet").exists()
 
 
 def test_the_collector_does_not_import_torch() -> None:
