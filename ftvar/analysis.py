@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -318,7 +319,7 @@ def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
     trials instead of receiving them pickled), else one after the other."""
     global _FORKED_JOB
     indices = range(len(FIT_METRICS))
-    if not parallel or "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
+    if not parallel or not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2:  # fork: Linux
         return [_metric_part(job, i) for i in indices]
     _FORKED_JOB = job
     try:
