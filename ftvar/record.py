@@ -198,10 +198,10 @@ def _finite_float(text: str) -> float:
 
 
 def _parse(raw: bytes) -> Any:
-    """The JSON value of a record file: orjson's (2 µs a record; it reads an integer beyond 64 bits as a
-    float), or where orjson refuses the text Python's reader's, which names a non-finite number (`NaN`,
-    `Infinity`, `1e999`: orjson refuses them all alike) and reads what orjson does not (UTF-16, lone
-    surrogates)."""
+    """The JSON value of a record file, read by orjson (2 µs a record; an integer beyond 64 bits comes as a
+    float, which the collector's range check catches); where orjson refuses the text, by Python's reader,
+    which names a non-finite number (`NaN`, `Infinity`, `1e999`: orjson refuses them all alike) and reads
+    what orjson does not (UTF-16, lone surrogates)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
