@@ -44,6 +44,15 @@ def test_trial_ids_are_stable_short_hashes() -> None:
     assert trial_id("0123456789ab", 2e-5, 16, 3, 1, order_seed=2) != "4d2d8741d6"
     assert trial_id("0123456789ab", 2e-5, 16, 3, 2) != trial_id("0123456789ab", 2e-5, 16, 3, 1)
     assert trial_id("ba9876543210", 2e-5, 16, 3, 1) != trial_id("0123456789ab", 2e-5, 16, 3, 1)
+    # other axes, keys out of order (ids as the code before the shared encoder gave them)
+    extra = (
+        ("train.warmup_ratio", 0.1),
+        ("model.name_or_path", "distilbert-base-uncased"),
+        ("data.max_length", 64),
+    )
+    assert trial_id("0123456789ab", 2e-5, 16, 3, 1, extra=extra) == "737608aaee"
+    other = (("train.scheduler", "cosine"), ("data.train_limit", 400))
+    assert trial_id("0123456789ab", 2e-5, 16, 3, 1, 2, extra=other) == "8026a005b0"
     # the built-in studies' hashes and ids, as records on disk have them
     paper, smoke = load_study("paper"), load_study("smoke")
     assert (paper.hash, smoke.hash) == ("e0d9f3a55164", "dd28cf53e5d7")
