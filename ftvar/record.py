@@ -90,8 +90,8 @@ def validate(record: Any, check_finite: bool = True) -> None:
     except jsonschema_rs.ValidationError as exc:
         where = ".".join(str(k) for k in exc.instance_path) or "the record"
         raise RecordError(f"not a valid ftvar record: {where}: {exc.message}") from None
-    except ValueError as exc:  # jsonschema-rs: "Recursion limit reached" (nesting no record has)
-        raise RecordError(f"not a valid ftvar record: {exc}") from None
+    except ValueError as exc:  # jsonschema-rs: "Recursion limit reached"
+        raise RecordError(f"not a valid ftvar record: nested deeper than any record is ({exc})") from None
 
 
 def _non_finite(value: Any, where: str) -> str | None:
