@@ -70,13 +70,15 @@ def test_the_validator_names_the_field_and_takes_what_python_would_write() -> No
 def test_a_deeply_nested_record_file_is_rejected_with_a_reason(tmp_path: Path, depth: int) -> None:
     """Found by a session: jsonschema-rs answers nesting deeper than its limit with a ValueError, which
     escaped read_record (the collector would have crashed). orjson refuses over 1,024 levels; Python's
-    reader then reads them, and the validator refuses them."""
+    reader then reads them or stops at the interpreter's recursion limit (set higher by some packages)."""
     rec = make_record()
     text = json.dumps(rec).replace('"learning_rate": 2e-05', '"learning_rate": ' + "[" * depth + "]" * depth)
     path = tmp_path / "0123456789.json"
     path.write_text(text)
     with pytest.raises(
-        RecordError, match=r"0123456789\.json: not a valid ftvar record: nested deeper than any record is"
+        RecordError,
+        match=r"0123456789\.json: (not a valid ftvar record: nested deeper than any record is|"
+        r"unreadable or not JSON \(RecursionError)",
     ):
         record.read_record(path)
     assert record.read_status(path) is None
