@@ -90,8 +90,9 @@ def validate(record: Any, check_finite: bool = True) -> None:
     except jsonschema_rs.ValidationError as exc:
         where = ".".join(str(k) for k in exc.instance_path) or "the record"
         raise RecordError(f"not a valid ftvar record: {where}: {exc.message}") from None
-    except ValueError as exc:  # jsonschema-rs: "Recursion limit reached"
-        raise RecordError(f"not a valid ftvar record: nested deeper than any record is ({exc})") from None
+    except ValueError as exc:  # jsonschema-rs: "Recursion limit reached" (before 0.35 also huge integers)
+        why = "nested deeper than any record is" if "recursion" in str(exc).lower() else "unreadable"
+        raise RecordError(f"not a valid ftvar record: {why} ({exc})") from None
 
 
 def _non_finite(value: Any, where: str) -> str | None:
