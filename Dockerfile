@@ -1,8 +1,10 @@
 # ftvar image: `docker build -t ftvar:latest .`, then
 #   docker run --rm --gpus all -v "$PWD/outputs:/outputs" ftvar:latest launch smoke --executor local
 # BASE must provide Python >= 3.11 on PATH with torch installed (the official PyTorch CUDA runtime image
-# does); torch is then never reinstalled. CI builds it on a local CPU-only base (containers/build-image.sh).
-ARG BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# does); torch is then never reinstalled. It must be torch >= 2.6 (pyproject's floor: transformers 5 disables
+# an older torch). CUDA 12.8 runs on drivers >= 570 and on H100/H200. CI builds it on a local CPU-only base
+# (containers/build-image.sh).
+ARG BASE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 FROM ${BASE}
 
 # pip settings for the build only, e.g. a mirror or a proxy CA (containers/lib.sh mounts such a pip.conf)

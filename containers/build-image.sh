@@ -7,7 +7,7 @@
 #   FTVAR_IMAGE            the tag to build (default localhost/ftvar:test); also written into the image
 #                          as FTVAR_CONTAINER_IMAGE, so records name it
 #   FTVAR_BASE_IMAGE       build on this base instead of making one with containers/build-base.sh
-#                          (e.g. pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime where a registry is reachable)
+#                          (e.g. pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime where a registry is reachable)
 #   FTVAR_CONTAINER_ENGINE podman (default) or docker (classic builder: DOCKER_BUILDKIT=0; the host pip
 #                          setup of containers/lib.sh is then not passed, as `docker build` has no -v)
 set -Eeuo pipefail

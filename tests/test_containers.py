@@ -118,6 +118,12 @@ def test_dockerfile_structure() -> None:
     assert args["BASE"].startswith("pytorch/pytorch:") and "cuda" in args["BASE"], (
         "default BASE: PyTorch CUDA"
     )
+    # transformers 5 disables a torch older than 2.6: the default image must meet the declared floor
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(d.split(">=")[1] for d in deps if d.startswith("torch>="))
+    base = re.match(r"pytorch/pytorch:(\d+)\.(\d+)", args["BASE"])
+    assert base, args["BASE"]
+    assert (int(base[1]), int(base[2])) >= tuple(int(x) for x in floor.split(".")[:2]), (args["BASE"], floor)
     assert instruction(lines, "FROM") == ["${BASE}"]
     assert args["VERSION"] == __version__, "the image's version label default must follow ftvar.__version__"
     assert instruction(lines, "ENTRYPOINT") == ['["ftvar"]']

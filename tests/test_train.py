@@ -147,6 +147,22 @@ def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch:
     jsonschema.validate(rec, record.schema())
 
 
+def test_a_transformers_that_disabled_torch_is_an_error_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # transformers 5 with torch < 2.6 only warns, then fails as if torch were missing
+    from transformers.utils import import_utils
+
+    monkeypatch.setattr(import_utils, "is_torch_available", lambda: False)
+    study, paths = tiny_synthetic(
+        tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]"
+    )
+    trial = expand(study)[1]
+    with pytest.raises(FtvarError, match=r"does not work with this torch .* install torch>=2\.6"):
+        run_trial(study, trial, paths, prepare_if_missing=True)
+    assert not paths.record(trial.trial_id).exists()  # an environment error, not the trial's result
+
+
 def test_trials_never_tokenize(tmp_path: Path) -> None:
     study, paths = tiny_synthetic(tmp_path)
     with pytest.raises(FtvarError, match="no tokenized cache"):

@@ -121,8 +121,10 @@ def build_model(
     """A tiny random-init DistilBERT, or a pretrained checkpoint with a head for the study's labels; and
     whether that head was "trained" (loaded from the checkpoint) or is "new" (initialised from the seed)."""
     import transformers
+    from transformers.utils import import_utils
 
     transformers.logging.set_verbosity_error()
+    require_torch_support(transformers.__version__, import_utils.is_torch_available())
     num_labels = len(prepared.label_names)
     id2label = dict(enumerate(prepared.label_names))
     # the head (and a tiny model) is initialised from the init seed, and so is dropout's generator
@@ -149,24 +151,34 @@ def build_model(
     from ftvar.train.data import not_loadable
 
     # fp32 master weights whatever the checkpoint's dtype (autocast runs the bf16 maths): transformers 5
-    # would otherwise train a bf16 checkpoint in pure bf16; version 4 calls the argument torch_dtype
-    dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    # would otherwise train a bf16 checkpoint in pure bf16
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             m.name_or_path,
             num_labels=num_labels,
             ignore_mismatched_sizes=True,
             output_loading_info=True,
-            **{dtype_arg: torch.float32},
+            dtype=torch.float32,
         )
     except OSError as exc:
         raise not_loadable(study, f"model {m.name_or_path}", exc) from None
     return model, "new" if fresh_weights(info) else "trained"
 
 
+def require_torch_support(transformers_version: str, uses_torch: bool) -> None:
+    """Raise if transformers has disabled PyTorch: transformers 5 needs torch >= 2.6 and, with an older one,
+    only logs a warning and later fails as if torch were not installed at all."""
+    if not uses_torch:
+        raise FtvarError(
+            f"transformers {transformers_version} does not work with this torch {torch.__version__} (it "
+            "disabled PyTorch: transformers 5 needs torch >= 2.6): install torch>=2.6 in the trials' "
+            "environment (or image)"
+        )
+
+
 def fresh_weights(info: Any) -> list[str]:
     """The weights `from_pretrained` initialised instead of loading (missing or of another shape). Its loading
-    info is a dict in transformers ≥ 5.24 and 4.x, an object with the same fields in earlier 5.x releases."""
+    info is a dict in transformers ≥ 5.24, an object with the same fields in earlier 5.x releases."""
     keys: list[str] = []
     for name in ("missing_keys", "mismatched_keys"):
         value = info.get(name) if isinstance(info, dict) else getattr(info, name, None)
