@@ -89,6 +89,20 @@ fi
 if want startup; then
 section "start-up: task start to first training step"
 timeout 60 python3 bench/startup.py "${B[@]}" --runs "${STARTUP_RUNS:-2}" 2>"$OUT/startup.log"
+# the model class took 9.1 s to import on the H200 against 3.5 s on the 2-core CPU machine: is the image's
+# bytecode cached (a read-only site-packages without .pyc compiles transformers in every task)?
+python3 - <<'PY'
+import importlib.util, os
+for name in ("torch", "transformers", "transformers.modeling_utils"):
+    src = importlib.util.find_spec(name).origin
+    pyc = importlib.util.cache_from_source(src)
+    print(f"{name}: {'bytecode cached' if os.path.exists(pyc) else 'NO cached bytecode'}, "
+          f"{'writable' if os.access(os.path.dirname(src), os.W_OK) else 'read-only'} ({src})")
+PY
+for i in 1 2; do
+    python3 -c "import time; t = time.perf_counter(); import transformers.models.distilbert.modeling_distilbert
+print(f'model class import, run $i: {time.perf_counter() - t:.1f} s')"
+done
 fi
 
 if want lanes; then
