@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -230,8 +231,8 @@ def read_records(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
         return _read_chunk(paths, name, hash_, axes)
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # fork on Linux only (as the analysis' pool): macOS' system libraries are not fork-safe once loaded
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     rows: list[Row] = []
     skipped: list[Skipped] = []
     try:

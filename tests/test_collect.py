@@ -169,6 +169,26 @@ def test_parallel_reading_gives_the_same_table(tmp_path: Path, monkeypatch: pyte
     assert serial.skipped == parallel.skipped and len(parallel.skipped) == 1
 
 
+def test_the_reader_pool_forks_on_linux_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = make_study(lr=[1e-5, 2e-5], bs=[8], ep=[1], seeds=[0, 1])
+    write_grid(tmp_path, study)
+    serial = collect(study, tmp_path, workers=1)
+    monkeypatch.setattr(collect_module, "PARALLEL_MIN_FILES", 1)
+    asked: list[str | None] = []
+    real = collect_module.multiprocessing.get_context
+
+    def get_context(method: str | None = None) -> Any:
+        asked.append(method)
+        return real(method)
+
+    monkeypatch.setattr(collect_module.multiprocessing, "get_context", get_context)
+    monkeypatch.setattr(collect_module.sys, "platform", "darwin")  # macOS: spawned readers, the same table
+    pd.testing.assert_frame_equal(serial.table, collect(study, tmp_path, workers=2).table)
+    monkeypatch.setattr(collect_module.sys, "platform", "linux")
+    pd.testing.assert_frame_equal(serial.table, collect(study, tmp_path, workers=2).table)
+    assert asked == ["spawn", "fork"]
+
+
 _PARENT = os.getpid()
 
 
