@@ -144,6 +144,12 @@ def test_a_time_limit_keeps_the_checkpoint_and_the_next_launch_resumes_it(
     )
     subprocess.run(["scancel", second], check=True)
     wait_for(lambda: ended(second), 60, "the cancel")
+
+    def states() -> list[str]:
+        return [a["state"] for a in json.loads((paths.ckpt / trial.trial_id / "attempts.json").read_text())]
+
+    # sacct may say CANCELLED while the task's SIGTERM handler still checkpoints (KillWait: 5 s)
+    wait_for(lambda: states()[-1] != "running", 10, "the cancelled attempt to be recorded")
     attempts = json.loads((paths.ckpt / trial.trial_id / "attempts.json").read_text())
     assert [a["state"] for a in attempts] == ["interrupted", "failed", "interrupted"]
     assert "SIGTERM" in attempts[-1]["reason"]
