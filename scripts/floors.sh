@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The tests on the oldest dependency versions pyproject.toml allows (scripts/floors.py says which), in a venv
 # of their own outside the repository, so that a `>=` in pyproject.toml is a version that was run:
-#   bash scripts/floors.sh                   # pytest --ignore=tests/test_slurm.py -m "not container"
-#   bash scripts/floors.sh tests/test_cli.py # any pytest arguments instead
-# Needs PyPI. The cluster and container tests are left out: the dev cluster and the image have their own
-# installs, and what they test (submitit, the records) runs in the other tests too.
+#   bash scripts/floors.sh            # the tests of the code that calls each floored package (4 min on 2 cores)
+#   bash scripts/floors.sh --ignore=tests/test_slurm.py -m "not container"   # all but the cluster and image
+# Needs PyPI. scripts/test.sh runs it with no arguments after the main tests (FTVAR_TEST_FLOORS=0: not).
+# The default files: typer (test_cli), orjson and jsonschema-rs (test_record, test_junk_records,
+# test_collect), pandas and pyarrow (test_collect), transformers, tokenizers, datasets and accelerate
+# (test_engines, test_stack, test_train), submitit (test_launch), matplotlib and statsmodels (test_plots,
+# and test_cli's and test_launch's reports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,9 +17,11 @@ V=${FTVAR_FLOORS_VENV:-${TMPDIR:-/tmp}/ftvar-floors}
 "$PY" scripts/floors.py >"$V/floors.txt"
 "$V/bin/python" -m pip install --quiet -r "$V/floors.txt"
 "$V/bin/python" -m pip install --quiet --no-deps -e .
-"$V/bin/python" -m pip list --format=freeze 2>/dev/null \
-    | grep -iE '^(torch|transformers|datasets|tokenizers|submitit|scikit-learn|statsmodels|pandas|pyarrow|rich|matplotlib|typer|orjson|jsonschema-rs|jsonschema_rs|threadpoolctl|accelerate|numpy|scipy|huggingface-hub|huggingface_hub)=' \
-    | tr '\n' ' '
-echo
-if [ $# -eq 0 ]; then set -- --ignore=tests/test_slurm.py -m "not container"; fi
+echo "floors: $(tr '\n' ' ' <"$V/floors.txt")"
+echo "installed: $("$V/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE \
+    '^(transformers|datasets|tokenizers|huggingface.hub|accelerate|numpy|scipy|click)=' | tr '\n' ' ')"
+if [ $# -eq 0 ]; then
+    set -- -q tests/test_cli.py tests/test_record.py tests/test_junk_records.py tests/test_collect.py \
+        tests/test_engines.py tests/test_stack.py tests/test_train.py tests/test_launch.py tests/test_plots.py
+fi
 "$V/bin/python" -m pytest -p no:cacheprovider "$@"

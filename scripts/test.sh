@@ -8,6 +8,8 @@
 #   FTVAR_TEST_CONTAINERS=0, podman with a locally built image (containers/) for the container tests.
 #   Elsewhere the tests that need them skip and say why.
 # - lint (ruff), types (mypy), then pytest with any arguments given to this script.
+# - with no arguments, then the tests of the code that calls each dependency again, in a venv of the oldest
+#   versions pyproject.toml allows (scripts/floors.sh; FTVAR_TEST_FLOORS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,3 +39,7 @@ step "lint and types"
 "$PY" -m mypy ftvar
 step "tests"
 "$PY" -m pytest "$@"
+if [ $# -eq 0 ] && [ "${FTVAR_TEST_FLOORS:-1}" = 1 ]; then
+    step "tests on the oldest dependency versions pyproject.toml allows"
+    PYTHON="$PY" bash scripts/floors.sh
+fi
