@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,7 +24,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ftvar.axes import Axis
-from ftvar.collect import CollectResult, SkippedRecordsError, collect
+from ftvar.collect import CollectResult, SkippedRecordsError, collect, forks_safely
 from ftvar.config import Study
 from ftvar.degenerate import DegenerateSummary, flags, summarise
 from ftvar.errors import FtvarError
@@ -319,7 +318,7 @@ def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
     trials instead of receiving them pickled), else one after the other."""
     global _FORKED_JOB
     indices = range(len(FIT_METRICS))
-    if not parallel or not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2:  # fork: Linux
+    if not parallel or not forks_safely() or (os.cpu_count() or 1) < 2:
         return [_metric_part(job, i) for i in indices]
     _FORKED_JOB = job
     try:

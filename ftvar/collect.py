@@ -224,6 +224,12 @@ def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
+def forks_safely() -> bool:
+    """Whether worker processes may be forked (the record readers', the analysis'): on Linux; macOS' system
+    libraries are not fork-safe once loaded."""
+    return sys.platform.startswith("linux")
+
+
 def read_records(
     paths: list[str], name: str, hash_: str, axes: tuple[str, ...], workers: int | None = None
 ) -> tuple[list[Row], list[Skipped]]:
@@ -231,8 +237,7 @@ def read_records(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
         return _read_chunk(paths, name, hash_, axes)
-    # fork on Linux only (as the analysis' pool): macOS' system libraries are not fork-safe once loaded
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx = multiprocessing.get_context("fork" if forks_safely() else "spawn")
     rows: list[Row] = []
     skipped: list[Skipped] = []
     try:
