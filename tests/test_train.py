@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from ftvar import record
@@ -213,6 +215,57 @@ def _tiny_files_toml(tmp_path: Path) -> Path:
         '[data]\ntrain = "train.tsv"\neval = "eval.tsv"\n'
     )
     return path
+
+
+READ_CACHE_CHILD = """
+import json, sys
+from ftvar.config import load_study
+from ftvar.train.cache import load_prepared
+from ftvar.trial import StudyPaths, expand
+study = load_study({toml!r})
+prepared = load_prepared(study, StudyPaths.of({out!r}, study.name), expand(study)[0])
+train = prepared.train
+imported = sorted(m for m in ("pandas", "datasets", "transformers", "sklearn") if m in sys.modules)
+print(json.dumps([train.ids.tolist(), train.lengths.tolist(), train.labels.tolist(), imported]))
+"""
+
+
+def test_a_trial_reads_its_cache_without_pandas_datasets_or_transformers(tmp_path: Path) -> None:
+    """Start-up: reading the tokenized cache is pyarrow and numpy only (pyarrow's `to_numpy` would import
+    pandas, about a second of every task's start-up)."""
+    rows = [("a good film", "pos"), ("bad", "neg"), ("a very good film indeed", "pos")]
+    study, paths = files_study(tmp_path, rows, [("ok", "pos")])
+    prepare(study, paths)
+    code = READ_CACHE_CHILD.format(toml=str(tmp_path / "files.toml"), out=str(paths.root.parent))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert child.returncode == 0, child.stderr
+    ids, lengths, labels, imported = json.loads(child.stdout)
+    assert imported == []
+    expected = cache.load_prepared(study, paths, expand(study)[0]).train
+    assert (ids, lengths, labels) == (
+        expected.ids.tolist(),
+        expected.lengths.tolist(),
+        expected.labels.tolist(),
+    )
+    assert len(set(lengths)) == 3 and all(len(row) == max(lengths) for row in ids)  # padded rows
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        pa.array([5, -1, 7, 2**31 - 1], type=pa.int32()),
+        pa.array([0, 3, 9, 12, 40], type=pa.int32()).slice(2),  # a view with an offset
+        pa.array([1, 255], type=pa.uint8()),
+        pa.array([2**40, 0], type=pa.int64()),
+        pa.array([], type=pa.int64()),
+        pa.array([1, None, 3], type=pa.int64()),  # nulls: pyarrow's own conversion
+    ],
+)
+def test_integer_arrays_convert_as_pyarrow_does(array: pa.Array) -> None:
+    out = cache.integers(array)
+    want = array.to_numpy(zero_copy_only=False)
+    assert out.dtype == want.dtype and out.shape == want.shape
+    assert np.array_equal(out, want, equal_nan=array.null_count > 0)
 
 
 def test_eval_labels_missing_from_train_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:

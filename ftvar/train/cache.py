@@ -92,14 +92,26 @@ def read_split(folder: Path, pad_id: int) -> Split:
             batches.append(pa.ipc.open_stream(source).read_all())
     table = pa.concat_tables(batches)
     ids = table.column("input_ids").combine_chunks()
-    offsets = ids.offsets.to_numpy()
-    flat = ids.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    offsets = integers(ids.offsets)
+    flat = integers(ids.values).astype(np.int32, copy=False)
     lengths = np.diff(offsets).astype(np.int32)
     longest = int(lengths.max()) if len(lengths) else 1
     padded = np.full((len(lengths), longest), pad_id, dtype=np.int32)
     padded[np.arange(longest)[None, :] < lengths[:, None]] = flat[offsets[0] : offsets[-1]]
-    labels = table.column("label").to_numpy().astype(np.int64)
+    labels = integers(table.column("label").combine_chunks()).astype(np.int64)
     return Split(padded, lengths, labels)
+
+
+def integers(array: pa.Array) -> np.ndarray:
+    """An integer Arrow array as numpy: a view of its data buffer when it has no nulls. (pyarrow's
+    `to_numpy` imports pandas on its first call, about a second of a trial's start-up on a GPU node.)"""
+    kind = array.type
+    if not pa.types.is_integer(kind) or array.null_count:
+        return np.asarray(array.to_numpy(zero_copy_only=False))
+    dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(kind) else ''}int{kind.bit_width}")
+    if len(array) == 0:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset : array.offset + len(array)]
 
 
 def load_prepared(study: Study, paths: StudyPaths, trial: Trial) -> Prepared:
