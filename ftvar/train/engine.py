@@ -94,6 +94,16 @@ def batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> Itera
         yield idx[start : start + batch_size]
 
 
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `rows` (its last batch may be smaller): every engine's schedule."""
+    return math.ceil(rows / batch_size)
+
+
+def warmup_steps(ratio: float, total: int) -> int:
+    """The warmup of a schedule of `total` steps (train.warmup_ratio, rounded up as transformers does)."""
+    return math.ceil(ratio * total)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of one epoch: a pure function of (order seed, epoch), so a resumed run sees the
     same."""
@@ -239,9 +249,9 @@ class PlainEngine:
         trial, s, model = job.trial, job.settings, job.model
         assert trial.learning_rate is not None and trial.batch_size is not None
         model.to(job.device)
-        total = math.ceil(len(job.train) / trial.batch_size) * trial.epochs
+        total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay)
-        warmup = math.ceil(s.warmup_ratio * total)
+        warmup = warmup_steps(s.warmup_ratio, total)
         scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         state, result = LoopState(), FitResult(metrics={})
         if job.resume_state is not None:  # continue a preempted run where its checkpoint left off
@@ -287,12 +297,12 @@ class PlainEngine:
         assert trial.batch_size is not None
         dtype = autocast_dtype(s.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        steps_per_epoch = math.ceil(len(job.train) / trial.batch_size)
+        per_epoch = steps_per_epoch(len(job.train), trial.batch_size)
         guard = job.guard.step if job.guard is not None else contextlib.nullcontext
         after_step = job.after_step or (lambda: None)
         model.train()
         while state.step < total:
-            epoch, offset = divmod(state.step, steps_per_epoch)
+            epoch, offset = divmod(state.step, per_epoch)
             if offset == 0:
                 state.epoch_losses = []
             assert trial.order_seed is not None

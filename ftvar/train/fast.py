@@ -40,6 +40,8 @@ from ftvar.train.engine import (
     make_optimizer,
     restore_optimizer,
     scores,
+    steps_per_epoch,
+    warmup_steps,
 )
 
 log = logging.getLogger("ftvar.train")
@@ -94,7 +96,7 @@ def lr_multipliers(s: TrainConfig, total: int) -> Callable[[int], float]:
     from transformers import get_scheduler
 
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    warmup = math.ceil(s.warmup_ratio * total)
+    warmup = warmup_steps(s.warmup_ratio, total)
     schedule = get_scheduler(s.scheduler, dummy, num_warmup_steps=warmup, num_training_steps=total)
     multiplier: Callable[[int], float] = schedule.lr_lambdas[0]
     return multiplier
@@ -262,8 +264,7 @@ class FastEngine:
             torch.backends.cudnn.allow_tf32 = True
         model.to(job.device)
         data = DeviceSplit.of(job.train, job.device)
-        steps_per_epoch = math.ceil(len(data) / trial.batch_size)
-        total = steps_per_epoch * trial.epochs
+        total = steps_per_epoch(len(data), trial.batch_size) * trial.epochs
         multiplier = lr_multipliers(s, total)
         lr = torch.tensor(trial.learning_rate, device=job.device) if cuda else None
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay, lr_tensor=lr)
@@ -333,14 +334,14 @@ def run_epochs(
     if bs is None:
         raise ValueError("a baseline has no training loop")
     sizes = buckets(int(data.ids.shape[1]))
-    steps_per_epoch = math.ceil(len(data) / bs)
-    total = steps_per_epoch * epochs
+    per_epoch = steps_per_epoch(len(data), bs)
+    total = per_epoch * epochs
     guard = first.guard.step if first.guard is not None else contextlib.nullcontext
     diverged: list[str | None] = [None] * k
     first.model.train()
     step = states[0].step
     while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
+        epoch, offset = divmod(step, per_epoch)
         if offset == 0:
             for state in states:
                 state.epoch_losses = []

@@ -19,7 +19,7 @@ import torch
 
 from ftvar.errors import FtvarError
 from ftvar.train.cache import Split
-from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate
+from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate, steps_per_epoch, warmup_steps
 
 
 class Rows(torch.utils.data.Dataset[dict[str, Any]]):
@@ -71,7 +71,7 @@ class TrainerEngine:
         if trial.learning_rate is None or trial.batch_size is None:
             raise ValueError("the trainer engine trains a trial, not a baseline")
         dtype = autocast_dtype(s.precision, job.device)
-        total = math.ceil(len(job.train) / trial.batch_size) * trial.epochs
+        total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
         with tempfile.TemporaryDirectory(prefix="ftvar-trainer-") as tmp:
             args = TrainingArguments(
                 output_dir=tmp,
@@ -79,7 +79,7 @@ class TrainerEngine:
                 learning_rate=trial.learning_rate,
                 num_train_epochs=trial.epochs,
                 weight_decay=s.weight_decay,
-                warmup_steps=math.ceil(s.warmup_ratio * total),
+                warmup_steps=warmup_steps(s.warmup_ratio, total),
                 lr_scheduler_type=s.scheduler,
                 max_grad_norm=s.max_grad_norm,
                 bf16=dtype == torch.bfloat16,

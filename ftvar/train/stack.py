@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ from ftvar.train.engine import (
     decays,
     evaluated_into,
     make_optimizer,
+    steps_per_epoch,
 )
 from ftvar.train.fast import (
     DeviceSplit,
@@ -281,8 +281,7 @@ class StackEngine:
             raise ValueError("the members of a stack resume from one step")
         stack = Stack([job.model for job in jobs], device)
         data = DeviceSplit.of(first.train, device)
-        steps_per_epoch = math.ceil(len(data) / bs)
-        total = steps_per_epoch * first.trial.epochs
+        total = steps_per_epoch(len(data), bs) * first.trial.epochs
         multipliers = [lr_multipliers(j.settings, total) for j in jobs]
         peaks = [float(j.trial.learning_rate or 0.0) for j in jobs]
         # on a GPU each member's learning rate is a device tensor its AdamW groups read inside the graph
