@@ -2,9 +2,9 @@
 
     python scripts/floors.py > floors.txt    # then: pip install -r floors.txt
 
-Every runtime dependency and the `trainer` extra at its `>=` floor (`name==floor`); torch at 2.13.0, the only
-CPU build this project installs (older torch wheels on PyPI are CUDA builds of several GB), so torch's floor
-is not tested here; the test tools at their newest. Two transitive pins keep the floors' own period: pandas
+Every runtime dependency and the `trainer` extra at its `>=` floor (`name==floor`), torch included: PyPI's
+torch 2.6 is a CUDA build (with its CUDA libraries, about 4 GB more than the CPU build; it runs on a CPU);
+the test tools at their newest. Two transitive pins keep the floors' own period: pandas
 2.0 and scikit-learn 1.3 are built against numpy 1, and statsmodels 0.14.0 imports a scipy helper that scipy
 1.16 removed.
 """
@@ -28,7 +28,7 @@ def floors(pyproject: Path) -> list[str]:
         if m is None:
             sys.exit(f"{dep!r}: not a plain `name>=version` requirement; floors.py reads only those")
         name, version = m.groups()
-        out.append("torch==2.13.0" if name == "torch" else f"{name}=={version}")
+        out.append(f"{name}=={version}")
     return out
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests on the oldest dependency versions pyproject.toml allows (scripts/floors.py says which), in a venv
 # of their own outside the repository, so that a `>=` in pyproject.toml is a version that was run:
-#   bash scripts/floors.sh            # the tests of the code that calls each floored package (4 min on 2 cores)
+#   bash scripts/floors.sh            # the tests of the code that calls each floored package (6 min on 2 cores, with the install)
 #   bash scripts/floors.sh --ignore=tests/test_slurm.py -m "not container"   # all but the cluster and image
 # Needs PyPI. scripts/test.sh runs it with no arguments after the main tests (FTVAR_TEST_FLOORS=0: not).
 # The default files: typer (test_cli), orjson and jsonschema-rs (test_record, test_junk_records,
@@ -13,13 +13,12 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 V=${FTVAR_FLOORS_VENV:-${TMPDIR:-/tmp}/ftvar-floors}
 "$PY" -m venv --clear "$V"
-"$V/bin/python" -m pip install --quiet "torch==2.13.0"
 "$PY" scripts/floors.py >"$V/floors.txt"
 "$V/bin/python" -m pip install --quiet -r "$V/floors.txt"
 "$V/bin/python" -m pip install --quiet --no-deps -e .
 echo "floors: $(tr '\n' ' ' <"$V/floors.txt")"
 echo "installed: $("$V/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE \
-    '^(transformers|datasets|tokenizers|huggingface.hub|accelerate|numpy|scipy|click)=' | tr '\n' ' ')"
+    '^(torch|transformers|datasets|tokenizers|huggingface.hub|accelerate|numpy|scipy|click)=' | tr '\n' ' ')"
 if [ $# -eq 0 ]; then
     set -- -q tests/test_cli.py tests/test_record.py tests/test_junk_records.py tests/test_collect.py \
         tests/test_engines.py tests/test_stack.py tests/test_train.py tests/test_launch.py tests/test_plots.py
