@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table as RichTable
 
 from ftvar import __version__
 from ftvar.analysis import METRIC_LABELS, Analysis, Fit, analyze, jsonable
@@ -28,6 +27,7 @@ from ftvar.errors import FtvarError
 from ftvar.optimum import Best
 from ftvar.plots import Plot, plot_all
 from ftvar.record import utc_now
+from ftvar.tables import print_with_notes
 from ftvar.trial import StudyPaths
 from ftvar.variance import Decomposition
 
@@ -589,12 +589,7 @@ def print_tables(analysis: Analysis, console: Console, n: int = 5) -> None:
     else:
         console.print(f"Paper comparison {analysis.paper.reason}", highlight=False)
     for title, header, rows in tables:
-        table = RichTable(title=title, title_justify="left")
-        for h in header:
-            table.add_column(h, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        print_with_notes(console, header, rows, title=title)
     for f in analysis.findings:
         console.print(f"• {f['text']}", highlight=False)
 

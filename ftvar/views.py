@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from ftvar.axes import show_value
 from ftvar.config import Study
 from ftvar.design import describe
 from ftvar.errors import RecordError
 from ftvar.ledger import trial_statuses
 from ftvar.record import read_record
+from ftvar.tables import Compact
 from ftvar.trial import StudyPaths, Trial, expand
 
 
@@ -57,7 +56,7 @@ def _cell(value: Any) -> str:
     return fmt(value) if value is None else show_value(value)
 
 
-def plan_table(study: Study, paths: StudyPaths) -> Table:
+def plan_table(study: Study, paths: StudyPaths) -> Compact:
     """`ftvar plan`: the trials, their params and which have records; the caption: model, data, design."""
     trials = expand(study)
     statuses = trial_statuses(study, paths, trials)
@@ -66,25 +65,28 @@ def plan_table(study: Study, paths: StudyPaths) -> Table:
     fixed = ", ".join(
         f"{a.label} {_cell(a.values[0])}" for a in study.axes if not a.is_seed and len(a.values) == 1
     )
-    table = Table(
-        title=f"study {study.name} (hash {study.hash}) · {len(trials)} trials · {paths.root}",
-        caption=f"model: {model} · data: {source} · from {study.source}"
+    title = f"study {study.name} (hash {study.hash}) · {len(trials)} trials · {paths.root}"
+    caption = (
+        f"model: {model} · data: {source} · from {study.source}"
         + (f" · fixed: {fixed}" if fixed else "")
-        + f"\n{design_summary(study)}",
+        + f"\n{design_summary(study)}"
     )
     cols = _columns(study)
-    table.add_column("trial", justify="left", no_wrap=True, min_width=10)
-    for _, header in cols:
-        table.add_column(header, justify="right")
-    table.add_column("record", justify="left")
-    for t in trials:
-        params = t.params()
-        table.add_row(
+    rows = [
+        [
             t.trial_id,
-            *(_cell(params.get(name)) for name, _ in cols),
+            *(_cell(t.params().get(name)) for name, _ in cols),
             statuses[t.trial_id] or "[dim]none[/dim]",
-        )
-    return table
+        ]
+        for t in trials
+    ]
+    return Compact(
+        ["trial", *(header for _, header in cols), "record"],
+        rows,
+        title=title,
+        caption=caption,
+        right=range(1, len(cols) + 1),
+    )
 
 
 def valid_record(path: Path) -> dict[str, Any]:
@@ -95,28 +97,27 @@ def valid_record(path: Path) -> dict[str, Any]:
         return {}
 
 
-def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Table:
+def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Compact:
     """After a local launch: one row per trial with its status and metrics."""
     cols = _columns(study)
-    table = Table(title=f"{study.name}: {len(trials)} trial(s)")
-    table.add_column("trial", no_wrap=True)
-    for _, header in cols:
-        table.add_column(header, justify="right", no_wrap=True)
-    for col in ("status", "acc", "f1", "loss", "sec"):
-        table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
+    rows = []
     for t in trials:
         rec = valid_record(paths.record(t.trial_id))
         m = rec.get("metrics", {})
         status = rec.get("status", "missing" if not paths.record(t.trial_id).exists() else "invalid")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
         params = t.params()
-        table.add_row(
-            t.trial_id,
-            *(_cell(params.get(name)) for name, _ in cols),
-            f"[{style}]{status}[/{style}]",
-            fmt(m.get("accuracy"), ".3f"),
-            fmt(m.get("f1"), ".3f"),
-            fmt(m.get("eval_loss"), ".3f"),
-            fmt(rec.get("timings", {}).get("total"), ".1f"),
+        rows.append(
+            [
+                t.trial_id,
+                *(_cell(params.get(name)) for name, _ in cols),
+                f"[{style}]{status}[/{style}]",
+                fmt(m.get("accuracy"), ".3f"),
+                fmt(m.get("f1"), ".3f"),
+                fmt(m.get("eval_loss"), ".3f"),
+                fmt(rec.get("timings", {}).get("total"), ".1f"),
+            ]
         )
-    return table
+    headers = ["trial", *(header for _, header in cols), "status", "acc", "f1", "loss", "sec"]
+    right = [i for i, h in enumerate(headers) if i > 0 and h != "status"]
+    return Compact(headers, rows, title=f"{study.name}: {len(trials)} trial(s)", right=right)
