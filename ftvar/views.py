@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from ftvar.axes import show_value
 from ftvar.config import Study
 from ftvar.design import describe
@@ -52,8 +54,13 @@ def _columns(study: Study) -> list[tuple[str, str]]:
     return [*cols, ("init_seed", "init seed"), ("order_seed", "order seed")]
 
 
-def _cell(value: Any) -> str:
+def _value(value: Any) -> str:
     return fmt(value) if value is None else show_value(value)
+
+
+def _cell(value: Any) -> str:
+    """A param as a table cell, its text never read as rich markup."""
+    return escape(_value(value))
 
 
 def plan_table(study: Study, paths: StudyPaths) -> Compact:
@@ -63,7 +70,7 @@ def plan_table(study: Study, paths: StudyPaths) -> Compact:
     source = study.data.source if study.data.source != "hub" else f"hub {study.data.hub}"
     model = "tiny random-init DistilBERT" if study.model.tiny else study.model.name_or_path
     fixed = ", ".join(
-        f"{a.label} {_cell(a.values[0])}" for a in study.axes if not a.is_seed and len(a.values) == 1
+        f"{a.label} {_value(a.values[0])}" for a in study.axes if not a.is_seed and len(a.values) == 1
     )
     title = f"study {study.name} (hash {study.hash}) · {len(trials)} trials · {paths.root}"
     caption = (
