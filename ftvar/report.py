@@ -27,7 +27,7 @@ from ftvar.errors import FtvarError
 from ftvar.optimum import Best
 from ftvar.plots import Plot, plot_all
 from ftvar.record import utc_now
-from ftvar.tables import print_with_notes
+from ftvar.tables import Compact
 from ftvar.trial import StudyPaths
 from ftvar.variance import Decomposition
 
@@ -589,7 +589,7 @@ def print_tables(analysis: Analysis, console: Console, n: int = 5) -> None:
     else:
         console.print(f"Paper comparison {analysis.paper.reason}", highlight=False)
     for title, header, rows in tables:
-        print_with_notes(console, header, rows, title=title)
+        console.print(Compact(header, rows, title=title, markup=False, notes=True))
     for f in analysis.findings:
         console.print(f"• {f['text']}", highlight=False)
 

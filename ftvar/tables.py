@@ -3,20 +3,21 @@
 rich draws a table as wide as its longest header and cell and, when that does not fit, cuts every column with
 an ellipsis — the numbers included. Here a table has no vertical rules and no outer padding (columns two
 spaces apart, one where two do not fit), each header is wrapped onto lines no wider than its column's widest
-cell, and a cell of long prose (a reason, a note) is printed below the table as a numbered note instead of
-being folded into a narrow column. A table wider than the console even so is cut by rich as before.
+cell, and a cell of long prose (a reason, a note) can be printed below the table as a numbered note instead of
+being folded into a narrow column. A table wider than the console even so is printed one row at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rich import box
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.errors import MarkupError
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -43,8 +44,10 @@ def header(text: str, cells: Sequence[str], markup: bool = True) -> str:
 
 class Compact:
     """A table of `rows` under `headers`, the columns in `right` right-aligned; no cell is cut or folded. The
-    cells' rich markup is read when `markup`, else they are printed as they are. Columns are two spaces
-    apart where the table fits the console, one where it does not."""
+    cells' rich markup is read when `markup`, else they are printed as they are. With `notes`, cells wider
+    than LONG are printed below the table as numbered notes. Columns are two spaces apart where the table
+    fits the console, one where only that fits; a table that does not fit even so is printed one row at a
+    time, each cell after its header's name."""
 
     def __init__(
         self,
@@ -54,35 +57,52 @@ class Compact:
         caption: str | None = None,
         right: Sequence[int] = (),
         markup: bool = True,
+        notes: bool = False,
     ) -> None:
         self.headers, self.rows = list(headers), [list(r) for r in rows]
         self.title, self.caption, self.right, self.markup = title, caption, set(right), markup
+        self.notes = notes
 
-    def table(self, gap: int) -> Table:
-        """The table with columns `gap` (1 or 2) spaces apart."""
-        table = Table(
-            box=box.SIMPLE_HEAD,
-            padding=(0, gap - 1),
-            collapse_padding=True,
-            pad_edge=False,
-        )
+    def text(self, cell: str) -> Text:
+        return Text.from_markup(cell) if self.markup else Text(cell)
+
+    def table(self, rows: Sequence[Sequence[str]], gap: int) -> Table:
+        """The table of `rows` with columns `gap` (1 or 2) spaces apart."""
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, gap - 1), collapse_padding=True, pad_edge=False)
         for i, text in enumerate(self.headers):
-            cells = [row[i] for row in self.rows]
+            cells = [row[i] for row in rows]
             table.add_column(
                 Text(header(text, cells, self.markup)),
                 justify="right" if i in self.right else "left",
                 no_wrap=True,
             )
-        for row in self.rows:
+        for row in rows:
             table.add_row(*(cell if self.markup else Text(cell) for cell in row))
         return table
 
+    def rows_one_by_one(self) -> Iterator[RenderableType]:
+        """Each row as lines: its first cell, then every other cell after its header's name (indented)."""
+        for i, row in enumerate(self.rows):
+            if i:
+                yield Text()
+            yield Text.assemble(Text(f"{self.headers[0]}: ", style="bold"), self.text(row[0]))
+            for name, cell in zip(self.headers[1:], row[1:], strict=True):
+                line = Text.assemble(f"{' '.join(name.split())}: ", self.text(cell))
+                yield Padding(line, (0, 0, 0, 2), expand=False)
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        wide = self.table(2)
-        natural = Measurement.get(console, options.update_width(10_000), wide).maximum
+        short, notes = with_notes(self.rows, markup=self.markup) if self.notes else (self.rows, [])
         if self.title:  # above and below the table, wrapped at the console's width, not the table's
             yield Text(self.title, style="table.title")
-        yield wide if natural <= options.max_width else self.table(1)
+        for gap in (2, 1):
+            table = self.table(short, gap)
+            if Measurement.get(console, options.update_width(10_000), table).maximum <= options.max_width:
+                yield table
+                for k, note in enumerate(notes, 1):
+                    yield Text.assemble(f"note {k}: ", self.text(note))
+                break
+        else:
+            yield from self.rows_one_by_one()
         if self.caption:
             yield Text(self.caption, style="table.caption")
 
@@ -103,13 +123,3 @@ def with_notes(
                 cells.append(cell)
         out.append(cells)
     return out, list(notes)
-
-
-def print_with_notes(
-    console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None
-) -> None:
-    """Print a compact table, its long cells as numbered notes after it (plain text: no markup read)."""
-    short, notes = with_notes(rows, markup=False)
-    console.print(Compact(headers, short, title=title, markup=False))
-    for k, note in enumerate(notes, 1):
-        console.print(Text(f"note {k}: {note}"), highlight=False)

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from ftvar.tables import Compact, header, print_with_notes, with_notes
+from ftvar.tables import Compact, header, with_notes
 
 
 def render(renderable: object, width: int = 80) -> str:
@@ -65,9 +65,27 @@ def test_long_cells_become_numbered_notes_and_a_repeated_text_is_one_note() -> N
 
 
 def test_notes_are_printed_as_plain_text_after_the_table() -> None:
-    console = Console(file=io.StringIO(), width=80, color_system=None)
     why = "the fit failed: [not markup] because the design has a column of zeros; add design points"
-    print_with_notes(console, ["metric", "why"], [["accuracy", why], ["F1", "[b]ok[/b]"]], title="Fits")
-    out = console.file.getvalue()  # type: ignore[attr-defined]
+    rows = [["accuracy", why], ["F1", "[b]ok[/b]"]]
+    out = render(Compact(["metric", "why"], rows, markup=False, notes=True))
     assert "note 1" in out.split("note 1:")[0]  # the mark in the table, above the note
     assert "[not markup]" in " ".join(out.split()) and "[b]ok[/b]" in out
+
+
+def test_a_table_too_wide_for_the_console_is_printed_row_by_row_with_nothing_cut() -> None:
+    headers = ["effect", "this study's term (coding)", "paper p", "coef [95% CI]", "verdict", "why"]
+    row = [
+        "learning rate",
+        "lr (learning rate, log10, centred), absolute fit",
+        "0.027 (higher → lower)",
+        "-0.151 [-0.62, 0.318]",
+        "inconclusive",
+        "not significant here; with 80% power this study detects slopes of |3.1| or more",
+    ]
+    out = render(Compact(headers, [row, row], title="Paper comparison", markup=False, notes=True))
+    assert "…" not in out and out.startswith("Paper comparison")
+    flat = " ".join(out.split())
+    assert flat.count("effect: learning rate") == 2
+    for name, cell in zip(headers[1:], row[1:], strict=True):
+        assert f"{name}: {cell}" in flat
+    assert "note 1" not in out  # row by row, the long cells are printed in place
