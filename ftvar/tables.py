@@ -66,16 +66,11 @@ class Compact:
     def text(self, cell: str) -> Text:
         return Text.from_markup(cell) if self.markup else Text(cell)
 
-    def table(self, rows: Sequence[Sequence[str]], gap: int) -> Table:
-        """The table of `rows` with columns `gap` (1 or 2) spaces apart."""
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], gap: int) -> Table:
+        """The table of `rows` under `headers` (wrapped) with columns `gap` (1 or 2) spaces apart."""
         table = Table(box=box.SIMPLE_HEAD, padding=(0, gap - 1), collapse_padding=True, pad_edge=False)
-        for i, text in enumerate(self.headers):
-            cells = [row[i] for row in rows]
-            table.add_column(
-                Text(header(text, cells, self.markup)),
-                justify="right" if i in self.right else "left",
-                no_wrap=True,
-            )
+        for i, text in enumerate(headers):
+            table.add_column(Text(text), justify="right" if i in self.right else "left", no_wrap=True)
         for row in rows:
             table.add_row(*(cell if self.markup else Text(cell) for cell in row))
         return table
@@ -94,8 +89,9 @@ class Compact:
         short, notes = with_notes(self.rows, markup=self.markup) if self.notes else (self.rows, [])
         if self.title:  # above and below the table, wrapped at the console's width, not the table's
             yield Text(self.title, style="table.title")
+        headers = [header(h, [row[i] for row in short], self.markup) for i, h in enumerate(self.headers)]
         for gap in (2, 1):
-            table = self.table(short, gap)
+            table = self.table(headers, short, gap)
             if Measurement.get(console, options.update_width(10_000), table).maximum <= options.max_width:
                 yield table
                 for k, note in enumerate(notes, 1):

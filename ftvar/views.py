@@ -79,14 +79,16 @@ def plan_table(study: Study, paths: StudyPaths) -> Compact:
         + f"\n{design_summary(study)}"
     )
     cols = _columns(study)
-    rows = [
-        [
-            t.trial_id,
-            *(_cell(t.params().get(name)) for name, _ in cols),
-            statuses[t.trial_id] or "[dim]none[/dim]",
-        ]
-        for t in trials
-    ]
+    rows = []
+    for t in trials:
+        params = t.params()
+        rows.append(
+            [
+                t.trial_id,
+                *(_cell(params.get(name)) for name, _ in cols),
+                statuses[t.trial_id] or "[dim]none[/dim]",
+            ]
+        )
     return Compact(
         ["trial", *(header for _, header in cols), "record"],
         rows,
