@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tests on the oldest dependency versions pyproject.toml allows (scripts/floors.py says which), in a venv
 # of their own outside the repository, so that a `>=` in pyproject.toml is a version that was run:
-#   bash scripts/floors.sh            # the tests of the code that calls each floored package (6 min on 2 cores, with the install)
+#   bash scripts/floors.sh            # the tests of the code that calls each floored package
+#                                     # (6 min on 2 cores, with the install)
 #   bash scripts/floors.sh --ignore=tests/test_slurm.py -m "not container"   # all but the cluster and image
 # Needs PyPI. scripts/test.sh runs it with no arguments after the main tests (FTVAR_TEST_FLOORS=0: not).
 # The default files: typer (test_cli), orjson and jsonschema-rs (test_record, test_junk_records,

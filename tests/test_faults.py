@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,12 +146,13 @@ def test_a_time_limit_keeps_the_checkpoint_and_the_next_launch_resumes_it(
     subprocess.run(["scancel", second], check=True)
     wait_for(lambda: ended(second), 60, "the cancel")
 
-    def states() -> list[str]:
-        return [a["state"] for a in json.loads((paths.ckpt / trial.trial_id / "attempts.json").read_text())]
+    def read_attempts() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = json.loads((paths.ckpt / trial.trial_id / "attempts.json").read_text())
+        return found
 
     # sacct may say CANCELLED while the task's SIGTERM handler still checkpoints (KillWait: 5 s)
-    wait_for(lambda: states()[-1] != "running", 10, "the cancelled attempt to be recorded")
-    attempts = json.loads((paths.ckpt / trial.trial_id / "attempts.json").read_text())
+    wait_for(lambda: read_attempts()[-1]["state"] != "running", 10, "the cancelled attempt to be recorded")
+    attempts = read_attempts()
     assert [a["state"] for a in attempts] == ["interrupted", "failed", "interrupted"]
     assert "SIGTERM" in attempts[-1]["reason"]
     after = checkpoint_info(paths.ckpt / trial.trial_id)
