@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from records_factory import make_study, simulate, study_with
 
-from ftvar.config import Study
-from ftvar.optimum import best
-from ftvar.regression import fit
-from ftvar.selection import select
-from ftvar.terms import build
-from ftvar.variance import decompose
+from ftvar.stats.optimum import best
+from ftvar.stats.regression import fit
+from ftvar.stats.selection import select
+from ftvar.stats.terms import build
+from ftvar.stats.variance import decompose
+from ftvar.study.config import Study
 
 SLOPES = {"lr": 0.01, "bs": -0.01, "I(lr ** 2)": -0.02}
 

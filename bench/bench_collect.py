@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ftvar.config import Grid, Study
-from ftvar.record import SCHEMA_VERSION
-from ftvar.trial import StudyPaths, expand
+from ftvar.store.paths import StudyPaths
+from ftvar.store.schema import SCHEMA_VERSION
+from ftvar.study.config import Grid, Study
+from ftvar.study.trial import expand
 
 LR = [1e-5, 2e-5, 5e-5, 1e-4]
 BS = [8, 16, 32, 64]
@@ -145,7 +146,7 @@ def measure(out: Path, n_records: int, workers: int | None, pss: bool) -> None:
     if pss:
         sampler.start()
     t0 = time.perf_counter()
-    from ftvar.analysis import analyze, collect
+    from ftvar.stats.analysis import analyze, collect
 
     t1 = time.perf_counter()
     study = bench_study(n_records)

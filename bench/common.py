@@ -13,9 +13,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ftvar.config import Study, load_study
-from ftvar.train.cache import cache_folder, is_ready
-from ftvar.trial import StudyPaths, expand
+from ftvar.data.cache import cache_folder, is_ready
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, load_study
+from ftvar.study.trial import expand
 
 REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO.parent / "shared" / "data" / "sst2"
@@ -97,7 +98,7 @@ def ensure_cache(s: Study, out: Path) -> StudyPaths:
     """The study's tokenized cache under `out`, built here when missing (building needs `datasets`)."""
     paths = StudyPaths.of(out, s.name)
     if not all(is_ready(*cache_folder(s, paths, t)) for t in expand(s)):
-        from ftvar.train.data import prepare
+        from ftvar.data.prepare import prepare
 
         prepare(s, paths)
     return paths

@@ -29,11 +29,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftvar.attempts import checkpoint_info  # noqa: E402
-from ftvar.config import load_study  # noqa: E402
-from ftvar.executors.slurm import slurm_states  # noqa: E402
-from ftvar.record import read_record, read_status  # noqa: E402
-from ftvar.trial import StudyPaths, expand  # noqa: E402
+from ftvar.run.sacct import slurm_states  # noqa: E402
+from ftvar.store.attempts import checkpoint_info  # noqa: E402
+from ftvar.store.paths import StudyPaths  # noqa: E402
+from ftvar.store.record import read_record, read_status  # noqa: E402
+from ftvar.study.config import load_study  # noqa: E402
+from ftvar.study.trial import expand  # noqa: E402
 
 SLURM = ["--executor", "slurm", "--partition", "gpu", "--cpus-per-task", "1"]
 BASE = [

@@ -36,9 +36,9 @@ python3 bench/sweep.py --device cuda "${B[@]}" --prepare-only
 python3 - <<'PY'
 from pathlib import Path
 
-from ftvar.config import load_study
-from ftvar.train.data import prepare
-from ftvar.trial import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.data.prepare import prepare
+from ftvar.study.trial import StudyPaths
 
 study = load_study("bench/engines-minilm.toml", ["model.name_or_path=.gpu/minilm",
                    "data.train=.gpu/data/sst2/train.tsv", "data.eval=.gpu/data/sst2/validation.tsv"])

@@ -26,9 +26,10 @@ CHILD = """
 import time, json, sys
 from ftvar.train.runner import process_started  # noqa: E402  (torch comes in here)
 t_torch = time.time() - process_started()
-from ftvar.config import load_study
-from ftvar.jobs import PackTask
-from ftvar.trial import StudyPaths, expand
+from ftvar.study.config import load_study
+from ftvar.run.jobs import PackTask
+from ftvar.store.paths import StudyPaths
+from ftvar.study.trial import expand
 study = load_study({study!r}, {overrides!r})
 t_loaded = time.time() - process_started()
 paths = StudyPaths.of({out!r}, study.name)
@@ -52,9 +53,9 @@ def main() -> None:
             paths_out = str(args.out)
         else:
             spec, overrides, paths_out = "smoke", ["analysis.baseline=none"], tmp
-            from ftvar.config import load_study
-            from ftvar.train.data import prepare
-            from ftvar.trial import StudyPaths
+            from ftvar.data.prepare import prepare
+            from ftvar.store.paths import StudyPaths
+            from ftvar.study.config import load_study
 
             smoke = load_study(spec, overrides)
             prepare(smoke, StudyPaths.of(tmp, smoke.name))

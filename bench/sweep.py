@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
+from ftvar.study.trial import expand
 from ftvar.train.pack import run_pack
-from ftvar.trial import expand
 
 PAPER_ROWS = 67_349
 PAPER_TRIALS_PER_BS = 4 * 3 * 3  # learning rates × epoch counts × seeds

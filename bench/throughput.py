@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-from ftvar.train import engines
-from ftvar.train.cache import Split, load_prepared
+from ftvar.data.cache import Split, load_prepared
+from ftvar.study.trial import expand, settings
+from ftvar.train import registry
 from ftvar.train.engine import FitJob
 from ftvar.train.runner import build_model
-from ftvar.trial import expand, settings
 
 RUNS = (  # (label, engine, precision)
     ("trainer-fp32", "trainer", "fp32"),
@@ -81,7 +81,7 @@ def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> d
         num_labels=len(prepared.label_names),
         after_step=after_step,
     )
-    result = engines.make(engine, device).fit(job)
+    result = registry.make(engine, device).fit(job)
     seconds = marks["end"] - marks["start"]
     out = {
         "engine": engine,

@@ -17,9 +17,10 @@ import typer
 from rich.console import Console
 
 from ftvar import __version__
-from ftvar.config import Study, load_study
 from ftvar.errors import FtvarError
-from ftvar.trial import StudyPaths, find_trial
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, load_study
+from ftvar.study.trial import find_trial
 
 app = typer.Typer(
     help="ftvar: fine-tuning variability studies. Plan a hyperparameter grid, run it (locally or as a SLURM "
@@ -104,7 +105,7 @@ def plan(
 
     Example: `ftvar plan smoke --set grid.seed=[0,1,2]`
     """
-    from ftvar.views import plan_json, plan_table
+    from ftvar.run.trial_tables import plan_json, plan_table
 
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
@@ -126,7 +127,7 @@ def run_trial_cmd(
 
     Example: `ftvar run-trial smoke --trial baseline`
     """
-    from ftvar.ledger import check_no_mixing, check_out
+    from ftvar.store.folder import check_no_mixing, check_out
     from ftvar.train.runner import run_trial, set_threads
 
     s = _load(study, set_)
@@ -248,8 +249,8 @@ def launch(
     one job array and returns at once. Examples: `ftvar launch smoke`,
     `ftvar launch study.toml --partition gpu --time 120 --container apptainer:ftvar.sif`.
     """
-    from ftvar.executors.slurm import parse_slurm_args
-    from ftvar.launch import launch_study
+    from ftvar.run.launch import launch_study
+    from ftvar.run.slurm import parse_slurm_args
 
     cluster = {
         "partition": partition,
@@ -281,7 +282,7 @@ def prefetch(study: StudyArg, set_: SetOpt = None) -> None:
 
     Run it on a login node with internet access; trials never download. Example: `ftvar prefetch paper`
     """
-    from ftvar.train.data import prefetch as do_prefetch
+    from ftvar.data.prepare import prefetch as do_prefetch
 
     s = _load(study, set_)
     try:
@@ -318,7 +319,7 @@ def status(
     Exit code 0 when every trial is ok, 1 otherwise.
     Example: `ftvar status smoke --watch`
     """
-    from ftvar import status as S
+    from ftvar.run import status as S
 
     if not interval >= 0.5:
         raise FtvarError(f"--interval must be ≥ 0.5 seconds, got {interval}")
@@ -352,7 +353,7 @@ def collect(
     Keeps the newest ok record per trial; lists skipped files on stderr.
     Example: `ftvar collect smoke --strict`
     """
-    from ftvar.analysis import collect as do_collect
+    from ftvar.stats.analysis import collect as do_collect
 
     s = _load(study, set_)
     result = do_collect(s, out, strict=strict)
@@ -374,7 +375,7 @@ def report(
 
     Writes report.json, report.md, a self-contained report.html and PNG plots. Example: `ftvar report smoke`
     """
-    from ftvar.report import build_report
+    from ftvar.report.build import build_report
 
     s = _load(study, set_)
     build_report(s, out, console=console, strict=strict)

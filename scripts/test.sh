@@ -7,7 +7,7 @@
 # - as root on Debian (CI): the single-node SLURM cluster (slurm/dev-cluster.sh) and, unless
 #   FTVAR_TEST_CONTAINERS=0, podman with a locally built image (containers/) for the container tests.
 #   Elsewhere the tests that need them skip and say why.
-# - lint (ruff), types (mypy), then pytest with any arguments given to this script.
+# - lint (ruff), types (mypy), the layers' import contracts (import-linter, pyproject.toml), then pytest with any arguments given to this script.
 # - with no arguments, then the tests of the code that calls each dependency again, in a venv of the oldest
 #   versions pyproject.toml allows (scripts/floors.sh; FTVAR_TEST_FLOORS=0 skips it).
 set -euo pipefail
@@ -34,9 +34,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     fi
 fi
 
-step "lint and types"
+step "lint, types and layers"
 "$PY" -m ruff check ftvar tests bench
 "$PY" -m mypy ftvar
+"$PY" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-cache
 step "tests"
 "$PY" -m pytest "$@"
 if [ $# -eq 0 ] && [ "${FTVAR_TEST_FLOORS:-1}" = 1 ]; then

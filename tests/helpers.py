@@ -64,15 +64,15 @@ def minilm_package() -> Any:
 
 def fake_cache(study: Any, paths: Any, n_train: int = 512, n_eval: int = 128, vocab: int = 500) -> None:
     """Write the tokenized cache of every trial of `study` from random token ids, in the layout
-    `ftvar.train.data.prepare` writes (Arrow files as `datasets` saves them, meta.json), without `datasets` or
-    a tokenizer: for tests on machines that have neither (a GPU host). Labels follow the ids' parity."""
+    `ftvar.data.prepare.prepare` writes (Arrow files as `datasets` saves them, meta.json), without `datasets`
+    or a tokenizer: for tests on machines that have neither (a GPU host). Labels follow the ids' parity."""
     import json
 
     import numpy as np
     import pyarrow as pa
 
-    from ftvar.train.cache import CACHE_VERSION, cache_folder
-    from ftvar.trial import expand
+    from ftvar.data.cache import CACHE_VERSION, cache_folder
+    from ftvar.study.trial import expand
 
     rng = np.random.default_rng(0)
     for trial in expand(study):

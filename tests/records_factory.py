@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ftvar.config import AnalysisConfig, DataConfig, Grid, ModelConfig, Study
-from ftvar.config import validate as validate_study
-from ftvar.design import DesignConfig
-from ftvar.record import SCHEMA_VERSION, validate
-from ftvar.trial import StudyPaths, Trial, expand, trial_id
+from ftvar.store.paths import StudyPaths
+from ftvar.store.schema import SCHEMA_VERSION, validate
+from ftvar.study.config import AnalysisConfig, DataConfig, Grid, ModelConfig, Study
+from ftvar.study.config import validate as validate_study
+from ftvar.study.design import DesignConfig
+from ftvar.study.trial import Trial, expand, trial_id
 
 Truth = Callable[[float, float, float], float]  # (coded lr, coded bs, epochs) → metric
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftvar import absorb as absorb_mod
-from ftvar.absorb import Factor, absorb
+from ftvar.stats import absorb as absorb_mod
+from ftvar.stats.absorb import Factor, absorb
 
 
 def dummies(factors: list[Factor], n: int) -> np.ndarray:

@@ -13,12 +13,12 @@ import statsmodels.formula.api as smf
 from records_factory import make_study, simulate, study_with, write_table
 from statsmodels.stats.multitest import multipletests
 
-from ftvar import regression
-from ftvar.analysis import FIT_METRICS, analyze, collect
-from ftvar.config import Study
-from ftvar.design import DesignConfig
-from ftvar.regression import adjust, fit, resolve_seed_model
-from ftvar.terms import build
+from ftvar.stats import regression
+from ftvar.stats.analysis import FIT_METRICS, analyze, collect
+from ftvar.stats.regression import adjust, fit, resolve_seed_model
+from ftvar.stats.terms import build
+from ftvar.study.config import Study
+from ftvar.study.design import DesignConfig
 
 # true coefficients in the centred log coding of a 4 × 4 × 3 grid (lr = log10 lr − mean, bs = log2 bs − mean)
 TRUTH = {"Intercept": 0.85, "lr": 0.02, "bs": -0.012, "ep": 0.004, "I(lr ** 2)": -0.03, "bs:ep": 0.003}
@@ -467,7 +467,7 @@ def test_a_killed_analysis_worker_leaves_the_serial_analysis(monkeypatch: pytest
     analysed one at a time in the process itself, with the same numbers."""
     import os
 
-    from ftvar import analysis as analysis_mod
+    from ftvar.stats import analysis as analysis_mod
 
     study = make_study(seeds=[0, 1, 2], bootstrap=100)
     table = simulate(study, quadratic(study), rng=np.random.default_rng(5))

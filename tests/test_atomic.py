@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from records_factory import make_study, synth_study
 
-from ftvar import atomic, record
-from ftvar.report import build_report
-from ftvar.trial import StudyPaths
+from ftvar.report.build import build_report
+from ftvar.store import files, record
+from ftvar.store.paths import StudyPaths
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def mode(path: Path) -> int:
 def test_umask_is_read_without_changing_it() -> None:
     old = os.umask(0o037)
     try:
-        assert atomic.umask() == 0o037
-        assert atomic.umask() == 0o037
+        assert files.umask() == 0o037
+        assert files.umask() == 0o037
     finally:
         os.umask(old)
 
@@ -43,9 +43,9 @@ def test_umask_is_read_without_changing_it() -> None:
 def test_files_get_the_mode_a_normal_file_would_get(tmp_path: Path, mask: int) -> None:
     old = os.umask(mask)
     try:
-        atomic.write_atomic(tmp_path / "a.txt", "text")
-        atomic.write_atomic(tmp_path / "b.bin", b"\x00\x01")
-        atomic.write_atomic(tmp_path / "c.bin", lambda fh: fh.write(b"streamed"))
+        files.write_atomic(tmp_path / "a.txt", "text")
+        files.write_atomic(tmp_path / "b.bin", b"\x00\x01")
+        files.write_atomic(tmp_path / "c.bin", lambda fh: fh.write(b"streamed"))
         (tmp_path / "plain.txt").write_text("reference")
     finally:
         os.umask(old)
@@ -59,13 +59,13 @@ def test_files_get_the_mode_a_normal_file_would_get(tmp_path: Path, mask: int) -
 
 def test_a_failing_writer_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "results.csv"
-    atomic.write_atomic(target, "old\n")
+    files.write_atomic(target, "old\n")
 
     def broken(fh: object) -> None:
         raise RuntimeError("disk full (simulated)")
 
     with pytest.raises(RuntimeError):
-        atomic.write_atomic(target, broken)
+        files.write_atomic(target, broken)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 
@@ -73,7 +73,7 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -
 def test_readers_never_see_a_partial_binary_file(tmp_path: Path) -> None:
     path = tmp_path / "blob.bin"
     payloads = [bytes([i]) * (300_000 + i) for i in range(30)]
-    atomic.write_atomic(path, payloads[0])
+    files.write_atomic(path, payloads[0])
     stop, bad = threading.Event(), []
 
     def reader() -> None:
@@ -85,7 +85,7 @@ def test_readers_never_see_a_partial_binary_file(tmp_path: Path) -> None:
     thread = threading.Thread(target=reader)
     thread.start()
     for p in payloads:
-        atomic.write_atomic(path, p)
+        files.write_atomic(path, p)
     stop.set()
     thread.join()
     assert not bad

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftvar import record
-from ftvar.config import load_study
-from ftvar.jobs import PackTask
+from ftvar.data.prepare import prepare
+from ftvar.run.jobs import PackTask
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from ftvar.train import checkpoint
-from ftvar.train.data import prepare
-from ftvar.trial import StudyPaths, expand
 
 OVERRIDES = [
     "data.synthetic.train=400",
@@ -32,10 +33,11 @@ KILL_AT = 40  # the SIGTERM arrives during this optimizer step (25 steps per epo
 
 CHILD = """
 import os, signal, sys, torch
-from ftvar import record
-from ftvar.config import load_study
-from ftvar.jobs import PackTask
-from ftvar.trial import StudyPaths, expand
+from ftvar.store import record
+from ftvar.study.config import load_study
+from ftvar.run.jobs import PackTask
+from ftvar.store.paths import StudyPaths
+from ftvar.study.trial import expand
 
 calls = 0
 clip = torch.nn.utils.clip_grad_norm_

@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from records_factory import make_record, make_study, write
 
-from ftvar import collect as collect_module
-from ftvar.analysis import SkippedRecordsError, collect
-from ftvar.config import Study, TrainConfig
 from ftvar.errors import FtvarError
-from ftvar.trial import StudyPaths, expand
+from ftvar.stats.analysis import SkippedRecordsError, collect
+from ftvar.store import collect as collect_module
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, TrainConfig
+from ftvar.study.trial import expand
 
 
 def write_grid(out: Path, study: Study, status: str = "ok") -> Path:
@@ -213,7 +214,7 @@ def test_a_reader_process_that_dies_is_one_clear_error(
 
 def test_the_collector_does_not_import_torch() -> None:
     code = (
-        "import sys, ftvar.analysis, ftvar.collect, ftvar.report; "
+        "import sys, ftvar.stats.analysis, ftvar.store.collect, ftvar.report.build; "
         "bad = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from ftvar.config import load_study, parse_override
 from ftvar.errors import StudyError
-from ftvar.trial import expand
+from ftvar.study.config import load_study, parse_override
+from ftvar.study.trial import expand
 
 
 def test_builtin_smoke_and_paper_load() -> None:
@@ -132,7 +132,7 @@ def test_example_studies_are_valid(name: str, sst2: Path) -> None:
 
 def test_cluster_env_must_not_hold_secrets() -> None:
     from ftvar.errors import FtvarError
-    from ftvar.executors.slurm import merge_options
+    from ftvar.run.slurm import merge_options
 
     study = load_study("smoke", ["cluster.env.HF_TOKEN=hf_xxx"])
     with pytest.raises(FtvarError, match=r"must not hold secrets \(HF_TOKEN\)"):

@@ -298,9 +298,9 @@ def test_image_metadata_user_and_version(image: tuple[str, str]) -> None:
 @pytest.mark.container
 @pytest.mark.slow
 def test_smoke_study_in_container_writes_records_on_host(image: tuple[str, str], tmp_path: Path) -> None:
-    from ftvar.config import load_study
-    from ftvar.record import read_record
-    from ftvar.trial import expand
+    from ftvar.store.record import read_record
+    from ftvar.study.config import load_study
+    from ftvar.study.trial import expand
 
     engine, name = image
     out = tmp_path / "outputs"

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import torch
 
-from ftvar import record
-from ftvar.config import Study, load_study
+from ftvar.data.cache import load_prepared
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, load_study
+from ftvar.study.trial import Trial, expand, settings
 from ftvar.train import fast
-from ftvar.train.cache import load_prepared
 from ftvar.train.engine import FitJob, make_optimizer
 from ftvar.train.runner import build_model, run_trial
-from ftvar.trial import StudyPaths, Trial, expand, settings
 from tests.helpers import fake_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ftvar.config import load_study
 from ftvar.errors import StudyError
-from ftvar.trial import expand
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from tests.helpers import ftvar
 
 BASE = """

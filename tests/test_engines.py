@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from ftvar.config import load_study
-from ftvar.train.data import prepare
+from ftvar.data.prepare import prepare
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from ftvar.train.engine import restore_optimizer
 from ftvar.train.runner import run_trial
-from ftvar.trial import StudyPaths, expand
 
 OVERRIDES = [
     "data.synthetic.train=1000",

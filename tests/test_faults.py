@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from ftvar import record
-from ftvar.attempts import checkpoint_info
-from ftvar.config import load_study
-from ftvar.executors.slurm import sacct_states, slurm_states
-from ftvar.trial import StudyPaths, expand
+from ftvar.run.sacct import sacct_states, slurm_states
+from ftvar.store import record
+from ftvar.store.attempts import checkpoint_info
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from tests import helpers
 from tests.helpers import one_error_line
 from tests.test_slurm import array_ids, cluster, launches, log_of, overrides, wait_for  # noqa: F401
@@ -240,7 +241,7 @@ def test_a_changed_study_is_refused_while_the_first_array_has_no_record(
     assert out.returncode == 0, out.stderr
     paths = StudyPaths.of(tmp_path, load_study(str(study_file), overrides(args)).name)
     task = task_of(paths)
-    from ftvar.train.cache import cache_folder
+    from ftvar.data.cache import cache_folder
 
     study = load_study(str(study_file), overrides(args))
     meta_file = cache_folder(study, paths, expand(study)[0])[0] / "meta.json"

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from records_factory import make_record, make_study, synth_study, write
 
-from ftvar.config import Study
-from ftvar.trial import StudyPaths, expand
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study
+from ftvar.study.trial import expand
 
 GRID = {"lr": [1e-5, 2e-5, 5e-5], "bs": [8, 16], "ep": [1, 2], "seeds": [0, 1]}
 STUDY_TOML = """
@@ -75,7 +76,7 @@ def edit(records: Path, index: int, change: Callable[[dict[str, Any]], None]) ->
 
 
 def test_the_study_file_is_the_factorys_study(tmp_path: Path) -> None:
-    from ftvar.config import load_study
+    from ftvar.study.config import load_study
 
     (tmp_path / "synth.toml").write_text(STUDY_TOML)
     assert load_study(str(tmp_path / "synth.toml")).hash == study().hash
@@ -210,7 +211,7 @@ def test_junk_in_the_study_folder_never_gives_a_traceback(
     """Not only records: launches.jsonl, attempts.json and the checkpoint sidecar may be damaged too (a full
     disk, a hand edit); plan, status, collect, launch and report still answer (found by bench/faults.py:
     deep nesting used to crash every launch)."""
-    from ftvar.config import load_study
+    from ftvar.study.config import load_study
 
     study_file = write_study()
     out = tmp_path / "o"

@@ -9,9 +9,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from ftvar import record
-from ftvar.config import load_study
-from ftvar.trial import StudyPaths, expand
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.store.schema import json_schema
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from tests.helpers import ftvar
 
 
@@ -23,7 +25,7 @@ def test_smoke_study_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     paths = StudyPaths.of(tmp_path, "smoke")
     trials = expand(study)
     assert len(trials) == 9
-    schema = record.schema()
+    schema = json_schema()
     accuracies = []
     for trial in trials:
         rec = record.read_record(paths.record(trial.trial_id))

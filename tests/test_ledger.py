@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ftvar import ledger
-from ftvar.config import load_study
 from ftvar.errors import FtvarError
-from ftvar.launch import launch_study
-from ftvar.trial import StudyPaths
+from ftvar.run.launch import launch_study
+from ftvar.store import folder, launches
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
 from tests.helpers import ftvar, one_error_line
 
 # ------------------------------------------------------------------------------------------- mixing (8)
@@ -31,7 +31,7 @@ def test_a_launch_of_another_version_is_refused_while_only_launches_jsonl_knows_
     study_file = write_study()
     first = load_study(str(study_file))
     paths = StudyPaths.of(tmp_path / "o", first.name)
-    ledger.append_launch(paths, first.hash, {"executor": "slurm", "array_id": "4242", "trials": ["x"]})
+    launches.append_launch(paths, first.hash, {"executor": "slurm", "array_id": "4242", "trials": ["x"]})
     assert json.loads(paths.launches.read_text())["hash"] == first.hash
     before = sorted(p.name for p in paths.root.iterdir())
     out = ftvar(
@@ -56,11 +56,11 @@ def test_a_data_cache_of_another_version_is_never_rebuilt_under_it(
     study_file = write_study()
     first = load_study(str(study_file))
     paths = StudyPaths.of(tmp_path / "o", first.name)
-    from ftvar.train.data import prepare
+    from ftvar.data.prepare import prepare
 
     prepare(first, paths)
-    from ftvar.train.cache import cache_folder
-    from ftvar.trial import expand
+    from ftvar.data.cache import cache_folder
+    from ftvar.study.trial import expand
 
     baseline = expand(first)[0].trial_id  # a tiny model's head is new: one baseline per init seed
     folder, _ = cache_folder(first, paths, expand(first)[0])
@@ -90,7 +90,7 @@ def test_launch_entries_without_a_hash_are_tolerated(tmp_path: Path) -> None:
     paths = StudyPaths.of(tmp_path, study.name)
     paths.root.mkdir(parents=True)
     paths.launches.write_text('{"executor": "slurm", "array_id": "1", "trials": []}\nnot json\n')
-    ledger.check_no_mixing(study, paths)
+    folder.check_no_mixing(study, paths)
 
 
 # ---------------------------------------------------------------------------------------------- lock (7)
@@ -98,7 +98,7 @@ def test_launch_entries_without_a_hash_are_tolerated(tmp_path: Path) -> None:
 
 def _hold_lock(root: str, ready: object, release: object) -> None:
     paths = StudyPaths(Path(root))
-    with ledger.launch_lock(paths):
+    with launches.launch_lock(paths):
         ready.set()  # type: ignore[attr-defined]
         release.wait(30)  # type: ignore[attr-defined]
 
@@ -114,7 +114,7 @@ def test_a_second_launch_waits_for_the_lock_then_says_who_holds_it(
     holder.start()
     try:
         assert ready.wait(30)
-        monkeypatch.setattr(ledger, "LOCK_WAIT_S", 1.0)
+        monkeypatch.setattr(launches, "LOCK_WAIT_S", 1.0)
         t0 = time.monotonic()
         with pytest.raises(
             FtvarError, match=rf"another `ftvar launch` of this study is running \(pid {holder.pid} on "
@@ -126,18 +126,18 @@ def test_a_second_launch_waits_for_the_lock_then_says_who_holds_it(
         release.set()
         holder.join(30)
     # once the holder is gone (even killed: flock goes with the process) the lock is free at once
-    with ledger.launch_lock(paths, wait_s=0):
+    with launches.launch_lock(paths, wait_s=0):
         pass
 
 
 def test_the_lock_leaves_no_trace_when_a_launch_fails_before_writing(tmp_path: Path) -> None:
     paths = StudyPaths.of(tmp_path / "new-out", "s")
-    with pytest.raises(RuntimeError), ledger.launch_lock(paths):
+    with pytest.raises(RuntimeError), launches.launch_lock(paths):
         raise RuntimeError("the cache could not be built")
     assert not (tmp_path / "new-out").exists()
     paths.root.mkdir(parents=True)
     (paths.root / "keep.txt").write_text("x")
-    with pytest.raises(RuntimeError), ledger.launch_lock(paths):
+    with pytest.raises(RuntimeError), launches.launch_lock(paths):
         raise RuntimeError("boom")
     assert (paths.root / "keep.txt").exists()
 
@@ -169,8 +169,8 @@ def test_a_bad_out_is_one_line_and_nothing_written(
 
 
 def test_check_out_probes_instead_of_trusting_permission_bits(tmp_path: Path) -> None:
-    ledger.check_out(tmp_path)
-    ledger.check_out(tmp_path / "new")
+    folder.check_out(tmp_path)
+    folder.check_out(tmp_path / "new")
     assert sorted(os.listdir(tmp_path)) == []  # the probe leaves nothing behind
     with pytest.raises(FtvarError, match="cannot write in /sys"):
-        ledger.check_out(Path("/sys"))  # root passes os.access(W_OK) here, yet cannot write
+        folder.check_out(Path("/sys"))  # root passes os.access(W_OK) here, yet cannot write

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ftvar.config import load_study
 from ftvar.errors import FtvarError
-from ftvar.executors import slurm
-from ftvar.trial import StudyPaths
+from ftvar.run import slurm
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
 from tests.helpers import ftvar, one_error_line
 
 

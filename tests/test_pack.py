@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import torch
 
-from ftvar import record
-from ftvar.config import Study, load_study
-from ftvar.jobs import PackTask
+from ftvar.data.prepare import prepare
+from ftvar.run.jobs import PackTask
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, load_study
+from ftvar.study.trial import Trial, expand
 from ftvar.train import pack as pack_mod
-from ftvar.train.data import prepare
 from ftvar.train.runner import run_trial
-from ftvar.trial import StudyPaths, Trial, expand
 
 SMALL = [
     "data.synthetic.train=240",

@@ -8,10 +8,10 @@ import pytest
 from records_factory import make_study, simulate
 from scipy import stats
 
-from ftvar.analysis import analyze
-from ftvar.config import DataConfig, ModelConfig, TinyModel
-from ftvar.fits import Fit, TermTest
-from ftvar.paper import PAPER, PAPER_MODEL, comparable, compare, detectable, verdict
+from ftvar.stats.analysis import analyze
+from ftvar.stats.paper import PAPER, PAPER_MODEL, comparable, compare, detectable, verdict
+from ftvar.stats.results import Fit, TermTest
+from ftvar.study.config import DataConfig, ModelConfig, TinyModel
 
 
 @pytest.mark.parametrize(

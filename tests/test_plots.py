@@ -1,4 +1,4 @@
-"""The report's plots (ftvar.plots): what they draw, checked on the figure before it is saved."""
+"""The report's plots (ftvar.report.plots): what they draw, checked on the figure before it is saved."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from records_factory import make_study, simulate
 
-from ftvar import plots
+from ftvar.report import plots
 
 
 def test_the_parallel_plot_draws_every_trial_once_and_names_few_values(

@@ -9,8 +9,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from ftvar import record
 from ftvar.errors import RecordError
+from ftvar.store import files, record, schema
+from ftvar.store.environment import environment
 from tests import records_factory
 
 
@@ -19,17 +20,17 @@ def make_record(**changes: Any) -> dict[str, Any]:
     rec = records_factory.make_record(
         records_factory.make_study("s"), learning_rate=2e-5, batch_size=16, epochs=2, seed=0, tid="0123456789"
     )
-    rec["environment"] = record.environment("cpu", "2.13.0", "5.0")
+    rec["environment"] = environment("cpu", "2.13.0", "5.0")
     rec.update(changes)
     return rec
 
 
 def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
-    schema = record.schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
+    json_schema = schema.json_schema()
+    jsonschema.Draft202012Validator.check_schema(json_schema)
     good = make_record()
-    jsonschema.validate(good, schema)
-    record.validate(good)
+    jsonschema.validate(good, json_schema)
+    schema.validate(good)
     bad_cases = [
         make_record(status="done"),
         make_record(status="ok", error="boom"),
@@ -44,9 +45,9 @@ def test_schema_is_valid_and_agrees_with_the_fast_validator() -> None:
     ]
     for bad in bad_cases:
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(bad, schema)
+            jsonschema.validate(bad, json_schema)
         with pytest.raises(RecordError):
-            record.validate(bad)
+            schema.validate(bad)
 
 
 def test_the_validator_names_the_field_and_takes_what_python_would_write() -> None:
@@ -59,11 +60,11 @@ def test_the_validator_names_the_field_and_takes_what_python_would_write() -> No
     rec = make_record()
     rec["environment"]["torch"] = Version("2.13.0")
     rec["metrics"]["accuracy"] = np.float64(0.8)
-    record.validate(rec)
+    schema.validate(rec)
     with pytest.raises(RecordError, match=r"metrics\.accuracy: 1\.5 is greater than the maximum of 1"):
-        record.validate(make_record(metrics={"accuracy": 1.5, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0}))
+        schema.validate(make_record(metrics={"accuracy": 1.5, "f1": 0.1, "eval_loss": 0.1, "train_loss": 0}))
     with pytest.raises(RecordError, match="not JSON"):
-        record.validate(make_record(label_names={"negative", "positive"}))
+        schema.validate(make_record(label_names={"negative", "positive"}))
 
 
 @pytest.mark.parametrize("depth", [300, 1000, 5000])
@@ -103,19 +104,19 @@ def test_the_fast_parser_reads_what_pythons_reader_reads(text: bytes) -> None:
 
 def test_failed_and_baseline_records_are_valid() -> None:
     nulls = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
-    record.validate(make_record(status="diverged", error="non-finite loss", metrics=nulls))
+    schema.validate(make_record(status="diverged", error="non-finite loss", metrics=nulls))
     baseline = {"learning_rate": None, "batch_size": None, "epochs": 0, "seed": 0, "init_seed": 0}
     base = make_record(trial_id="baseline", kind="baseline", params={**baseline, "order_seed": None})
-    record.validate(base)
+    schema.validate(base)
     per_seed = make_record(trial_id="baseline-0123456789", kind="baseline", params={**base["params"]})
-    record.validate(per_seed)
+    schema.validate(per_seed)
     old = make_record(
         schema_version=1, params={"learning_rate": 2e-5, "batch_size": 16, "epochs": 2, "seed": 4}
     )
-    record.validate(old)  # version-1 records stay readable, and read as version 2:
-    assert record.upgrade(old)["params"] | {"seed": 4} == {**old["params"], "init_seed": 4, "order_seed": 4}
+    schema.validate(old)  # version-1 records stay readable, and read as version 2:
+    assert schema.upgrade(old)["params"] | {"seed": 4} == {**old["params"], "init_seed": 4, "order_seed": 4}
     with pytest.raises(RecordError):  # a fine-tuning trial must have its params
-        record.validate(make_record(params={**baseline, "order_seed": None}))
+        schema.validate(make_record(params={**baseline, "order_seed": None}))
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -151,14 +152,14 @@ def test_non_finite_numbers_become_null() -> None:
     assert record.finite_or_none(float("inf")) is None
     assert record.finite_or_none(0.5) == 0.5
     with pytest.raises(ValueError):
-        record.write_atomic(Path("/nonexistent-never-created/x.json"), {"x": float("nan")})
+        files.write_json(Path("/nonexistent-never-created/x.json"), {"x": float("nan")})
 
 
 def test_atomic_write_never_shows_a_partial_file(tmp_path: Path) -> None:
     """A reader polling the file while a writer rewrites it with large payloads sees only whole JSON."""
     path = tmp_path / "r.json"
     payloads = [{"n": i, "blob": "x" * (200_000 + i * 1000)} for i in range(40)]
-    record.write_atomic(path, payloads[0])
+    files.write_json(path, payloads[0])
     stop = threading.Event()
     seen: list[int] = []
     broken: list[str] = []
@@ -173,7 +174,7 @@ def test_atomic_write_never_shows_a_partial_file(tmp_path: Path) -> None:
     thread = threading.Thread(target=reader)
     thread.start()
     for p in payloads:
-        record.write_atomic(path, p)
+        files.write_json(path, p)
     stop.set()
     thread.join()
     assert not broken
@@ -249,9 +250,9 @@ def test_attempts_are_an_optional_list_of_outcomes() -> None:
         "finished_at": "2024-05-01T11:10:00+00:00",
         "step": 40,
     }
-    record.validate(make_record(attempts=[attempt, {**attempt, "state": "ok", "reason": None}]))
-    record.validate(make_record())  # old records without attempts stay valid
+    schema.validate(make_record(attempts=[attempt, {**attempt, "state": "ok", "reason": None}]))
+    schema.validate(make_record())  # old records without attempts stay valid
     with pytest.raises(RecordError):
-        record.validate(make_record(attempts=[{**attempt, "state": "exploded"}]))
+        schema.validate(make_record(attempts=[{**attempt, "state": "exploded"}]))
     with pytest.raises(RecordError):
-        record.validate(make_record(attempts=[{k: v for k, v in attempt.items() if k != "step"}]))
+        schema.validate(make_record(attempts=[{k: v for k, v in attempt.items() if k != "step"}]))

@@ -14,10 +14,10 @@ import pytest
 from records_factory import make_record, make_study, simulate, study_with, write, write_table
 from rich.console import Console
 
-from ftvar.config import ModelConfig
 from ftvar.errors import FtvarError
-from ftvar.report import REPORT_FORMAT, build_report
-from ftvar.trial import StudyPaths
+from ftvar.report.build import REPORT_FORMAT, build_report
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import ModelConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TOP_LEVEL = {

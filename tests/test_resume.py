@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftvar import record
-from ftvar.attempts import AttemptLog, checkpoint_info
-from ftvar.config import load_study
+from ftvar.data.prepare import prepare
+from ftvar.store import record
+from ftvar.store.attempts import AttemptLog, checkpoint_info
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from ftvar.train import checkpoint
-from ftvar.train.data import prepare
-from ftvar.trial import StudyPaths, expand
 from tests import helpers
 
 OVERRIDES = [
@@ -45,10 +46,11 @@ def ftvar(*args: str) -> subprocess.CompletedProcess[str]:
 # first step boundary at or after step {after} that follows a periodic checkpoint
 CHILD = """
 import os, signal, sys
-from ftvar.config import load_study
+from ftvar.study.config import load_study
 from ftvar.train.runner import run_trial
 from ftvar.train.checkpoint import Resumable
-from ftvar.trial import StudyPaths, expand
+from ftvar.store.paths import StudyPaths
+from ftvar.study.trial import expand
 
 class UncompletedJobError(Exception):  # submitit's, when a task timed out more often than it may be requeued
     pass

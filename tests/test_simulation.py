@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from records_factory import make_study, simulate, study_with
 
-from ftvar.config import Study
-from ftvar.expected_max import curves, expected_max
-from ftvar.optimum import best
-from ftvar.selection import cv_scores, select
-from ftvar.terms import build
-from ftvar.variance import decompose
+from ftvar.stats.expected_max import curves, expected_max
+from ftvar.stats.optimum import best
+from ftvar.stats.selection import cv_scores, select
+from ftvar.stats.terms import build
+from ftvar.stats.variance import decompose
+from ftvar.study.config import Study
 
 
 def _mean(study: Study, curvature: float = -0.02, slope_bs: float = -0.01):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ftvar import record
-from ftvar.config import load_study
-from ftvar.executors.slurm import expand_job_ids, sacct_states
-from ftvar.trial import StudyPaths, expand
+from ftvar.run.sacct import expand_job_ids, sacct_states
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 from tests.helpers import ftvar
 
 SMALL = [
@@ -282,15 +283,15 @@ def test_a_study_larger_than_max_array_size_is_split(
 ) -> None:
     from rich.console import Console
 
-    from ftvar import launch, ledger
-    from ftvar.executors import slurm
+    from ftvar.run import launch, slurm
+    from ftvar.store import folder
 
     assert slurm.max_array_size() == 1001  # the dev cluster's MaxArraySize, read from `scontrol show config`
     monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
     study = load_study("smoke", SMALL)
     paths = StudyPaths.of(tmp_path, study.name)
     cluster_options = slurm.merge_options(study.cluster, {"partition": "gpu", "cpus_per_task": 1})
-    todo, _ = ledger.pending(study, paths)
+    todo, _ = folder.pending(study, paths)
     launch.prepare_study(study, paths, Console(quiet=True))
     arrays = slurm.run_slurm(study, paths, todo, cluster_options, False, Console(quiet=True))
     assert len(arrays) == 2

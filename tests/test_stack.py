@@ -15,19 +15,20 @@ import pytest
 import torch
 from transformers.models.distilbert import DistilBertConfig, DistilBertForSequenceClassification
 
-from ftvar import record
-from ftvar.config import TrainConfig, load_study
+from ftvar.data.cache import Split, load_prepared
+from ftvar.data.prepare import prepare
 from ftvar.errors import StudyError
-from ftvar.stacking import plan_stacks, stack_key, stacking_order
+from ftvar.store import record
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import TrainConfig, load_study
+from ftvar.study.stackable import plan_stacks, stack_key, stacking_order
+from ftvar.study.trial import Trial, expand
 from ftvar.train import pack as pack_mod
 from ftvar.train import stack as stack_mod
-from ftvar.train.cache import Split, load_prepared
 from ftvar.train.checkpoint import Resumable, rng_state
-from ftvar.train.data import prepare
 from ftvar.train.engine import FitJob, FitResult, make_optimizer
 from ftvar.train.fast import FastEngine
 from ftvar.train.stack import Layout, StackEngine
-from ftvar.trial import StudyPaths, Trial, expand
 from tests.helpers import ftvar, one_error_line
 
 SMALL = [

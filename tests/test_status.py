@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ftvar.config import load_study
-from ftvar.trial import StudyPaths, expand
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import expand
 
 HIDE, SHOW = "\x1b[?25l", "\x1b[?25h"
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from ftvar.tables import Compact, header, with_notes
+from ftvar.report.terminal import Compact, header, with_notes
 
 
 def render(renderable: object, width: int = 80) -> str:

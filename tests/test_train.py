@@ -13,14 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ftvar import record
-from ftvar.config import Study, load_study
+from ftvar.data import cache
+from ftvar.data.prepare import prepare
 from ftvar.errors import FtvarError
-from ftvar.train import cache, engines
+from ftvar.store import record, schema
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study, load_study
+from ftvar.study.trial import expand
 from ftvar.train import engine as engine_mod
-from ftvar.train.data import prepare
+from ftvar.train import registry
 from ftvar.train.runner import run_trial
-from ftvar.trial import StudyPaths, expand
 from tests.helpers import minilm_package, shared_data
 
 
@@ -62,7 +64,7 @@ def test_tiny_model_on_sst2_beats_the_majority_class(tmp_path: Path, sst2: Path)
     majority = max(labels.count(0), labels.count(1)) / len(labels)
     trial = expand(study)[1]
     rec = run_trial(study, trial, paths)
-    jsonschema.validate(rec, record.schema())
+    jsonschema.validate(rec, schema.json_schema())
     assert rec["status"] == "ok", rec["error"]
     assert rec["metrics"]["accuracy"] > majority + 0.05, (rec["metrics"], majority)
     assert rec["steps"] == 3 * 4000 // 32 + 3 * (4000 % 32 > 0)
@@ -138,7 +140,7 @@ def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch:
         def fit(self, job: engine_mod.FitJob) -> engine_mod.FitResult:
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(engines, "make", lambda name, device: Broken())
+    monkeypatch.setattr(registry, "make", lambda name, device: Broken())
     study, paths = tiny_synthetic(
         tmp_path, "grid.epochs=[1]", "grid.batch_size=[16]", "grid.learning_rate=[1e-3]"
     )
@@ -146,7 +148,7 @@ def test_a_crash_in_training_writes_a_failed_record(tmp_path: Path, monkeypatch:
     rec = run_trial(study, trial, paths, prepare_if_missing=True)
     assert rec["status"] == "failed"
     assert rec["error"] == "RuntimeError: CUDA out of memory (simulated)"
-    jsonschema.validate(rec, record.schema())
+    jsonschema.validate(rec, schema.json_schema())
 
 
 def test_a_transformers_that_disabled_torch_is_an_error_with_the_fix(
@@ -219,9 +221,10 @@ def _tiny_files_toml(tmp_path: Path) -> Path:
 
 READ_CACHE_CHILD = """
 import json, sys
-from ftvar.config import load_study
-from ftvar.train.cache import load_prepared
-from ftvar.trial import StudyPaths, expand
+from ftvar.study.config import load_study
+from ftvar.data.cache import load_prepared
+from ftvar.store.paths import StudyPaths
+from ftvar.study.trial import expand
 study = load_study({toml!r})
 prepared = load_prepared(study, StudyPaths.of({out!r}, study.name), expand(study)[0])
 train = prepared.train
@@ -293,7 +296,7 @@ def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
 
 TOKENIZER_CHILD = """
 import json
-from ftvar.train.data import train_tokenizer
+from ftvar.data.tokenizer import train_tokenizer
 rows = [line.split("\\t")[0] for line in open({path!r}).read().splitlines()[1:3001]]
 tok = train_tokenizer(iter([rows]), 800)
 print(json.dumps([tok.get_vocab(), tok("an unbelievably moving film")["input_ids"]], sort_keys=True))

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ftvar.config import load_study
 from ftvar.errors import FtvarError
-from ftvar.executors.local import split_work
-from ftvar.trial import BASELINE_ID, StudyPaths, data_key, expand, find_trial, settings, trial_id
+from ftvar.run.local import split_work
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import load_study
+from ftvar.study.trial import BASELINE_ID, data_key, expand, find_trial, settings, trial_id
 
 
 def test_grid_expands_to_the_product_plus_a_baseline_per_init_seed() -> None:

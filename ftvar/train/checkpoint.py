@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftvar.atomic import write_atomic
-from ftvar.attempts import AttemptLog, checkpoint_info, write_checkpoint_info
+from ftvar.store.attempts import AttemptLog, checkpoint_info, write_checkpoint_info
+from ftvar.store.files import write_atomic
 
 Snapshot = Callable[[], dict[str, Any]]
 

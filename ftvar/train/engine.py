@@ -1,18 +1,16 @@
-"""Engines: the seam between a trial and its training loop, and the plain loop that is the reference.
+"""The engine seam: what a training loop is given and returns, and the pieces every loop shares.
 
-An engine takes the tokenized data, a model and the trial's params and returns metrics. `PlainEngine` is a
-plain PyTorch loop (AdamW, a warmup schedule, dynamic padding, optional autocast) that reads top to bottom.
-The fast engine (ftvar.train.fast: static shapes, CUDA graphs) and the Hugging Face Trainer
-(ftvar.train.hf) sit beside it; `ftvar.train.engines` picks one by name.
+An engine takes the tokenized data, a model and the trial's params (`FitJob`) and returns metrics
+(`FitResult`). The loops share the batches, the epoch order, the schedule's formulas, the optimizer's
+parameter groups, evaluation and scoring, defined here once. The loops themselves: `ftvar.train.plain` (the
+reference), `ftvar.train.fast` (static shapes, CUDA graphs), `ftvar.train.trainer` (the Hugging Face
+Trainer); `ftvar.train.registry` picks one by name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,10 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ftvar.config import TrainConfig
-from ftvar.train.cache import Split
-from ftvar.train.checkpoint import Gate, Snapshot, set_rng_state
-from ftvar.trial import Trial
+from ftvar.data.cache import Split
+from ftvar.study.config import TrainConfig
+from ftvar.study.trial import Trial
+from ftvar.train.checkpoint import Gate, Snapshot
 
 log = logging.getLogger("ftvar.train")
 
@@ -231,112 +229,3 @@ class LoopState:
     epoch_losses: list[float] = field(default_factory=list)
     samples: int = 0
     tokens: int = 0
-
-
-class PlainEngine:
-    """One trial, one device, a plain loop."""
-
-    name = "plain"
-
-    def fit(self, job: FitJob) -> FitResult:
-        result = self._fit(job)
-        result.engine = {"name": self.name, "cuda_graphs": None, "fallback": None}
-        return result
-
-    def _fit(self, job: FitJob) -> FitResult:
-        from transformers import get_scheduler
-
-        trial, s, model = job.trial, job.settings, job.model
-        assert trial.learning_rate is not None and trial.batch_size is not None
-        model.to(job.device)
-        total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
-        optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay)
-        warmup = warmup_steps(s.warmup_ratio, total)
-        scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-        state, result = LoopState(), FitResult(metrics={})
-        if job.resume_state is not None:  # continue a preempted run where its checkpoint left off
-            model.load_state_dict(job.resume_state["model"])
-            optimizer.load_state_dict(job.resume_state["optimizer"])
-            scheduler.load_state_dict(job.resume_state["scheduler"])
-            state = LoopState(**job.resume_state["loop"])
-            result.resumed_from_step = state.step
-            set_rng_state(job.resume_state["rng"])
-        if job.on_checkpointable is not None:
-            job.on_checkpointable(
-                lambda: {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": state.step,
-                    "loop": dataclasses.asdict(state),
-                }
-            )
-        t0 = time.perf_counter()
-        result.diverged = self._train(job, optimizer, scheduler, state, total, result)
-        result.steps, result.train_time = state.step, time.perf_counter() - t0
-        result.samples, result.tokens = state.samples, state.tokens
-        if result.diverged:  # a model with NaN weights has no meaningful metrics
-            result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
-            return result
-        t1 = time.perf_counter()
-        dtype = autocast_dtype(s.precision, job.device)
-        evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
-        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
-
-    def _train(
-        self,
-        job: FitJob,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        state: LoopState,
-        total: int,
-        result: FitResult,
-    ) -> str | None:
-        """The loop. Each step runs inside the job's gate. Returns why training diverged, if it did."""
-        trial, s, model, device = job.trial, job.settings, job.model, job.device
-        assert trial.batch_size is not None
-        dtype = autocast_dtype(s.precision, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        per_epoch = steps_per_epoch(len(job.train), trial.batch_size)
-        guard = job.guard.step if job.guard is not None else contextlib.nullcontext
-        after_step = job.after_step or (lambda: None)
-        model.train()
-        while state.step < total:
-            epoch, offset = divmod(state.step, per_epoch)
-            if offset == 0:
-                state.epoch_losses = []
-            assert trial.order_seed is not None
-            order = epoch_order(len(job.train), trial.order_seed, epoch)[offset * trial.batch_size :]
-            for idx in batches(len(job.train), trial.batch_size, order):
-                with guard():  # the copy to the device too: a pack's capturing lane sees no other work
-                    batch = collate(job.train, idx, device)
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss = model(**batch).loss
-                    if not torch.isfinite(loss):
-                        return f"non-finite training loss at step {state.step + 1} of {total}"
-                    scaler.scale(loss).backward()
-                    if s.max_grad_norm > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                    if result.first_step_at is None:
-                        result.first_step_at = time.time()
-                    state.epoch_losses.append(loss.item())
-                    state.samples += len(idx)
-                    state.tokens += int(job.train.lengths[idx].sum())
-                after_step()
-            losses = state.epoch_losses
-            log.info(
-                "%s epoch %d/%d done: step %d/%d, train loss %.4f",
-                trial.trial_id,
-                epoch + 1,
-                trial.epochs,
-                state.step,
-                total,
-                sum(losses) / max(1, len(losses)),
-            )
-        return None

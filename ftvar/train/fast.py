@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftvar.config import TrainConfig
-from ftvar.train.cache import Split
+from ftvar.data.cache import Split
+from ftvar.study.config import TrainConfig
 from ftvar.train.checkpoint import set_rng_state
 from ftvar.train.engine import (
     FitJob,

@@ -11,9 +11,9 @@ when it runs fewer lanes than asked. A lane that runs out of memory anyway hands
 and stops, so packing never costs a trial.
 
 Stacks (`stack=True`, `--pack stack`): one lane instead, and the task's trials that can train together (same
-model, data, batch size and epochs: ftvar.stacking) train as one batched model (ftvar.train.stack), in stacks
-of up to K; a stack that cannot run (out of memory, a model vmap cannot batch) hands its trials back, in
-halves after running out of memory, else one by one.
+model, data, batch size and epochs: ftvar.study.stackable) train as one batched model (ftvar.train.stack), in
+stacks of up to K; a stack that cannot run (out of memory, a model vmap cannot batch) hands its trials back,
+in halves after running out of memory, else one by one.
 
 Preemption: every optimizer step of every lane runs inside the task's `Gate`. On SIGTERM (a cancel, a
 requeue, a preemption), or when submitit asks for a checkpoint before the time limit, the gate waits for the
@@ -36,14 +36,15 @@ from typing import Any
 
 import torch
 
-from ftvar.config import Study
-from ftvar.record import read_status
-from ftvar.stacking import plan_stacks
-from ftvar.train.cache import Prepared, cache_folder, load_prepared
+from ftvar.data.cache import Prepared, cache_folder, load_prepared
+from ftvar.store.paths import StudyPaths
+from ftvar.store.record import read_status
+from ftvar.study.config import Study
+from ftvar.study.stackable import plan_stacks
+from ftvar.study.trial import Trial, settings
 from ftvar.train.checkpoint import Gate, Resumable, saved_step
 from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
 from ftvar.train.stack import StackFailed, run_stack
-from ftvar.trial import StudyPaths, Trial, settings
 
 log = logging.getLogger("ftvar.train")
 

@@ -20,15 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftvar.attempts import AttemptLog
-from ftvar.config import Study
+from ftvar.data.cache import Prepared, load_prepared
 from ftvar.errors import FtvarError
-from ftvar.record import SCHEMA_VERSION, environment, finite_or_none, utc_now, write_record
-from ftvar.train import checkpoint, engines
-from ftvar.train.cache import Prepared, load_prepared
+from ftvar.store.attempts import AttemptLog
+from ftvar.store.environment import environment
+from ftvar.store.paths import StudyPaths
+from ftvar.store.record import finite_or_none, utc_now, write_record
+from ftvar.store.schema import SCHEMA_VERSION
+from ftvar.study.config import Study
+from ftvar.study.trial import Settings, Trial, settings
+from ftvar.train import checkpoint, registry
 from ftvar.train.checkpoint import Resumable
 from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate
-from ftvar.trial import Settings, StudyPaths, Trial, settings
 
 log = logging.getLogger("ftvar.train")
 
@@ -148,7 +151,7 @@ def build_model(
         return DistilBertForSequenceClassification(config), "new"
     from transformers import AutoModelForSequenceClassification
 
-    from ftvar.train.data import not_loadable
+    from ftvar.data.load import not_loadable
 
     # fp32 master weights whatever the checkpoint's dtype (autocast runs the bf16 maths): transformers 5
     # would otherwise train a bf16 checkpoint in pure bf16
@@ -267,7 +270,7 @@ def _fit(
             engine={"name": "eval", "cuda_graphs": None, "fallback": None, "head": head},
         )
     else:
-        engine = engines.make(s.train.engine, device)
+        engine = registry.make(s.train.engine, device)
         if resumable is not None:
             after_step = _both(resumable.at_step_boundary, after_step)  # periodic checkpoints too
         result = engine.fit(fit_job(study, trial, prepared, device, model, resumable, after_step))
@@ -383,7 +386,7 @@ def begin(
     set_offline()
     started, t0 = utc_now(), time.perf_counter()
     if prepare_if_missing:
-        from ftvar.train.data import prepare
+        from ftvar.data.prepare import prepare
 
         prepare(study, paths)
     prepared = prepared or load_prepared(study, paths, trial)

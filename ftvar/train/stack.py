@@ -9,8 +9,8 @@ own rows, weights and dropout masks) and updates them with torch's fused AdamW, 
 K times larger. On a GPU the step is captured as a CUDA graph per batch shape by the fast engine's `Stepper`;
 on a CPU it runs eagerly.
 
-Members share the model, the data, the batch size, the epochs, the precision and the clipping; they may
-differ in learning rate, weight decay, schedule, warmup and both seeds (ftvar.stacking). Each member keeps its
+Members share the model, the data, the batch size, the epochs, the precision and the clipping; they may differ
+in learning rate, weight decay, schedule, warmup and both seeds (ftvar.study.stackable). Each member keeps its
 own record, attempt log, divergence check and checkpoint (saved in the fast engine's format: a member resumes
 alone or in another stack). What differs from training it alone: the dropout masks are drawn for the whole
 stack, so a member's numbers depend on its stack (as a lane's depend on its pack), a resumed member does not
@@ -28,9 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ftvar.config import Study
+from ftvar.data.cache import Prepared
 from ftvar.errors import FtvarError
-from ftvar.train.cache import Prepared
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study
+from ftvar.study.trial import Trial
 from ftvar.train.checkpoint import Resumable
 from ftvar.train.engine import (
     FitJob,
@@ -49,7 +51,6 @@ from ftvar.train.fast import (
     run_epochs,
 )
 from ftvar.train.runner import TrialRun, begin, crashed, finish, fit_job, fitted, trial_model
-from ftvar.trial import StudyPaths, Trial
 
 log = logging.getLogger("ftvar.train")
 

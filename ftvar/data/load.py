@@ -1,0 +1,122 @@
+"""A study's raw data: the train and eval splits loaded (Hub, local files or synthetic) with datasets, as a
+`text` and a `label` column, subsampled, and the labels mapped to ids."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from ftvar.data.hub import hf_home
+from ftvar.errors import FtvarError
+from ftvar.study import synthetic
+from ftvar.study.config import DataConfig, Study
+
+datasets.disable_progress_bars()
+datasets.logging.set_verbosity_error()
+
+
+def prefetch_hint(study: Study) -> str:
+    name = study.source.removeprefix("builtin:")
+    return f"run `ftvar prefetch {name}` on a machine with internet access (HF_HOME={hf_home()})"
+
+
+def not_loadable(study: Study, what: str, exc: Exception) -> FtvarError:
+    """Offline (every command but prefetch), a load failure means the cache lacks it: say how to fill it."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return FtvarError(f"{what} is not in the Hugging Face cache: {prefetch_hint(study)}")
+    return FtvarError(f"cannot load {what}: {exc}")
+
+
+def _load_files(d: DataConfig, train: str, evaluation: str, cache_dir: Path) -> DatasetDict:
+    fmt = d.file_format(train)
+    kwargs: dict[str, Any] = {}
+    if fmt in ("tsv", "csv"):
+        builder = "csv"
+        kwargs["delimiter"] = "\t" if fmt == "tsv" else ","
+        if fmt == "tsv":
+            kwargs["quoting"] = csv.QUOTE_NONE
+        if not d.header:
+            kwargs["header"] = None
+    else:
+        builder = {"jsonl": "json", "parquet": "parquet"}[fmt]
+    try:
+        loaded = datasets.load_dataset(
+            builder, data_files={"train": train, "eval": evaluation}, cache_dir=str(cache_dir), **kwargs
+        )
+    except Exception as exc:  # a parser error from pandas/pyarrow: report it with the file name
+        raise FtvarError(f"cannot read {train} / {evaluation} as {fmt}: {exc}") from None
+    assert isinstance(loaded, DatasetDict)
+    return loaded
+
+
+def load_hub(study: Study) -> DatasetDict:
+    d = study.data
+    name, config = d.hub_id_and_config()
+    try:
+        parts = {
+            split: datasets.load_dataset(name, config, split=hub_split)
+            for split, hub_split in (("train", d.train_split), ("eval", d.eval_split))
+        }
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as exc:
+        raise not_loadable(study, f"dataset {d.hub}", exc) from None
+    return DatasetDict({k: v for k, v in parts.items() if isinstance(v, Dataset)})
+
+
+def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDict:
+    """The train and eval splits with two columns, `text` (str) and `label` (as in the source)."""
+    d = d or study.data
+    if d.source == "synthetic":
+        assert d.synthetic is not None
+        s = d.synthetic
+        train, evaluation = synthetic.write_splits(work / "synthetic", s.train, s.eval, s.seed, s.label_noise)
+        raw = _load_files(DataConfig(format="tsv"), str(train), str(evaluation), work / "hf")
+    elif d.source == "files":
+        assert d.train is not None and d.eval is not None
+        raw = _load_files(d, d.train, d.eval, work / "hf")
+    else:
+        raw = load_hub(study)
+    text_col, label_col = (str(c) for c in (d.text_column, d.label_column))
+    if d.source == "synthetic":
+        text_col, label_col = "sentence", "label"
+    if text_col == label_col:
+        raise FtvarError(f"data.text_column and data.label_column are both {text_col!r}")
+    for split in ("train", "eval"):
+        columns = raw[split].column_names
+        for key, col in (("text_column", text_col), ("label_column", label_col)):
+            if col not in columns:
+                raise FtvarError(
+                    f"data.{key} = {col!r} is not a column of the {split} split; "
+                    f"columns: {', '.join(columns)}"
+                )
+        renames = {c: n for c, n in ((text_col, "text"), (label_col, "label")) if c != n}
+        renamed = raw[split].select_columns([text_col, label_col]).rename_columns(renames)
+        raw[split] = renamed.filter(lambda row: row["text"] is not None and row["label"] is not None)
+    return raw
+
+
+def limit(ds: Dataset, limit: int, seed: int) -> Dataset:
+    if limit <= 0 or limit >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def map_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
+    """Labels → ids 0..K-1 in sorted order of the train split's values; eval labels must all be known."""
+    train_values = set(raw["train"].unique("label"))
+    eval_values = set(raw["eval"].unique("label"))
+    unknown = eval_values - train_values
+    if unknown:
+        shown = ", ".join(sorted(map(str, unknown))[:5])
+        raise FtvarError(f"the eval split has labels the train split lacks: {shown}")
+    if len(train_values) < 2:
+        raise FtvarError(f"the train split has {len(train_values)} label value(s); a classifier needs ≥ 2")
+    ordered = sorted(train_values, key=lambda v: (isinstance(v, str), v))
+    index = {v: i for i, v in enumerate(ordered)}
+    mapped = raw.map(lambda batch: {"label": [index[v] for v in batch["label"]]}, batched=True)
+    mapped = mapped.cast_column("label", datasets.Value("int64"))
+    return mapped, [str(v) for v in ordered]

@@ -1,0 +1,129 @@
+"""Prepare a study's data once: check that its models are cached, tokenize every split into an Arrow cache,
+and fetch models, tokenizers and Hub datasets ahead of time (`ftvar prefetch`).
+
+`prepare()` runs once per study, before any trial (on the login node for SLURM). It writes one folder per
+distinct tokenization the study needs, `<out>/<study>/cache/<key>/` (tokenizer, max_length, train_limit;
+ftvar.study.trial.data_key), atomically: each is built in a temp folder beside it and renamed into place, so
+trials either see a complete cache or none. Trials only read it (ftvar.data.cache), without importing
+datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+
+from ftvar.data.cache import CACHE_VERSION, is_ready, variants
+from ftvar.data.load import limit, load_hub, load_raw, map_labels, not_loadable
+from ftvar.data.tokenizer import load_tokenizer
+from ftvar.store.paths import StudyPaths
+from ftvar.store.record import utc_now
+from ftvar.study.config import ModelConfig, Study
+from ftvar.study.trial import Settings, expand, settings
+
+
+def check_model_available(study: Study, m: ModelConfig) -> None:
+    """Fail fast, before tokenizing, when a Hub model is not cached (trials never download)."""
+    if m.tiny is not None:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(m.name_or_path)
+    except (OSError, ValueError) as exc:
+        raise not_loadable(study, f"model {m.name_or_path}", exc) from None
+
+
+def prepare(study: Study, paths: StudyPaths) -> bool:
+    """Build every tokenized cache the study needs that is not up to date. Returns True when it built one."""
+    todo = [(f, key, s) for f, (key, s) in variants(study, paths).items() if not is_ready(f, key)]
+    if not todo:
+        return False
+    for model in dict.fromkeys(s.model for _, _, s in todo):
+        check_model_available(study, model)
+    out_existed = paths.root.parent.exists()
+    paths.root.parent.mkdir(parents=True, exist_ok=True)
+    for folder, key, s in todo:
+        work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
+        try:
+            _build_cache(study, s, key, work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            if not out_existed:
+                shutil.rmtree(paths.root.parent, ignore_errors=True)
+            raise
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if folder.exists():
+                stale = folder.parent / f".{key}-stale-{os.getpid()}"
+                folder.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            (work / "out").rename(folder)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
+def _build_cache(study: Study, s: Settings, key: str, work: Path) -> None:
+    d = s.data
+    raw = load_raw(study, work, d)
+    raw = DatasetDict(
+        {
+            "train": limit(raw["train"], d.train_limit, d.data_seed),
+            "eval": limit(raw["eval"], d.eval_limit, d.data_seed),
+        }
+    )
+    raw, label_names = map_labels(raw)
+    tokenizer = load_tokenizer(study, s.model, raw["train"])
+    out = work / "out"
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        enc = tokenizer(batch["text"], truncation=True, max_length=d.max_length)
+        return {"input_ids": enc["input_ids"]}
+
+    tokenized = raw.map(encode, batched=True, batch_size=1000, remove_columns=["text"])
+    for split in ("train", "eval"):
+        tokenized[split].flatten_indices().save_to_disk(str(out / split))
+    lengths = [len(x) for x in tokenized["train"]["input_ids"]]
+    meta = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "study_hash": study.hash,
+        "label_names": label_names,
+        "n_train": len(tokenized["train"]),
+        "n_eval": len(tokenized["eval"]),
+        "mean_train_tokens": sum(lengths) / max(1, len(lengths)),
+        "max_length": d.max_length,
+        "train_limit": d.train_limit,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "created_at": utc_now(),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def prefetch(study: Study) -> list[str]:
+    """Download every model, tokenizer and Hub dataset the study uses into the HF cache. Returns what was
+    fetched."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    fetched = []
+    models = dict.fromkeys(settings(study, t).model for t in expand(study))
+    for m in models:
+        if m.tiny is None:
+            AutoModelForSequenceClassification.from_pretrained(m.name_or_path)
+            fetched.append(f"model {m.name_or_path}")
+        if m.tokenizer not in (None, "train") or m.tiny is None:
+            AutoTokenizer.from_pretrained(m.tokenizer or m.name_or_path)
+            fetched.append(f"tokenizer {m.tokenizer or m.name_or_path}")
+    if study.data.source == "hub":
+        load_hub(study)
+        fetched.append(f"dataset {study.data.hub}")
+    return list(dict.fromkeys(fetched))

@@ -1,0 +1,148 @@
+"""`ftvar launch`: decide what runs (skip done trials, refuse mixed studies), prepare the data, hand over.
+
+Every option is checked before anything is written (values, `--out`, the container image, and for SLURM the
+partition and `sbatch --test-only`); then the study's launch lock is held from planning to the last
+submission. The executors (`ftvar.run.local`, `ftvar.run.slurm`) only run what they are given.
+This module itself needs no torch: the data cache is built by `ftvar.train`, imported when a launch has work
+to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ftvar.errors import FtvarError
+from ftvar.run import local, slurm
+from ftvar.run.jobs import report_main
+from ftvar.run.trial_tables import summary_table
+from ftvar.store.folder import check_no_mixing, check_out, pending, trial_statuses
+from ftvar.store.launches import append_launch, launch_lock
+from ftvar.store.paths import StudyPaths
+from ftvar.study.config import Study
+from ftvar.study.stackable import stacking_order
+from ftvar.study.trial import expand
+
+EXECUTORS = ("auto", "local", "debug", "slurm")
+
+
+def resolve_executor(name: str) -> str:
+    if name not in EXECUTORS:
+        raise FtvarError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return name
+
+
+def prepare_study(study: Study, paths: StudyPaths, console: Console) -> None:
+    """Validate the model/data sources and tokenize once, before any trial runs."""
+    from ftvar.data.cache import is_prepared
+
+    if is_prepared(study, paths):
+        console.print(f"[dim]data cache up to date: {paths.cache}[/dim]")
+        return
+    from ftvar.data.prepare import prepare
+
+    with console.status(f"preparing {study.name}: loading and tokenizing the data once"):
+        prepare(study, paths)
+    console.print(f"[dim]data cache built: {paths.cache}[/dim]")
+
+
+def launch_study(
+    study: Study,
+    out: Path,
+    executor: str,
+    max_parallel: int | None,
+    cluster_cli: dict[str, Any],
+    dry_run: bool,
+    report_after: bool,
+    console: Console,
+) -> int:
+    """`ftvar launch`: returns the exit code (0: all ok or submitted, 1: some trials not ok)."""
+    kind = resolve_executor(executor)
+    paths = StudyPaths.of(out, study.name)
+    cluster = slurm.merge_options(study.cluster, cluster_cli)
+    if max_parallel is not None and max_parallel < 1:
+        raise FtvarError(f"--max-parallel must be ≥ 1, got {max_parallel}")
+    # --trials-per-task and --pack also set how each local process runs its trials: not SLURM's only
+    both = ("trials_per_task", "pack")
+    given = [k for k, v in cluster_cli.items() if v not in (None, {}, []) and k not in both]
+    if kind != "slurm" and not dry_run and given:
+        raise FtvarError(
+            f"{slurm.option_name(given[0])} is a SLURM option, but this launch runs --executor {kind}"
+            + ("" if shutil.which("sbatch") else " (no sbatch on PATH)")
+        )
+    if cluster.pack == "stack" and (cluster.trials_per_task or 1) < 2:
+        raise FtvarError(
+            "--pack stack trains the trials of one task together: give --trials-per-task K (K ≥ 2, e.g. 12)"
+        )
+    check_no_mixing(study, paths)
+    if dry_run:
+        per_task = cluster.trials_per_task or 1
+        print(slurm.dry_run_script(cluster, study, paths, -(-len(pending(study, paths)[0]) // per_task)))
+        return 0
+    check_out(out, paths.root)
+    if kind == "slurm":
+        if not shutil.which("sbatch"):
+            raise FtvarError("--executor slurm needs sbatch on PATH (a login node); or use --executor local")
+        slurm.check_container(cluster)
+        per_task = cluster.trials_per_task or 1
+        slurm.check_cluster(cluster, study, paths, -(-len(pending(study, paths)[0]) // per_task))
+    with launch_lock(paths, on_wait=lambda who: console.print(f"waiting for another launch ({who})")):
+        check_no_mixing(study, paths)  # again: another launch may have finished while this one waited
+        return _launch_locked(study, out, paths, kind, max_parallel, cluster, report_after, console)
+
+
+def _launch_locked(
+    study: Study,
+    out: Path,
+    paths: StudyPaths,
+    kind: str,
+    max_parallel: int | None,
+    cluster: Any,
+    report_after: bool,
+    console: Console,
+) -> int:
+    todo, done = pending(study, paths)
+    if cluster.pack == "stack" and (cluster.trials_per_task or 1) > 1:
+        todo = stacking_order(study, todo)  # each task's trials (K consecutive ones) can then form a stack
+    if not todo:
+        console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
+        console.print(summary_table(study, paths, expand(study)))
+        return 0
+    prepare_study(study, paths, console)
+    verb = "submitting" if kind == "slurm" else "running"
+    console.print(f"{study.name}: {verb} {len(todo)} trial(s), skipping {len(done)} with ok records")
+    if kind == "slurm":
+        slurm.run_slurm(study, paths, todo, cluster, report_after, console)
+        console.print(f"records will appear in {paths.records}; follow them with `ftvar status`")
+        return 0
+    if kind == "debug":
+        job_ids = ["in-process"]
+        errors = local.run_in_process(
+            study, paths, todo, console, cluster.trials_per_task, cluster.pack == "stack"
+        )
+    else:
+        job_ids, errors = local.run_local(
+            study, paths, todo, max_parallel, console, cluster.trials_per_task, cluster.pack == "stack"
+        )
+    append_launch(
+        paths, study.hash, {"executor": kind, "jobs": job_ids, "trials": [t.trial_id for t in todo]}
+    )
+    console.print(summary_table(study, paths, expand(study)))
+    for line in errors:
+        console.print(f"[red]{line}[/red]")
+    bad = [tid for tid, st in trial_statuses(study, paths).items() if st != "ok"]
+    console.print(f"records: {paths.records}")
+    if report_after:
+        try:
+            report_main(study, out)
+        except FtvarError as exc:  # e.g. no ok record at all: the launch's own outcome still stands
+            console.print(f"[yellow]no report: {exc}[/yellow]")
+    if bad or errors:
+        console.print(f"[yellow]{len(bad)} trial(s) not ok; `ftvar launch` again retries them[/yellow]")
+        return 1
+    return 0

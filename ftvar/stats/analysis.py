@@ -1,0 +1,405 @@
+"""A collected study → everything the report shows: seed-blocked fits (absolute, relative to the baseline of
+the same init seed; with and without degenerate trials), the variance decomposition, the degree by
+cross-validation, the best configuration, the expected-max curves, degenerate trials, findings and the paper
+comparison.
+
+Works from the results table alone (ftvar.store.collect): one column per axis of the study, the seeds, the
+metrics, `degenerate` and `majority_share`. Each part is computed by its own module; a part that cannot be
+computed on some table becomes a note, never a crash.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from ftvar.errors import FtvarError
+from ftvar.stats.degenerate import DegenerateSummary, flags, summarise
+from ftvar.stats.expected_max import Curve, curves
+from ftvar.stats.findings import findings
+from ftvar.stats.optimum import Best, best
+from ftvar.stats.paper import PaperComparison, compare
+from ftvar.stats.regression import fit as fit_metric
+from ftvar.stats.regression import resolve_seed_model
+from ftvar.stats.results import ALPHA, FIT_METRICS, HIGHER_IS_BETTER, METRIC_LABELS, Fit, jsonable
+from ftvar.stats.selection import Selection, select
+from ftvar.stats.terms import CODING_WORDS, ModelData, build
+from ftvar.stats.variance import Decomposition, decompose
+from ftvar.store.collect import CollectResult, SkippedRecordsError, collect, forks_safely
+from ftvar.study.axes import Axis
+from ftvar.study.config import Study
+
+__all__ = [
+    "ALPHA",
+    "FIT_METRICS",
+    "METRIC_LABELS",
+    "Analysis",
+    "CollectResult",
+    "Fit",
+    "SkippedRecordsError",
+    "analyze",
+    "collect",
+    "jsonable",
+]
+
+T = TypeVar("T")
+BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per metric (a few seconds)
+BOOTSTRAP_MIN = 100
+BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
+PARALLEL_MIN_TRIALS = 20_000  # below, forking workers costs more than the metrics' analyses in parallel save
+
+
+@dataclass
+class Baselines:
+    n: int  # ok baseline records
+    shared: bool  # one baseline value for every fitted trial: relative = absolute scaled by a constant
+    description: str
+
+
+@dataclass
+class Analysis:
+    study: str
+    degree: int
+    seed_model: str  # blocks | mixed | none, for the fits of all trials
+    seed_model_why: str
+    predictors: list[dict[str, Any]]
+    terms: list[str]
+    baselines: Baselines
+    fits: list[Fit]
+    variance: list[Decomposition]
+    selection: list[Selection]
+    best: list[Best]
+    expected_max: list[Curve]
+    expected_max_by: str | None
+    degenerate: DegenerateSummary
+    findings: list[dict[str, Any]]
+    paper: PaperComparison
+    configurations: pd.DataFrame
+    trials: pd.DataFrame  # the ok trials of the current design, with a `degenerate_flag` column
+    axes: tuple[Axis, ...]
+    notes: list[str] = field(default_factory=list)
+    relative_note: str | None = None
+    models: dict[str, ModelData] = field(default_factory=dict)
+
+    def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
+        return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
+
+
+def _guard(notes: list[str], what: str, default: T, compute: Callable[[], T]) -> T:
+    """Run one part of the analysis; a numerical failure on odd data becomes a note, not a crash."""
+    try:
+        return compute()
+    except FtvarError:
+        raise
+    except Exception as exc:  # the report must survive any table the collector produces
+        notes.append(f"{what} could not be computed on these trials ({type(exc).__name__}: {exc})")
+        return default
+
+
+def hyperparameter_axes(study: Study) -> list[Axis]:
+    return [a for a in study.axes if not a.is_seed]
+
+
+def _usable(table: pd.DataFrame, study: Study, notes: list[str]) -> pd.DataFrame:
+    """The ok trials of the current design whose axis values are all known."""
+    mask = (table["kind"] == "trial") & (table["status"] == "ok") & table["in_grid"].astype(bool)
+    trials = table.loc[mask].copy()
+    n_out = int(
+        ((table["kind"] == "trial") & (table["status"] == "ok") & ~table["in_grid"].astype(bool)).sum()
+    )
+    if n_out:
+        notes.append(f"{n_out} ok record(s) of this study are outside the current design and left out")
+    for a in study.axes:  # numbers as numbers; a value that is not one counts as missing
+        if a.name in trials.columns and a.kind != "categorical" and not a.is_seed:
+            values = pd.to_numeric(trials[a.name], errors="coerce").astype("float64")
+            trials[a.name] = values.where(np.isfinite(values))
+    cols = [a.name for a in study.axes if a.name in trials.columns and not trials[a.name].isna().all()]
+    missing = trials[cols].isna().any(axis=1) if cols else pd.Series(False, index=trials.index)
+    if missing.any():
+        notes.append(f"{int(missing.sum())} ok trial(s) without a valid value for every axis are left out")
+        trials = trials.loc[~missing]
+    return trials.reset_index(drop=True)
+
+
+def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tuple[pd.DataFrame, Baselines]:
+    """Per trial, the metrics of its baseline: same init seed (when baselines have one) and the same values of
+    the axes baselines carry (model, max length)."""
+    rows = table[(table["kind"] == "baseline") & (table["status"] == "ok") & table["in_grid"].astype(bool)]
+    out = pd.DataFrame(np.nan, index=trials.index, columns=list(FIT_METRICS))
+    if rows.empty:
+        return out, Baselines(
+            0, False, "no ok baseline record (analysis.baseline = pretrained evaluates one)"
+        )
+    keys = [
+        a.name
+        for a in study.axes
+        if a.name in rows.columns and a.name not in BASELINE_MATCH_SKIP and rows[a.name].notna().any()
+    ]
+    # a baseline matches the trials that share its values of the keys it has (a null key matches all)
+    as_text = {k: trials[k].astype(str).to_numpy() for k in keys}
+    for has, group in rows.groupby([rows[k].notna() for k in keys] if keys else [[True] * len(rows)]):
+        used = [
+            k for k, present in zip(keys, has if isinstance(has, tuple) else (has,), strict=False) if present
+        ]
+        values = {tuple(str(r[k]) for k in used): [r[m] for m in FIT_METRICS] for _, r in group.iterrows()}
+        found = [values.get(key) for key in zip(*(as_text[k] for k in used), strict=True)] if used else []
+        if not used:
+            found = [next(iter(values.values()))] * len(trials)
+        for j, m in enumerate(FIT_METRICS):
+            col = np.array([np.nan if f is None else f[j] for f in found], dtype="float64")
+            out[m] = out[m].fillna(pd.Series(col, index=trials.index))
+    seeded = "init_seed" in keys
+    what = (
+        f"{len(rows)} baseline(s), one per init seed (the classifier head is new: its accuracy depends on "
+        "the seed)"
+        if seeded
+        else "one baseline (the model's classification head was trained)"
+        if len(rows) == 1
+        else f"{len(rows)} baselines (one per {', '.join(k for k in keys)})"
+    )
+    values = out.dropna(how="all")
+    shared = len(values) > 0 and all(values[m].nunique(dropna=True) <= 1 for m in FIT_METRICS)
+    return out, Baselines(len(rows), shared, what)
+
+
+def configurations(trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
+    """Per configuration (the hyperparameter axes): trials, ok trials, degenerate ones, mean and sd of each
+    metric over seeds; best mean accuracy first."""
+    keys = [a.name for a in axes if a.name in trials_all.columns]
+    if not keys:
+        trials_all = trials_all.assign(_all="all")
+        ok = ok.assign(_all="all")
+        keys = ["_all"]
+    stats = ok.groupby(keys, dropna=False)[[*FIT_METRICS, "train_loss"]].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in stats.columns]
+    counts = trials_all.assign(ok=trials_all["status"].eq("ok")).groupby(keys, dropna=False)["ok"]
+    out = counts.agg(n_ok="sum", n_trials="size").join(stats, how="left")
+    deg = ok.groupby(keys, dropna=False)["degenerate_flag"].sum().rename("n_degenerate")
+    out = out.join(deg, how="left").reset_index()
+    out["n_degenerate"] = out["n_degenerate"].fillna(0).astype(int)
+    out["n_failed"] = out["n_trials"] - out["n_ok"]
+    return out.sort_values("accuracy_mean", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _expected_max_axis(axes: list[Axis], trials: pd.DataFrame, wanted: str | None) -> Axis | None:
+    """analysis.expected_max_by when it varies; else batch size when it varies, else the first categorical
+    axis that varies, else none."""
+    varying = [a for a in axes if a.name in trials.columns and trials[a.name].nunique() >= 2]
+    for name in (wanted, "batch_size"):
+        chosen = next((a for a in varying if a.name == name), None)
+        if chosen is not None:
+            return chosen
+    return next((a for a in varying if a.kind == "categorical"), None)
+
+
+def _select(study: Study, rows: pd.DataFrame, metric: str) -> Selection:
+    a = study.analysis
+
+    def model(d: int) -> ModelData:
+        return build(rows, study.axes, d, a.factor_interactions)
+
+    def response(md: ModelData) -> np.ndarray:
+        out: np.ndarray = md.rows[metric].to_numpy(dtype="float64")
+        return out
+
+    return select(metric, model, response, a.degree)
+
+
+@dataclass
+class _MetricJob:
+    """What every metric's part of the analysis reads (inherited by forked workers, never pickled)."""
+
+    study: Study
+    trials: pd.DataFrame
+    baseline: pd.DataFrame
+    baselines: Baselines
+    resamples: int
+
+
+@dataclass
+class _MetricPart:
+    """One metric's fits, decomposition, degree selection and best configuration, and its notes."""
+
+    metric: str
+    model: ModelData | None = None
+    fits: list[Fit] = field(default_factory=list)
+    variance: list[Decomposition] = field(default_factory=list)
+    selection: Selection | None = None
+    best: Best | None = None
+    notes: list[str] = field(default_factory=list)
+    relative_note: str | None = None
+    seed_model: str = ""  # set by the first metric's part (accuracy)
+    seed_model_why: str = ""
+
+
+def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
+    """Everything the report shows for metric FIT_METRICS[i], seeded by i (so the same in any process)."""
+    study, trials, a = job.study, job.trials, job.study.analysis
+    metric = FIT_METRICS[i]
+    part = _MetricPart(metric)
+    notes = part.notes
+    finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
+    rows = trials.loc[finite].reset_index(drop=True)
+    if rows.empty:
+        notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
+        return part
+    md = part.model = build(rows, study.axes, a.degree, a.factor_interactions)
+    if i == 0:
+        notes.extend(md.notes)
+        part.seed_model, part.seed_model_why = resolve_seed_model(md, a.seed_model)
+    y = rows[metric].to_numpy(dtype="float64")
+    part.fits.append(fit_metric(md, y, metric, "absolute", "all", a.seed_model))
+    base = job.baseline.loc[finite].reset_index(drop=True)[metric].to_numpy(dtype="float64")
+    if job.baselines.n and job.baselines.shared:
+        part.relative_note = (
+            "relative (% change from the baseline) is the absolute fit scaled by one constant here, "
+            "because every trial shares one baseline value: same directions, p-values and R², so it is "
+            "not repeated"
+        )
+    elif job.baselines.n:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (y - base) / base * 100.0
+        ok_rel = np.isfinite(rel)
+        if ok_rel.any():
+            md_rel = (
+                md if ok_rel.all() else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
+            )
+            part.fits.append(fit_metric(md_rel, rel[ok_rel], metric, "relative", "all", a.seed_model))
+    keep = ~rows["degenerate_flag"].to_numpy(dtype=bool)
+    if not keep.all():
+        if keep.sum() == 0:
+            notes.append(f"every trial with {METRIC_LABELS[metric]} is degenerate: no fit without them")
+        else:
+            md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
+            part.fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
+    part.variance = _guard(
+        notes,
+        f"the variance decomposition of {METRIC_LABELS[metric]}",
+        [],
+        partial(decompose, md, y[:, None], [metric], job.resamples, i),
+    )
+    sel = part.selection = _guard(
+        notes,
+        f"the degree selection for {METRIC_LABELS[metric]}",
+        None,
+        partial(_select, study, rows, metric),
+    )
+    degree = sel.chosen if sel is not None and sel.chosen is not None else a.degree
+    md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
+    if md_best.predictors and md_best.n > md_best.X.shape[1]:
+        maximise = HIGHER_IS_BETTER[metric]
+        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + i)
+        part.best = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
+    return part
+
+
+_FORKED_JOB: _MetricJob | None = None  # the job a forked worker inherits
+
+
+def _forked_part(i: int) -> _MetricPart:
+    assert _FORKED_JOB is not None  # set before the pool forks
+    with threadpool_limits(1):  # one BLAS thread per worker: spinning BLAS threads of 3 workers fight
+        return _metric_part(_FORKED_JOB, i)
+
+
+def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
+    """Each metric's part, in FIT_METRICS order: one forked process per metric when `parallel` (the parts are
+    independent and seeded by metric, so the results are those of the serial run; a worker inherits the
+    trials instead of receiving them pickled), else one after the other."""
+    global _FORKED_JOB
+    indices = range(len(FIT_METRICS))
+    if not parallel or not forks_safely() or (os.cpu_count() or 1) < 2:
+        return [_metric_part(job, i) for i in indices]
+    _FORKED_JOB = job
+    try:
+        with ProcessPoolExecutor(len(FIT_METRICS), mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_forked_part, indices))
+    except BrokenProcessPool:  # a worker was killed (out of memory?): one metric at a time needs a third
+        return [_metric_part(job, i) for i in indices]
+    finally:
+        _FORKED_JOB = None
+
+
+def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> Analysis:
+    """Every part of the report on a collected table (ok trials of the current design). The metrics are
+    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way)."""
+    a = study.analysis
+    notes: list[str] = []
+    trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
+    trials = _usable(table, study, notes)
+    flagged, from_acc = flags(trials)
+    trials["degenerate_flag"] = flagged.to_numpy()
+    hp_axes = hyperparameter_axes(study)
+    config_cols = [x.name for x in hp_axes if x.name in trials.columns and trials[x.name].nunique() > 1]
+    degenerate = summarise(trials, flagged, config_cols, from_acc)
+    baseline, baselines = _baseline_of(table, trials, study)
+
+    resamples = a.bootstrap
+    n_ok = max(1, len(trials))
+    if resamples > BOOTSTRAP_MIN and n_ok * resamples > BOOTSTRAP_CELLS:
+        resamples = max(BOOTSTRAP_MIN, BOOTSTRAP_CELLS // n_ok)
+        notes.append(
+            f"bootstrap: {resamples} resamples instead of analysis.bootstrap = {a.bootstrap}, to keep "
+            f"{n_ok} trials fast (intervals from fewer resamples are a little rougher)"
+        )
+    job = _MetricJob(study, trials, baseline, baselines, resamples)
+    parts = _run_metrics(job, len(trials) >= PARALLEL_MIN_TRIALS if parallel is None else parallel)
+    fits = [f for part in parts for f in part.fits]
+    models = {part.metric: part.model for part in parts if part.model is not None}
+    variance = [d for part in parts for d in part.variance]
+    selection = [part.selection for part in parts if part.selection is not None]
+    bests = [part.best for part in parts if part.best is not None]
+    relative_note = next((part.relative_note for part in parts if part.relative_note), None)
+    seed_model, seed_model_why = next(
+        ((part.seed_model, part.seed_model_why) for part in parts if part.seed_model), ("none", "")
+    )
+    notes += [note for part in parts for note in part.notes]
+    by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
+    em: list[Curve] = _guard(
+        notes,
+        "the expected-max curves",
+        [],
+        partial(curves, trials, "accuracy", by.name if by else None, by.label if by else None),
+    )
+    codings = {}
+    if "accuracy" in models:
+        codings = {
+            p.name: f"{p.label}, {CODING_WORDS.get(p.transform, p.transform)}"
+            for p in models["accuracy"].predictors
+        }
+    paper = compare(study, fits, codings, baselines.shared)
+    first = models.get("accuracy") or next(iter(models.values()), None)
+    return Analysis(
+        study=study.name,
+        degree=a.degree,
+        seed_model=seed_model,
+        seed_model_why=seed_model_why,
+        predictors=[p.describe() for p in first.predictors] if first else [],
+        terms=[t.name for t in first.terms] if first else [],
+        baselines=baselines,
+        fits=fits,
+        variance=variance,
+        selection=selection,
+        best=bests,
+        expected_max=em,
+        expected_max_by=by.name if by else None,
+        degenerate=degenerate,
+        findings=_guard(notes, "the findings", [], partial(findings, fits, models)),
+        paper=paper,
+        configurations=configurations(trials_all, trials, hp_axes),
+        trials=trials,
+        axes=study.axes,
+        notes=notes,
+        relative_note=relative_note,
+        models=models,
+    )

@@ -1,0 +1,105 @@
+"""The launches ledger (`launches.jsonl`: every array or local run a launch started, with the study hash) and
+the launch lock.
+
+`ftvar launch` holds an exclusive lock (`flock` on `.launch.lock` in the study folder) from planning to the
+last submission, so two launches never submit the same trial.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ftvar.errors import FtvarError
+from ftvar.store.paths import StudyPaths
+from ftvar.store.record import utc_now
+
+LOCK_FILE = ".launch.lock"
+LOCK_WAIT_S = 120.0  # a launch waits this long for another one of the same study (a slow sbatch), then stops
+
+
+def append_launch(paths: StudyPaths, study_hash: str, entry: dict[str, Any]) -> None:
+    """Add one launch (executor, job or array ids, trial ids) to `launches.jsonl`, with the study hash."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with paths.launches.open("a") as fh:
+        fh.write(json.dumps({"at": utc_now(), "hash": study_hash, **entry}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
+    """Every launch of the study, oldest first; unreadable lines are skipped."""
+    if not paths.launches.is_file():
+        return []
+    out = []
+    try:
+        text = paths.launches.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+@contextmanager
+def launch_lock(
+    paths: StudyPaths, wait_s: float | None = None, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold the study's launch lock: wait up to `wait_s` (LOCK_WAIT_S) for another launch of the same study,
+    then stop with an error that names it. The lock goes with the process that holds it (flock), so a
+    killed launch never leaves a stale lock. Folders this creates are removed again if the launch fails
+    before writing anything else."""
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    created = [d for d in (paths.root.parent, paths.root) if not d.exists()]
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = paths.root / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _lock_holder(lock)
+                if time.monotonic() >= deadline:
+                    raise FtvarError(
+                        f"another `ftvar launch` of this study is running ({holder}; lock {lock}); waited "
+                        f"{wait_s:.0f} s. Run this launch again once it has finished"
+                    ) from None
+                starting = holder == "a launch that is starting"  # it holds the lock, not yet its name
+                if on_wait is not None and (not starting or time.monotonic() > deadline - wait_s + 2):
+                    on_wait(holder)
+                    on_wait = None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
+        try:
+            yield
+        except BaseException:
+            if paths.root in created and [p.name for p in paths.root.iterdir()] == [LOCK_FILE]:
+                lock.unlink(missing_ok=True)  # nothing else was written: leave no trace
+                for folder in reversed(created):
+                    folder.rmdir()
+            raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        return lock.read_text().strip() or "a launch that is starting"
+    except OSError:
+        return "unknown"

@@ -1,0 +1,135 @@
+"""The Hugging Face Trainer as an engine: the common baseline to compare the others with, and a fallback.
+
+It trains with the trial's settings — AdamW without decay on biases and LayerNorm weights (the Trainer's
+own grouping), the same schedule, warmup, clipping and precision — on the same tokenized rows with dynamic
+padding, seeded by the trial's seeds (`seed`: init seed; `data_seed`: order seed), and is evaluated by the
+same code as the other engines. It neither checkpoints on a signal nor resumes: a preempted trial restarts.
+Needs the `accelerate` package (`pip install 'ftvar[trainer]'`).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftvar.data.cache import Split
+from ftvar.errors import FtvarError
+from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate, steps_per_epoch, warmup_steps
+
+
+class Rows(torch.utils.data.Dataset[dict[str, Any]]):
+    """A tokenized split as the Trainer's dataset: one row's ids (unpadded) and label."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = int(self.split.lengths[i])
+        return {"input_ids": self.split.ids[i, :n], "labels": int(self.split.labels[i])}
+
+
+def pad_collate(pad_id: int) -> Any:
+    """Dynamic padding (what DataCollatorWithPadding does), from rows of ids."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = r["input_ids"]
+            mask[i, : len(r["input_ids"])] = 1
+        labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": labels,
+        }
+
+    return collate
+
+
+class TrainerEngine:
+    """One trial through `transformers.Trainer`."""
+
+    name = "trainer"
+
+    def fit(self, job: FitJob) -> FitResult:
+        try:
+            from transformers import Trainer, TrainerCallback, TrainingArguments
+            from transformers.trainer_callback import PrinterCallback
+        except ImportError as exc:  # the Trainer needs accelerate
+            raise FtvarError(f"train.engine = 'trainer' needs `pip install accelerate` ({exc})") from None
+        trial, s = job.trial, job.settings
+        if trial.learning_rate is None or trial.batch_size is None:
+            raise ValueError("the trainer engine trains a trial, not a baseline")
+        dtype = autocast_dtype(s.precision, job.device)
+        total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
+        with tempfile.TemporaryDirectory(prefix="ftvar-trainer-") as tmp:
+            args = TrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=trial.batch_size,
+                learning_rate=trial.learning_rate,
+                num_train_epochs=trial.epochs,
+                weight_decay=s.weight_decay,
+                warmup_steps=warmup_steps(s.warmup_ratio, total),
+                lr_scheduler_type=s.scheduler,
+                max_grad_norm=s.max_grad_norm,
+                bf16=dtype == torch.bfloat16,
+                fp16=dtype == torch.float16,
+                seed=trial.init_seed if trial.init_seed is not None else 0,
+                data_seed=trial.order_seed,
+                save_strategy="no",
+                eval_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+                use_cpu=job.device.type == "cpu",
+            )
+            after_step = job.after_step
+
+            class AfterStep(TrainerCallback):  # type: ignore[misc]
+                def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+                    if after_step is not None:
+                        after_step()
+
+            trainer = Trainer(
+                model=job.model,
+                args=args,
+                train_dataset=Rows(job.train),
+                data_collator=pad_collate(job.pad_id),
+                callbacks=[AfterStep()],
+            )
+            trainer.remove_callback(PrinterCallback)  # no metrics dict printed to stdout
+            t0 = time.perf_counter()
+            output = trainer.train()
+            if job.device.type == "cuda":
+                torch.cuda.synchronize(job.device)
+            train_time = time.perf_counter() - t0
+        result = FitResult(
+            metrics={},
+            steps=int(output.global_step),
+            train_time=train_time,
+            samples=len(job.train) * trial.epochs,
+            tokens=int(job.train.lengths.sum()) * trial.epochs,
+            engine={"name": self.name, "cuda_graphs": False, "fallback": None},
+        )
+        train_loss = float(output.training_loss)
+        if not math.isfinite(train_loss):
+            result.diverged = "non-finite training loss (reported by the Trainer)"
+            result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+            return result
+        t1 = time.perf_counter()
+        evaluated = evaluate(job.model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
+        result.eval_time = time.perf_counter() - t1
+        result.metrics = {**evaluated.metrics, "train_loss": train_loss}
+        result.eval_counts = evaluated.counts()
+        return result
