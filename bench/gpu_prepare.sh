@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ftvar.study.config import load_study
 from ftvar.data.prepare import prepare
-from ftvar.study.trial import StudyPaths
+from ftvar.store.paths import StudyPaths
 
 study = load_study("bench/engines-minilm.toml", ["model.name_or_path=.gpu/minilm",
                    "data.train=.gpu/data/sst2/train.tsv", "data.eval=.gpu/data/sst2/validation.tsv"])
