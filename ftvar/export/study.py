@@ -38,7 +38,7 @@ def export_study(
         to_mlflow.require(uri)
     records = read_study_records(study, out)
     folder = to_tensorboard.check_folder(tensorboard, records) if tensorboard is not None else None
-    tracking = to_mlflow.connect(uri) if uri is not None else None
+    tracking = to_mlflow.connect(uri, derived=mlflow_uri is None) if uri is not None else None
     lines = []
     if folder is not None:
         lines.append(to_tensorboard.export_tensorboard(records, folder).summary())
