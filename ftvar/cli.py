@@ -399,7 +399,7 @@ def export(
         bool,
         typer.Option(
             "--mlflow",
-            help="Write one MLflow run per trial, by default into OUT/<study>/mlflow.db; needs "
+            help="Write one MLflow run per trial, by default into OUT/STUDY/mlflow.db; needs "
             "ftvar[mlflow].",
         ),
     ] = False,
