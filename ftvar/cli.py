@@ -381,5 +381,46 @@ def report(
     build_report(s, out, console=console, strict=strict)
 
 
+@app.command()
+@handle_errors
+def export(
+    study: StudyArg,
+    set_: SetOpt = None,
+    out: OutOpt = DEFAULT_OUT,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Write one TensorBoard run per trial into DIR (HParams, final metrics, learning curves); "
+            "needs ftvar[tensorboard].",
+        ),
+    ] = None,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Write one MLflow run per trial, by default into OUT/STUDY/mlflow.db; needs "
+            "ftvar[mlflow].",
+        ),
+    ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(metavar="URI", help="The MLflow tracking URI to write to (any; implies --mlflow)."),
+    ] = None,
+) -> None:
+    """Export the study's records to TensorBoard and/or MLflow (records only, no torch: runs on a login node).
+
+    A re-export updates each trial's run in place. Examples: `ftvar export smoke --tensorboard tb/`,
+    `ftvar export paper --mlflow`, `ftvar export paper --mlflow-uri http://mlflow.example:5000`.
+    """
+    from ftvar.export.study import export_study
+
+    result = export_study(_load(study, set_), out, tensorboard, mlflow, mlflow_uri)
+    for path, reason in result.skipped:
+        err_console.print(f"skipped {path}: {reason}", highlight=False)
+    for line in result.lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()

@@ -256,3 +256,15 @@ def test_attempts_are_an_optional_list_of_outcomes() -> None:
         schema.validate(make_record(attempts=[{**attempt, "state": "exploded"}]))
     with pytest.raises(RecordError):
         schema.validate(make_record(attempts=[{k: v for k, v in attempt.items() if k != "step"}]))
+
+
+def test_a_learning_curve_is_an_optional_list_of_points() -> None:
+    point = {"step": 10, "epoch": 0.5, "train_loss": 0.6, "accuracy": 0.7, "f1": 0.68, "mcc": 0.4}
+    point["eval_loss"] = 0.55
+    curve = [point, {**point, "step": 20, "accuracy": None, "mcc": None}, {"step": 30, "epoch": 1.5}]
+    schema.validate(make_record(curve=curve))
+    jsonschema.validate(make_record(curve=curve), schema.json_schema())
+    schema.validate(make_record())  # records without a curve stay valid
+    for bad in ({**point, "lr": 1e-5}, {**point, "mcc": -1.5}, {**point, "accuracy": 2.0}, {"epoch": 1.0}):
+        with pytest.raises(RecordError):
+            schema.validate(make_record(curve=[bad]))
