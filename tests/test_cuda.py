@@ -131,7 +131,7 @@ def test_packed_lanes_capture_and_train_at_once(tmp_path: Path) -> None:
     assert statuses == dict.fromkeys((t.trial_id for t in trials), "ok")
     recs = [record.read_record(paths.record(t.trial_id)) for t in trials]
     assert all(r["engine"]["cuda_graphs"] and r["engine"]["fallback"] is None for r in recs)
-    assert max(r["engine"]["packed_with"] for r in recs) > 1
+    assert max(r["ran"]["lanes"] for r in recs) > 1
 
 
 def test_a_stack_captures_its_step_and_trains_each_member(tmp_path: Path) -> None:
