@@ -176,9 +176,7 @@ def main() -> None:
         )
         if own.get("samples_per_cpu_s") and shared.get("samples_per_cpu_s"):
             cost = 1 - own["samples_per_cpu_s"] / shared["samples_per_cpu_s"]
-            print(
-                f"bs {bs:3d}  the trial's own dropout costs {cost:+.1%} of the fast engine's samples/CPU-s"
-            )
+            print(f"bs {bs:3d}  the trial's own dropout costs {cost:+.1%} of the fast engine's samples/CPU-s")
     print("\nratios to the Trainer (same batch size):")
     for bs in args.batch_sizes:
         at = {r["label"]: r.get("samples_per_s") for r in rows if r["batch_size"] == bs}
