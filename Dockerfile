@@ -36,7 +36,7 @@ RUN pip install --no-cache-dir --no-deps . \
 
 # the image's name, written into every record's environment.container_image
 ARG IMAGE_NAME=ftvar:latest
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG SOURCE=https://github.com/ftvar/ftvar
 LABEL org.opencontainers.image.title="ftvar" \
       org.opencontainers.image.description="Fine-tuning variability studies: hyperparameter sweeps, JSON records, regression reports" \

@@ -51,7 +51,7 @@ for engine in ("plain", "fast"):
     if acc:
         print(f"{engine}: accuracy {statistics.mean(acc):.4f} ± {statistics.pstdev(acc):.4f} over {len(acc)} seeds "
               f"{[round(a, 4) for a in acc]}; graphs {[r['engine'].get('cuda_graphs') for r in rs]}; "
-              f"packed_with {[r['engine'].get('packed_with') for r in rs]}; "
+              f"lanes {[(r.get('ran') or {}).get('lanes') for r in rs]}; "
               f"stacked_with {[r['engine'].get('stacked_with') for r in rs]}; "
               f"train s {[r['timings']['train'] for r in rs]}; "
               f"peak MB {[r['engine'].get('peak_gpu_memory_mb') for r in rs]}")

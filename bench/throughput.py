@@ -9,9 +9,12 @@ sizes, in this one process. A run is `--warmup` steps (start-up, CUDA-graph capt
 steps; samples/s counts the timed steps only, with the device synchronised at both ends. The fast engine
 warms up longer (--warmup-fast), so that the graphs of the common batch shapes are captured before timing.
 The Trainer runs twice: with its defaults (fp32: `trainer-fp32`) and in bf16 (`trainer-bf16`), the precision
-the other engines use on a GPU ("auto").
-Prints samples/s per engine and batch size (the median of --repeat runs, each run's figure beside it), and
-each engine's ratio to the Trainer.
+the other engines use on a GPU ("auto"). `fast-torch-dropout` is the fast engine with torch's dropout (drawn
+from the process's generator, as ftvar 0.1 did), to price each trial's own dropout (ftvar.train.noise):
+    python bench/throughput.py --runs fast fast-torch-dropout --repeat 7
+Prints samples/s per engine and batch size (the median of --repeat runs, interleaved across engines, each
+run's figure beside it), samples per second of the process' CPU time (steadier on a loaded machine), and each
+engine's ratio to the Trainer.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ftvar.data.cache import Split, load_prepared
 from ftvar.study.trial import expand, settings
 from ftvar.train import registry
 from ftvar.train.engine import FitJob
+from ftvar.train.noise import NoiseState
 from ftvar.train.runner import build_model
 
 RUNS = (  # (label, engine, precision)
@@ -40,6 +44,9 @@ RUNS = (  # (label, engine, precision)
     ("trainer-bf16", "trainer", "auto"),
     ("plain", "plain", "auto"),
     ("fast", "fast", "auto"),
+    # the fast engine with torch's own dropout (a shared generator: what ftvar 0.1 did), to price the
+    # trial's own dropout (ftvar.train.noise)
+    ("fast-torch-dropout", "fast", "auto"),
 )
 
 
@@ -48,7 +55,9 @@ def subset(split: Split, rows: int, seed: int = 0) -> Split:
     return Split(split.ids[idx], split.lengths[idx], split.labels[idx])
 
 
-def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, engine: str, precision: str, bs: int, torch_dropout: bool = False
+) -> dict[str, Any]:
     study = common.study(
         args, f"grid.batch_size=[{bs}]", f"train.engine={engine}", f"train.precision={precision}"
     )
@@ -58,6 +67,8 @@ def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> d
     prepared = load_prepared(study, paths, trial)
     device = torch.device(args.device)
     model, _ = build_model(study, s, prepared, 0)
+    if torch_dropout:  # a counter the engines find: they then leave torch's dropout modules in place
+        model.add_module("ftvar_noise", NoiseState(0))
     marks: dict[str, float] = {}
     count = 0
     warmup = args.warmup_fast if engine == "fast" else args.warmup
@@ -69,6 +80,7 @@ def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> d
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             marks["start" if count == warmup else "end"] = time.perf_counter()
+            marks["cpu_start" if count == warmup else "cpu_end"] = time.process_time()
 
     job = FitJob(
         model=model,
@@ -90,6 +102,8 @@ def measure(args: argparse.Namespace, engine: str, precision: str, bs: int) -> d
         "steps": args.steps,
         "seconds": seconds,
         "samples_per_s": args.steps * bs / seconds,
+        # per second of this process' CPU time: steadier than wall time on a machine others load too
+        "samples_per_cpu_s": args.steps * bs / max(1e-9, marks["cpu_end"] - marks["cpu_start"]),
         "train_loss": result.metrics.get("train_loss"),
         "detail": {k: v for k, v in result.engine.items() if k != "name"},
     }
@@ -125,22 +139,44 @@ def main() -> None:
     model = args.model or ("base" if gpu else "tiny")
     print(f"device: {device_name} · torch {torch.__version__} · model {model}")
     rows: list[dict[str, Any]] = []
+    chosen = [r for r in RUNS if r[0] in args.runs and not (r[0] == "trainer-bf16" and not gpu)]  # CPU: fp32
     for bs in args.batch_sizes:
-        for label, engine, precision in RUNS:
-            if label not in args.runs or (label == "trainer-bf16" and not gpu):  # a CPU trains in fp32
-                continue
-            try:
-                runs = [measure(args, engine, precision, bs) for _ in range(args.repeat)]
-                row = sorted(runs, key=lambda r: r["samples_per_s"])[len(runs) // 2]  # the median run
-                row["all_samples_per_s"] = [round(r["samples_per_s"], 1) for r in runs]
-            except Exception as exc:  # one failing engine must not hide the others' figures
-                row = {"engine": engine, "precision": precision, "batch_size": bs, "error": repr(exc)[:300]}
+        # the repeats of every engine interleaved: a load that comes and goes on the machine hits them alike
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in chosen}
+        failed: dict[str, str] = {}
+        for _ in range(args.repeat):
+            for label, engine, precision in chosen:
+                if label in failed:
+                    continue
+                try:
+                    runs[label].append(measure(args, engine, precision, bs, label == "fast-torch-dropout"))
+                except Exception as exc:  # one failing engine must not hide the others' figures
+                    failed[label] = repr(exc)[:300]
+        for label, engine, precision in chosen:
+            if label in failed:
+                row: dict[str, Any] = {"engine": engine, "precision": precision, "batch_size": bs}
+                row["error"] = failed[label]
+            else:
+                done = runs[label]
+                row = sorted(done, key=lambda r: r["samples_per_s"])[len(done) // 2]  # the median run
+                row["all_samples_per_s"] = [round(r["samples_per_s"], 1) for r in done]
+                row["samples_per_cpu_s"] = sorted(r["samples_per_cpu_s"] for r in done)[len(done) // 2]
             row["label"] = label
             rows.append(row)
             shown = row.get("error", "")
             if "samples_per_s" in row:
-                shown = f"{row['samples_per_s']:8.0f} samples/s (runs: {row['all_samples_per_s']})"
-            print(f"bs {bs:3d}  {label:14s} {shown}", flush=True)
+                shown = (
+                    f"{row['samples_per_s']:8.0f} samples/s (runs: {row['all_samples_per_s']}), "
+                    f"{row['samples_per_cpu_s']:.0f} per CPU-second"
+                )
+            print(f"bs {bs:3d}  {label:18s} {shown}", flush=True)
+        own, shared = (
+            next((r for r in rows if r["batch_size"] == bs and r["label"] == x), {})
+            for x in ("fast", "fast-torch-dropout")
+        )
+        if own.get("samples_per_cpu_s") and shared.get("samples_per_cpu_s"):
+            cost = 1 - own["samples_per_cpu_s"] / shared["samples_per_cpu_s"]
+            print(f"bs {bs:3d}  the trial's own dropout costs {cost:+.1%} of the fast engine's samples/CPU-s")
     print("\nratios to the Trainer (same batch size):")
     for bs in args.batch_sizes:
         at = {r["label"]: r.get("samples_per_s") for r in rows if r["batch_size"] == bs}

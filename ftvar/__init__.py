@@ -1,3 +1,3 @@
 """ftvar: fine-tuning variability studies on GPU clusters."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

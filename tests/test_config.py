@@ -65,7 +65,7 @@ def test_relative_paths_resolve_against_the_study_file(
         (["name=.."], r"study name"),
         (["grid.nope=1"], r"unknown key grid.nope; valid keys in \[grid\]: learning_rate, batch_size"),
         (["bogus=1"], r"unknown key bogus; valid keys: name, model"),
-        (["train.precision=fp8"], r"choose one of: auto, fp32, bf16, fp16"),
+        (["train.precision=fp8"], r"choose one of: auto, fp32, tf32, bf16, fp16"),
         (["model.tiny.dim=31"], r"divisible"),
         (["data.synthetic.train=3"], r"≥ 10 rows"),
         (["analysis.coding=ln"], r"choose one of: log, raw"),

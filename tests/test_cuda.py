@@ -15,7 +15,7 @@ from ftvar.store import record
 from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study, load_study
 from ftvar.study.trial import Trial, expand, settings
-from ftvar.train import fast
+from ftvar.train import fast, noise
 from ftvar.train.engine import FitJob, make_optimizer
 from ftvar.train.runner import build_model, run_trial
 from tests.helpers import fake_cache
@@ -131,7 +131,7 @@ def test_packed_lanes_capture_and_train_at_once(tmp_path: Path) -> None:
     assert statuses == dict.fromkeys((t.trial_id for t in trials), "ok")
     recs = [record.read_record(paths.record(t.trial_id)) for t in trials]
     assert all(r["engine"]["cuda_graphs"] and r["engine"]["fallback"] is None for r in recs)
-    assert max(r["engine"]["packed_with"] for r in recs) > 1
+    assert max(r["ran"]["lanes"] for r in recs) > 1
 
 
 def test_a_stack_captures_its_step_and_trains_each_member(tmp_path: Path) -> None:
@@ -163,10 +163,11 @@ def test_a_stacks_graph_steps_give_its_eager_losses(tmp_path: Path) -> None:
 
     def run(graphs: bool) -> list[list[float]]:
         models = [build_model(study, s, prepared, seed)[0] for seed in (0, 1)]
-        for m in models:
+        for seed, m in enumerate(models):
             for module in m.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
+            noise.ensure(m, seed)  # what StackEngine does before it stacks
             m.train()
         stack = Stack(models, cuda)
         jobs = [FitJob(m, prepared.train, prepared.eval, trial, s.train, cuda, 0, 2) for m in models]
@@ -188,3 +189,73 @@ def test_a_stacks_graph_steps_give_its_eager_losses(tmp_path: Path) -> None:
     assert graphed[0] == pytest.approx(eager[0], rel=1e-6)
     for g, e in zip(graphed, eager, strict=True):
         assert g == pytest.approx(e, rel=2e-2, abs=2e-3)
+
+
+def test_dropout_drawn_inside_a_graph_is_the_eager_steps_dropout(tmp_path: Path) -> None:
+    """Issue 20: the trial's own dropout inside a captured step. A graph reads the step counter from the
+    device, so each replay draws that step's masks: graph replays give the eager steps' losses (bf16)."""
+    study, paths, trial = tiny(tmp_path)
+    s = settings(study, trial)
+    prepared = load_prepared(study, paths, trial)
+    cuda = torch.device("cuda")
+
+    def run(graphs: bool) -> list[float]:
+        model, _ = build_model(study, s, prepared, 0)
+        counter = noise.ensure(model, 7)
+        model.to(cuda).train()
+        job = FitJob(model, prepared.train, prepared.eval, trial, s.train, cuda, 0, 2)
+        data = fast.DeviceSplit.of(prepared.train, cuda)
+        lr = torch.tensor(1e-3, device=cuda)
+        stepper = fast.Stepper(job, data, make_optimizer(model, 1e-3, 0.01, lr_tensor=lr), lr)
+        stepper.use_graphs = graphs
+        order = torch.arange(len(data), device=cuda)
+        out = []
+        for i in range(12):
+            before = float(stepper.loss_sum)
+            counter.at(i)
+            stepper.step(order[i * 16 : (i + 1) * 16], 32)
+            out.append(float(stepper.loss_sum) - before)
+        assert not graphs or stepper.stats.graph_steps > 0, stepper.stats.fallback
+        return out
+
+    eager, graphed = run(False), run(True)
+    assert graphed[0] == pytest.approx(eager[0], rel=1e-6)
+    assert graphed == pytest.approx(eager, rel=2e-2, abs=2e-3)
+    assert len(set(eager)) == len(eager)  # the masks change from step to step
+
+
+def test_on_cuda_a_trial_gives_the_same_numbers_alone_in_lanes_and_in_a_stack(tmp_path: Path) -> None:
+    """Issue 20 on the GPU: the same trials alone, in four lanes (their own streams, CUDA graphs) and as a
+    stack of four give the same metrics: lanes to the bit, a stack within vmap's float tolerance."""
+    from ftvar.train import pack
+
+    study = load_study("smoke", [*OVERRIDES, "grid.seed=[0,1,2,3]", "train.engine=fast"])
+    paths = StudyPaths.of(tmp_path, study.name)
+    fake_cache(study, paths)
+    trials = expand(study)
+    got = {}
+    for mode, lanes, stacked in (("alone", 1, False), ("lanes", 4, False), ("stack", 4, True)):
+        pack.run_pack(None, study, trials, paths, lanes=lanes, stack=stacked)
+        got[mode] = {t.trial_id: record.read_record(paths.record(t.trial_id)) for t in trials}
+        for f in paths.records.glob("*.json"):  # the next mode runs every trial again
+            f.unlink()
+    metric = ("accuracy", "f1", "eval_loss", "train_loss")
+    for tid, rec in got["alone"].items():
+        assert rec["ran"]["randomness"] == "owned" and rec["engine"]["cuda_graphs"]
+        assert [got["lanes"][tid]["metrics"][m] for m in metric] == [rec["metrics"][m] for m in metric]
+        for m in metric:
+            assert got["stack"][tid]["metrics"][m] == pytest.approx(rec["metrics"][m], rel=1e-2, abs=1e-3)
+
+
+def test_fp32_is_ieee_and_tf32_is_asked_for(tmp_path: Path) -> None:
+    """Issue 20: precision = fp32 trains without TF32 and leaves the process' flags as it found them; tf32
+    says so in the record."""
+    study, paths, trial = tiny(tmp_path, "train.engine=fast", "train.precision=fp32")
+    before = torch.backends.cuda.matmul.allow_tf32
+    rec = run_trial(study, trial, paths)
+    assert (rec["ran"]["precision"], rec["ran"]["matmul"]) == ("fp32", "ieee")
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    study, paths, trial = tiny(tmp_path / "tf32", "train.engine=fast", "train.precision=tf32")
+    rec = run_trial(study, trial, paths)
+    assert (rec["ran"]["precision"], rec["ran"]["matmul"]) == ("fp32", "tf32")
+    assert torch.backends.cuda.matmul.allow_tf32 == before

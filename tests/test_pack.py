@@ -84,7 +84,7 @@ def test_lanes_run_trials_at_once_and_each_writes_its_record(tmp_path: Path) -> 
     for t in trials:
         rec = record.read_record(paths.record(t.trial_id))
         if not t.is_baseline:
-            assert rec["engine"]["packed_with"] in (1, 2)
+            assert rec["ran"]["packing"] == "lanes" and rec["ran"]["lanes"] in (1, 2)
 
 
 def test_a_lane_out_of_memory_hands_its_trial_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

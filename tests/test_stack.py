@@ -1,5 +1,6 @@
-"""Stacked packs: trials trained as one batched model give each member what it gets alone (without dropout),
-keep their own records and checkpoints, and fall back to running alone when a stack cannot run."""
+"""Stacked packs: trials trained as one batched model give each member what it gets alone (dropout included:
+each member draws its own masks), keep their own records and checkpoints, and fall back to running alone when
+a stack cannot run."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = DistilBertConfig(
         vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=32,
-        dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+        dropout=0.1, attention_dropout=0.1, seq_classif_dropout=0.2,
     )  # fmt: skip
     net = DistilBertForSequenceClassification(config)
     net.set_attn_implementation("eager")
@@ -111,8 +112,8 @@ def test_a_members_parameters_are_in_make_optimizers_order() -> None:
 
 
 def test_a_stack_trains_each_member_as_it_trains_alone() -> None:
-    """Without dropout a member's weights, losses and metrics are those of the fast engine's run of the same
-    trial alone: its own rows in its own order, its own learning rate, schedule and weight decay."""
+    """A member's weights, losses and metrics are those of the fast engine's run of the same trial alone: its
+    own rows in its own order, its own learning rate, schedule and weight decay, its own dropout masks."""
     train, evaluation = split(200, 0), split(60, 1)
     stacked = jobs(train, evaluation)
     results = StackEngine().fit(stacked)
@@ -226,7 +227,8 @@ def test_a_stacked_pack_writes_each_trials_record(tmp_path: Path) -> None:
         rec = record.read_record(paths.record(t.trial_id))
         assert len(rec["attempts"]) == 1 and rec["attempts"][0]["state"] == "ok"
         if not t.is_baseline:
-            assert rec["engine"]["stacked_with"] == 4 and rec["engine"]["packed_with"] == 4
+            assert rec["engine"]["stacked_with"] == 4 and rec["ran"]["packing"] == "stack"
+            assert len(rec["ran"]["members"]) == 4 and t.trial_id in rec["ran"]["members"]
             assert rec["steps"] == -(-240 // t.batch_size)  # type: ignore[operator]
         assert not (paths.ckpt / t.trial_id).exists()
 

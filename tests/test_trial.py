@@ -54,18 +54,20 @@ def test_trial_ids_are_stable_short_hashes() -> None:
     assert trial_id("0123456789ab", 2e-5, 16, 3, 1, extra=extra) == "737608aaee"
     other = (("train.scheduler", "cosine"), ("data.train_limit", 400))
     assert trial_id("0123456789ab", 2e-5, 16, 3, 1, 2, extra=other) == "8026a005b0"
-    # the built-in studies' hashes and ids, as records on disk have them
+    # the built-in studies' hashes and ids, as records on disk have them (changed once, by issue 20: every
+    # trial draws its own dropout masks since, so records made before are another version of the study;
+    # before: paper e0d9f3a55164, smoke dd28cf53e5d7)
     paper, smoke = load_study("paper"), load_study("smoke")
-    assert (paper.hash, smoke.hash) == ("e0d9f3a55164", "dd28cf53e5d7")
+    assert (paper.hash, smoke.hash) == ("91eff069beb0", "9f232045881f")
     first = next(t for t in expand(paper) if not t.is_baseline)
     assert (first.trial_id, first.learning_rate, first.batch_size, first.epochs, first.seed) == (
-        "cdbf80cdf6",
+        "ccb1fef86c",
         1e-5,
         8,
         1,
         0,
     )
-    assert [t.trial_id for t in expand(smoke)][:3] == ["baseline", "0171e0bbcc", "294954e9c1"]
+    assert [t.trial_id for t in expand(smoke)][:3] == ["baseline", "a9e612dc82", "721ce313c2"]
 
 
 def test_init_and_order_seeds_cross() -> None:

@@ -108,6 +108,8 @@ def report_data(
             "relative": analysis.relative_note,
         },
         "notes": analysis.notes,
+        "ran": [asdict(c) for c in analysis.ran],
+        "replicates": asdict(analysis.replicates),
         "variance": [asdict(d) for d in analysis.variance],
         "best": [asdict(b) for b in analysis.best],
         "expected_max": {
@@ -413,6 +415,48 @@ def _fit_summary(fit: Fit) -> str:
     )
 
 
+def ran_blocks(analysis: Analysis) -> list[Block]:
+    """Where the trials ran differently (engine, precision, packing, device, random numbers), with counts, and
+    what replicates say of the hardware's own noise."""
+    out: list[Block] = []
+    if analysis.ran:
+        out.append(
+            "**Warning: the trials did not all run alike**, and these conditions may move a metric besides "
+            "the settings and seeds (the fits do not model them): "
+            + "; ".join(c.sentence() for c in analysis.ran)
+            + "."
+        )
+    r = analysis.replicates
+    if r.cells:
+        spreads = []
+        for s in r.spreads:
+            label = METRIC_LABELS.get(s.metric, s.metric)
+            if s.identical:
+                spreads.append(f"{label} identical in every cell")
+            else:
+                luck = next((d.luck for d in analysis.variance if d.metric == s.metric), None)
+                beside = (
+                    f" (the seeds and noise together: sd {fmt(luck.variance**0.5)})"
+                    if luck and luck.variance > 0
+                    else ""
+                )
+                spreads.append(
+                    f"{label} sd {fmt(s.sd)} within a cell, largest difference "
+                    f"{fmt(s.max_difference)}{beside}"
+                )
+        out.append(
+            f"Replicates: {r.runs} runs of {r.cells} (configuration, seeds) cells run more than once with "
+            f"the same settings and seeds: {'; '.join(spreads)}. "
+            + (
+                "Running a trial again gave the same numbers: the hardware and kernels added no noise."
+                if r.spreads and all(s.identical for s in r.spreads)
+                else "That spread is the hardware's and kernels' own noise, part of what the seeds' share "
+                "holds."
+            )
+        )
+    return out
+
+
 def _axes_lines(analysis: Analysis) -> list[Block]:
     lines: list[Block] = []
     words = {
@@ -453,6 +497,7 @@ def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: 
         *skipped,
         f"Seeds: {analysis.seed_model_why or 'none'}.",
         f"Baseline: {analysis.baselines.description}.",
+        *ran_blocks(analysis),
         *_axes_lines(analysis),
         *analysis.notes,
     ]

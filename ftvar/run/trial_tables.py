@@ -44,15 +44,23 @@ def plan_json(study: Study, paths: StudyPaths) -> dict[str, Any]:
 def design_summary(study: Study) -> str:
     """The design in one line, with its cost next to a full grid over the same axes."""
     pairs = len(study.grid.seed_pairs())
-    return describe(dict(study.grid.axes), study.design, len(study.points), pairs)
+    line = describe(dict(study.grid.axes), study.design, len(study.points), pairs)
+    again = len(study.grid.replicate)
+    if again > 1:
+        line += f"; each trial {again} times (grid.replicate: the same settings and seeds, run again)"
+    return line
 
 
 def _columns(study: Study) -> list[tuple[str, str]]:
     """(axis name, column header) of the axes that vary, and the seeds."""
     cols = [(a.name, a.label) for a in study.axes if not a.is_seed and len(a.values) > 1]
-    if study.grid.paired:
-        return [*cols, ("seed", "seed")]
-    return [*cols, ("init_seed", "init seed"), ("order_seed", "order seed")]
+    seeds = (
+        [("seed", "seed")]
+        if study.grid.paired
+        else [("init_seed", "init seed"), ("order_seed", "order seed")]
+    )
+    again = [("replicate", "replicate")] if len(study.grid.replicate) > 1 else []
+    return [*cols, *seeds, *again]
 
 
 def _value(value: Any) -> str:
@@ -82,7 +90,7 @@ def plan_table(study: Study, paths: StudyPaths) -> Compact:
     cols = _columns(study)
     rows = []
     for t in trials:
-        params = t.params()
+        params = {**t.params(), "replicate": t.replicate}
         rows.append(
             [
                 t.trial_id,
@@ -116,7 +124,7 @@ def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> C
         m = rec.get("metrics", {})
         status = rec.get("status", "missing" if not paths.record(t.trial_id).exists() else "invalid")
         style = {"ok": "green", "failed": "red", "diverged": "yellow"}.get(status, "dim")
-        params = t.params()
+        params = {**t.params(), "replicate": t.replicate}
         rows.append(
             [
                 t.trial_id,

@@ -24,6 +24,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ftvar.errors import FtvarError
+from ftvar.stats.conditions import Condition, Replicates, collapse, differing, spread
 from ftvar.stats.degenerate import DegenerateSummary, flags, summarise
 from ftvar.stats.expected_max import Curve, curves
 from ftvar.stats.findings import findings
@@ -90,6 +91,8 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     relative_note: str | None = None
     models: dict[str, ModelData] = field(default_factory=dict)
+    ran: list[Condition] = field(default_factory=list)  # how the trials ran, where they differ
+    replicates: Replicates = field(default_factory=Replicates)
 
     def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
         return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
@@ -337,6 +340,15 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     notes: list[str] = []
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
     trials = _usable(table, study, notes)
+    ran = differing(trials)
+    cell = [a.name for a in study.axes if a.name in trials.columns]
+    replicates = spread(trials, cell, FIT_METRICS)
+    if replicates.cells:
+        trials = collapse(trials, cell, FIT_METRICS)
+        notes.append(
+            f"{replicates.runs} replicate runs of {replicates.cells} (configuration, seeds) cells enter the "
+            "fits as one observation per cell, their mean (grid.replicate)"
+        )
     flagged, from_acc = flags(trials)
     trials["degenerate_flag"] = flagged.to_numpy()
     hp_axes = hyperparameter_axes(study)
@@ -402,4 +414,6 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         notes=notes,
         relative_note=relative_note,
         models=models,
+        ran=ran,
+        replicates=replicates,
     )

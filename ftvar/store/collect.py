@@ -53,6 +53,10 @@ AFTER_AXES = (
     "host",
     "device",
     "engine",
+    "precision",
+    "matmul",
+    "packing",
+    "randomness",
     "error",
     "started_at",
     "finished_at",
@@ -66,6 +70,7 @@ _DTYPES = {
     "n_eval": "int64",
     "steps": "Int64",
     "requeues": "int64",
+    "replicate": "int64",
     "degenerate": "boolean",
 }
 FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "eval_loss", "train_loss", "majority_share")
@@ -78,7 +83,7 @@ def axis_columns(study: Study) -> tuple[str, ...]:
 
 def columns(study: Study) -> tuple[str, ...]:
     """Every column of the results table, in order."""
-    return (*BEFORE_AXES, *axis_columns(study), *AFTER_AXES, "in_grid", "file")
+    return (*BEFORE_AXES, *axis_columns(study), "replicate", *AFTER_AXES, "in_grid", "file")
 
 
 PARALLEL_MIN_FILES = 2000  # below this a process pool costs more than it saves
@@ -135,12 +140,13 @@ class CollectResult:
 def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
     """One validated record as a table row, in `columns` order (without in_grid and file)."""
     p, m, t, tp, env = r["params"], r["metrics"], r["timings"], r["throughput"], r["environment"]
-    ev, engine = r.get("eval") or {}, r.get("engine") or {}
+    ev, engine, ran = r.get("eval") or {}, r.get("engine") or {}, r.get("ran") or {}
     return (
         r["trial_id"],
         r["kind"],
         r["status"],
         *(p.get(name) for name in axes),
+        p.get("replicate") or 0,
         m["accuracy"],
         m["f1"],
         m["eval_loss"],
@@ -160,6 +166,10 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
         env["host"],
         env["device"],
         engine.get("name"),
+        ran.get("precision"),
+        ran.get("matmul"),
+        ran.get("packing"),
+        ran.get("randomness"),
         r["error"],
         r["started_at"],
         r["finished_at"],

@@ -62,7 +62,8 @@ def check_no_mixing(study: Study, paths: StudyPaths) -> None:
         what = "; ".join(w for fh, w in found if fh == h)
         raise FtvarError(
             f"{paths.root} belongs to another version of study {study.name!r} (hash {h}; this one is "
-            f"{study.hash}): {what}. Its model, data or training settings changed. Use another name or "
+            f"{study.hash}): {what}. Its model, data or training settings changed, or an ftvar that trains "
+            "differently made it (0.1 drew dropout from a shared generator). Use another name or "
             f"--out, or move {paths.root} away"
         )
 

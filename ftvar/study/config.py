@@ -28,7 +28,7 @@ from ftvar.study.typed import build
 BUILTIN_STUDIES = ("smoke", "paper")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 # presets; [analysis.coding] may also be a table: axis → log10 | log2 | raw | categorical
 CODINGS = ("log", "raw")
@@ -116,7 +116,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     scheduler: str = "linear"
-    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp32; tf32: fp32 with TF32 matmuls (GPU)
     eval_batch_size: int = 256
     max_grad_norm: float = 1.0  # 0 disables clipping
     engine: str = "auto"  # auto: fast on a CUDA GPU, plain elsewhere | plain | fast | trainer
@@ -166,6 +166,8 @@ PAPER_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "epochs": (1, 2, 3),
 }
 SEED_KEYS = ("seed", *SEED_AXES)  # `seed` is the shorthand that sets init_seed and order_seed together
+# grid.replicate: run each trial again, same settings and seeds, as distinct trials (the hardware's noise)
+REPLICATE = "replicate"
 DEFAULT_SEEDS = (0, 1, 2)
 # what enters the study hash: today's fields, so that a study's hash (and its trial ids) never changes when
 # a setting that does not change results is added. A setting that is an axis leaves the hash (the trial ids
@@ -205,6 +207,7 @@ class Grid:
     init_seed: tuple[int, ...] = DEFAULT_SEEDS
     order_seed: tuple[int, ...] = DEFAULT_SEEDS
     paired: bool = True
+    replicate: tuple[int, ...] = (0,)  # replicate 0 is the trial itself; others repeat it exactly
 
     def spec(self, name: str) -> Spec | None:
         return dict(self.axes).get(name)
@@ -228,10 +231,10 @@ class Grid:
     def epochs(self) -> list[int]:
         return list(self.values("epochs"))
 
-    def seed_pairs(self, replicate: int = 0) -> list[tuple[int, int]]:
+    def seed_pairs(self, repeat: int = 0) -> list[tuple[int, int]]:
         """(init_seed, order_seed) of every trial at a design point; a ccd centre repeat r > 0 gets seeds of
         its own, shifted by r × (the largest seed + 1)."""
-        si, so = replicate * (max(self.init_seed) + 1), replicate * (max(self.order_seed) + 1)
+        si, so = repeat * (max(self.init_seed) + 1), repeat * (max(self.order_seed) + 1)
         if self.paired:
             return [(i + si, o + so) for i, o in zip(self.init_seed, self.order_seed, strict=True)]
         return [(i + si, o + so) for i in self.init_seed for o in self.order_seed]
@@ -246,6 +249,8 @@ class Grid:
             out["seed"] = list(self.init_seed)
         else:
             out.update(init_seed=list(self.init_seed), order_seed=list(self.order_seed))
+        if self.replicate != (0,):
+            out[REPLICATE] = list(self.replicate)
         return out
 
     @classmethod
@@ -293,7 +298,7 @@ class Study:
         tokenizer's vocabulary size — not the model or the training settings (ftvar.study.trial.data_key)."""
         axes = {name for name, _ in self.grid.axes}
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
-        return study_hash({"vocab_size": self.model.vocab_size}, data, {})
+        return study_hash({"vocab_size": self.model.vocab_size}, data, {}, training=None)
 
     @functools.cached_property
     def points(self) -> tuple[Point, ...]:
@@ -310,7 +315,7 @@ class Study:
             coding = self.coding(name, values)
             kind: Literal["numeric", "categorical"] = "categorical" if coding == "categorical" else "numeric"
             out.append(Axis(name, label(name), short(name), kind, coding, values))
-        pairs = [pair for p in self.points for pair in self.grid.seed_pairs(p.replicate)]
+        pairs = [pair for p in self.points for pair in self.grid.seed_pairs(p.repeat)]
         for i, name in enumerate(SEED_AXES):
             out.append(Axis(name, label(name), name, "seed", "categorical", _distinct(x[i] for x in pairs)))
         return tuple(out)
@@ -407,12 +412,12 @@ def parse_grid(table: Any) -> Grid:
     for name, value in _flatten(table):
         if name in specs or name in seeds:
             raise StudyError(f"grid.{name} is given twice: keep one list or one range")
-        if name in SEED_KEYS:
+        if name in SEED_KEYS or name == REPLICATE:
             seeds[name] = _parse_seeds(name, value)
         elif name in SWEEPABLE:
             specs[name] = _parse_spec(name, value, SWEEPABLE[name])
         else:
-            valid = [*PAPER_AXES, *SEED_KEYS, *OTHER_SWEEPABLE]
+            valid = [*PAPER_AXES, *SEED_KEYS, REPLICATE, *OTHER_SWEEPABLE]
             raise StudyError(f"unknown key grid.{name}; valid keys in [grid]: {', '.join(valid)}")
     if "seed" in seeds and ("init_seed" in seeds or "order_seed" in seeds):
         raise StudyError(
@@ -420,11 +425,12 @@ def parse_grid(table: Any) -> Grid:
         )
     axes = {name: specs.pop(name, default) for name, default in PAPER_DEFAULTS.items()}
     axes.update(specs)
+    replicate = tuple(sorted(seeds.pop(REPLICATE, (0,))))
     if "init_seed" in seeds or "order_seed" in seeds:
         init, order = seeds.get("init_seed", (0,)), seeds.get("order_seed", (0,))
-        return Grid(tuple(axes.items()), init, order, paired=False)
+        return Grid(tuple(axes.items()), init, order, paired=False, replicate=replicate)
     seed = seeds.get("seed", DEFAULT_SEEDS)
-    return Grid(tuple(axes.items()), seed, seed, paired=True)
+    return Grid(tuple(axes.items()), seed, seed, paired=True, replicate=replicate)
 
 
 def _n_params(study: Study) -> int:

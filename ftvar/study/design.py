@@ -51,7 +51,7 @@ class Point:
     """One design point: a value per axis, and which centre repeat it is (ccd; 0 otherwise)."""
 
     values: tuple[tuple[str, Any], ...]
-    replicate: int = 0
+    repeat: int = 0  # a ccd centre point's repeat: r > 0 runs with seeds of its own (Grid.seed_pairs)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.values)
@@ -102,7 +102,7 @@ def _dedupe(points: list[Point]) -> list[Point]:
     seen: set[tuple[Any, ...]] = set()
     out = []
     for p in points:
-        key = (p.values, p.replicate)
+        key = (p.values, p.repeat)
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -175,13 +175,13 @@ def _ccd(axes: dict[str, Spec], design: DesignConfig, integer_axes: set[str]) ->
     out = []
     for combo in itertools.product(*lists.values()):
         fixed = dict(zip(lists, combo, strict=True))
-        for c, replicate in coded:
+        for c, repeat in coded:
             value_of = dict(fixed)
             for name, x in zip(factors, c, strict=True):
                 spec = axes[name]
                 assert isinstance(spec, Range)
                 value_of[name] = _round(_from_coded(x, spec), spec, name in integer_axes)
-            out.append(Point(tuple((n, value_of[n]) for n in axes), replicate))
+            out.append(Point(tuple((n, value_of[n]) for n in axes), repeat))
     return out
 
 

@@ -34,6 +34,7 @@ class Trial:
     init_seed: int | None  # None for the one baseline of a model whose head was trained
     order_seed: int | None  # None for a baseline (no data order)
     extra: tuple[tuple[str, Any], ...] = ()  # the other axes: (dotted name, value), in axis order
+    replicate: int = 0  # grid.replicate: the same settings and seeds run again (0: the trial itself)
 
     @property
     def is_baseline(self) -> bool:
@@ -53,6 +54,7 @@ class Trial:
             "init_seed": self.init_seed,
             "order_seed": self.order_seed,
             **dict(self.extra),
+            **({"replicate": self.replicate} if self.replicate else {}),
         }
 
     def label(self) -> str:
@@ -63,7 +65,8 @@ class Trial:
         seeds = f"seed={self.seed}"
         if self.seed is None:
             seeds = f"init={self.init_seed} order={self.order_seed}"
-        return f"lr={self.learning_rate:g} bs={self.batch_size} ep={self.epochs}{extra} {seeds}"
+        again = f" replicate={self.replicate}" if self.replicate else ""
+        return f"lr={self.learning_rate:g} bs={self.batch_size} ep={self.epochs}{extra} {seeds}{again}"
 
 
 def _canonical(name: str, value: Any) -> Any:
@@ -83,6 +86,7 @@ def trial_id(
     seed: int,
     order_seed: int | None = None,
     extra: tuple[tuple[str, Any], ...] = (),
+    replicate: int = 0,
 ) -> str:
     """10 hex digits of sha256 over the study hash and the params: stable across runs and machines.
 
@@ -94,6 +98,8 @@ def trial_id(
         payload.append(int(order_seed))
     if extra:
         payload.append({name: _canonical(name, value) for name, value in extra})
+    if replicate:  # replicate 0 is the trial itself: the id it has without replicates
+        payload.append(["replicate", int(replicate)])
     blob = _ID_ENCODER.encode(payload)  # json.dumps(payload, sort_keys=True, default=str), the same text
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -155,9 +161,10 @@ def expand(study: Study) -> list[Trial]:
         values = point.as_dict()
         lr, bs, ep = values.pop("learning_rate"), values.pop("batch_size"), values.pop("epochs")
         extra = tuple(values.items())
-        for init, order in study.grid.seed_pairs(point.replicate):
-            tid = trial_id(study.hash, lr, bs, ep, init, order, extra)
-            trials.append(Trial(tid, lr, bs, ep, init, order, extra))
+        for init, order in study.grid.seed_pairs(point.repeat):
+            for again in study.grid.replicate:
+                tid = trial_id(study.hash, lr, bs, ep, init, order, extra, again)
+                trials.append(Trial(tid, lr, bs, ep, init, order, extra, again))
     return trials
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,13 +67,62 @@ class Engine(Protocol):
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on a GPU that has it, else fp32 (no autocast)."""
-    if precision == "fp32":
+    """The autocast dtype of `train.precision` (None: no autocast). auto: bf16 on a GPU that has it, else
+    fp32; fp32 and tf32 have no autocast (tf32 only changes how a GPU multiplies fp32 matrices)."""
+    if precision in ("fp32", "tf32"):
         return None
     if precision == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else None
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def precision_used(precision: str, device: torch.device) -> dict[str, str]:
+    """What the record says of the arithmetic: `precision` (the autocast dtype, or fp32) and `matmul` (how
+    fp32 matrices are multiplied: "tf32" on a GPU for train.precision = "tf32", else "ieee")."""
+    dtype = autocast_dtype(precision, device)
+    autocast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
+    tf32 = precision == "tf32" and device.type == "cuda"
+    return {"precision": autocast, "matmul": "tf32" if tf32 else "ieee"}
+
+
+class MatmulPrecision:
+    """The process's fp32 matmul precision on CUDA (TF32 or IEEE), held by the trials that train or evaluate.
+
+    torch keeps it in process-wide flags, so a trial sets it for as long as it runs and gives it back: a lane
+    that needs the other precision waits until the lanes that hold this one are done, and nothing a trial set
+    leaks into the next one. On a CPU there is nothing to set."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._tf32: bool | None = None
+        self._holders = 0
+
+    @contextmanager
+    def hold(self, precision: str, device: torch.device) -> Iterator[None]:
+        if device.type != "cuda":
+            yield
+            return
+        tf32 = precision_used(precision, device)["matmul"] == "tf32"
+        with self._cond:
+            while self._holders and self._tf32 != tf32:
+                self._cond.wait()
+            self._tf32, self._holders = tf32, self._holders + 1
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders -= 1
+                if not self._holders:  # back to torch's defaults
+                    torch.backends.cuda.matmul.allow_tf32 = False
+                    torch.backends.cudnn.allow_tf32 = True
+                    self._tf32 = None
+                self._cond.notify_all()
+
+
+MATMUL = MatmulPrecision()
 
 
 def collate(split: Split, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -221,11 +272,19 @@ def restore_optimizer(
             group["lr"] = lr_tensor
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """fp16's gradient scaler as the checkpoint left it (its scale and growth tracker); checkpoints written
+    before the scaler was saved start it afresh."""
+    if scaler.is_enabled() and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+
+
 @dataclass
 class LoopState:
     """What a checkpoint must hold beyond the model, optimizer and scheduler."""
 
     step: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0  # the fast loop's device sum of this epoch's losses so far (at a checkpoint)
     samples: int = 0
     tokens: int = 0

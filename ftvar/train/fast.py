@@ -31,6 +31,7 @@ from ftvar.data.cache import Split
 from ftvar.study.config import TrainConfig
 from ftvar.train.checkpoint import set_rng_state
 from ftvar.train.engine import (
+    MATMUL,
     FitJob,
     FitResult,
     LoopState,
@@ -39,10 +40,12 @@ from ftvar.train.engine import (
     evaluated_into,
     make_optimizer,
     restore_optimizer,
+    restore_scaler,
     scores,
     steps_per_epoch,
     warmup_steps,
 )
+from ftvar.train.noise import DrawCheck, ensure
 
 log = logging.getLogger("ftvar.train")
 
@@ -155,6 +158,7 @@ class Stepper:
         )  # this trial's own (lanes capture at once)
         self.first_step_at: float | None = None
         self.pool: Any = None  # the memory pool the trial's graphs share
+        self.check = DrawCheck()  # the first (eager) step: does the model draw randomness it does not own?
 
     def _compute(self, idx: torch.Tensor, length: int) -> None:
         """One step on the rows `idx`, padded to `length`: what a graph captures."""
@@ -181,6 +185,11 @@ class Stepper:
             cache_enabled=False,
         )
 
+    def partial_loss(self, member: int) -> float:
+        """A member's loss sum over its epoch's steps so far (a checkpoint holds it: a resumed run's epoch
+        mean is then the uninterrupted run's, to the bit). One host read: checkpoints only."""
+        return float(self.loss_sum.reshape(-1)[member])
+
     def mark_first_step(self) -> None:
         """Start-up: when the task's first step has really run (on a GPU, once its kernels have finished)."""
         if self.first_step_at is None:
@@ -190,7 +199,8 @@ class Stepper:
 
     def _eager(self, idx: torch.Tensor, length: int) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self._compute(idx, length)
+        with self.check.first():
+            self._compute(idx, length)
         self.stats.eager_steps += 1
 
     def step(self, idx: torch.Tensor, length: int) -> None:
@@ -255,13 +265,15 @@ class FastEngine:
     name = "fast"
 
     def fit(self, job: FitJob) -> FitResult:
+        with MATMUL.hold(job.settings.precision, job.device):
+            return self._fit(job)
+
+    def _fit(self, job: FitJob) -> FitResult:
         trial, s, model = job.trial, job.settings, job.model
         if trial.learning_rate is None or trial.batch_size is None or trial.order_seed is None:
             raise ValueError("the fast engine trains a trial, not a baseline")
         cuda = job.device.type == "cuda"
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        noise = ensure(model, trial.init_seed)
         model.to(job.device)
         data = DeviceSplit.of(job.train, job.device)
         total = steps_per_epoch(len(data), trial.batch_size) * trial.epochs
@@ -269,41 +281,45 @@ class FastEngine:
         lr = torch.tensor(trial.learning_rate, device=job.device) if cuda else None
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay, lr_tensor=lr)
         state, result = LoopState(), FitResult(metrics={})
+        stepper = Stepper(job, data, optimizer, lr if lr is not None else torch.zeros(()))
         if job.resume_state is not None:
             model.load_state_dict(job.resume_state["model"])
             restore_optimizer(optimizer, job.resume_state["optimizer"], lr)
+            restore_scaler(stepper.scaler, job.resume_state)
             state = LoopState(**job.resume_state["loop"])
             result.resumed_from_step = state.step
             set_rng_state(job.resume_state["rng"])
-        stepper = Stepper(job, data, optimizer, lr if lr is not None else torch.zeros(()))
         if job.on_checkpointable is not None:
             job.on_checkpointable(
                 lambda: {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scaler": stepper.scaler.state_dict(),
                     "step": state.step,
-                    "loop": dataclasses.asdict(state),
+                    "loop": {**dataclasses.asdict(state), "epoch_loss_sum": stepper.partial_loss(0)},
                 }
             )
         peak = trial.learning_rate
 
-        def set_lr(step: int) -> None:
+        def set_step(step: int) -> None:
+            """The step's learning rate and dropout counter (device tensors a graph reads, on a GPU)."""
             value = peak * multiplier(step)
-            if lr is not None:  # the graph reads it on the device
+            if lr is not None:
                 lr.fill_(value)
             else:
                 for group in optimizer.param_groups:
                     group["lr"] = value
+            noise.at(step)
 
         t0 = time.perf_counter()
         hooks = [job.after_step] if job.after_step is not None else []
-        result.diverged = run_epochs([job], stepper, data, [state], set_lr, hooks, trial.trial_id)[0]
+        result.diverged = run_epochs([job], stepper, data, [state], set_step, hooks, trial.trial_id)[0]
         if cuda:  # this lane's stream only: a device-wide wait would also wait for (or break) other lanes
             torch.cuda.current_stream(job.device).synchronize()
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
         result.first_step_at = stepper.first_step_at
-        result.engine = stepper.stats.engine(self.name)
+        result.engine = stepper.stats.engine(self.name, randomness=stepper.check.verdict())
         if result.diverged:
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
             return result
@@ -319,16 +335,17 @@ def run_epochs(
     stepper: Stepper,
     data: DeviceSplit,
     states: list[LoopState],
-    set_lr: Callable[[int], None],
+    set_step: Callable[[int], None],
     hooks: list[Callable[[], None]],
     label: str,
 ) -> list[str | None]:
     """The training loop of one trial (one job: a batch is a vector of row indices) or of a stack's members
     (several jobs: a [K, batch] matrix, each member's rows in its own order), from the states' step to the
     end; why each member diverged, or None. Batches are padded to a static bucket length on a GPU (one graph
-    per length), to the batch's own longest row on a CPU (the plain loop's dropout masks then match). The
-    loss sums stay on the device, read every CHECK_EVERY steps and at each epoch's end; a diverged member
-    stops counting steps, the others train on."""
+    per length), to the batch's own longest row on a CPU (as the plain loop: the same float sums). The loss
+    sums stay on the device, read every CHECK_EVERY steps and at each epoch's end (before a checkpoint at
+    that step); a checkpoint holds the current epoch's sum so far. A diverged member stops counting steps,
+    the others train on."""
     first, k = jobs[0], len(jobs)
     bs, epochs = first.trial.batch_size, first.trial.epochs
     if bs is None:
@@ -344,19 +361,21 @@ def run_epochs(
         epoch, offset = divmod(step, per_epoch)
         if offset == 0:
             for state in states:
-                state.epoch_losses = []
+                state.epoch_losses, state.epoch_loss_sum = [], 0.0
         orders = [epoch_order(len(data), int(j.trial.order_seed or 0), epoch)[offset * bs :] for j in jobs]
         host = orders[0].numpy() if k == 1 else np.stack([o.numpy() for o in orders])
         on_device = torch.from_numpy(host).to(first.device)
-        stepper.loss_sum.zero_()
-        done, checked = 0, 0
+        # the epoch's loss sum so far: zero, or what a resumed run's checkpoint held at its step
+        partial = torch.tensor([st.epoch_loss_sum for st in states], dtype=torch.float32)
+        stepper.loss_sum.copy_(partial.reshape(stepper.loss_sum.shape))
+        done = checked = offset
         for start in range(0, host.shape[-1], bs):
             rows = host[..., start : start + bs]
             lengths = data.host_lengths[rows]
             length = bucket_of(lengths, sizes) if stepper.cuda else int(lengths.max())
             per_member = lengths.reshape(k, -1)
             with guard():
-                set_lr(step)
+                set_step(step)
                 stepper.step(on_device[..., start : start + bs], length)
                 step += 1
                 for j, state in enumerate(states):
@@ -365,25 +384,26 @@ def run_epochs(
                         state.samples += per_member.shape[1]
                         state.tokens += int(per_member[j].sum())
                 done += 1
+            if done == per_epoch:  # the epoch's mean losses, before a checkpoint at this boundary saves
+                means = [value / done for value in stepper.loss_sum.reshape(-1).tolist()]
+                for j, (state, mean) in enumerate(zip(states, means, strict=True)):
+                    if diverged[j] is None and not math.isfinite(mean):
+                        diverged[j] = (
+                            f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
+                        )
+                    if diverged[j] is None:
+                        state.epoch_losses = [mean] * done
             stepper.mark_first_step()
             for hook in hooks:
                 hook()
-            if done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps, for all members
+            if done < per_epoch and done - checked >= CHECK_EVERY:  # one host read every CHECK_EVERY steps
                 checked = done
                 for j, value in enumerate(stepper.loss_sum.reshape(-1).tolist()):
                     if diverged[j] is None and not math.isfinite(value):
                         since = step - CHECK_EVERY
                         diverged[j] = f"non-finite training loss between steps {since} and {step}"
-                if all(diverged):
-                    return diverged
-        means = [value / max(1, done) for value in stepper.loss_sum.reshape(-1).tolist()]
-        for j, (state, mean) in enumerate(zip(states, means, strict=True)):
-            if diverged[j] is None and not math.isfinite(mean):
-                diverged[j] = f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
-            if diverged[j] is None:
-                state.epoch_losses = [*state.epoch_losses, *([mean] * done)]
-        if all(diverged):
-            return diverged
+            if all(diverged):
+                return diverged
         log.info(
             "%s epoch %d/%d done: step %d/%d, train loss %s",
             label,

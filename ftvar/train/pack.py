@@ -43,7 +43,16 @@ from ftvar.study.config import Study
 from ftvar.study.stackable import plan_stacks
 from ftvar.study.trial import Trial, settings
 from ftvar.train.checkpoint import Gate, Resumable, saved_step
-from ftvar.train.runner import log_to_stderr, model_modules, pick_device, preload, run_trial, set_offline
+from ftvar.train.runner import (
+    ALONE,
+    Packing,
+    log_to_stderr,
+    model_modules,
+    pick_device,
+    preload,
+    run_trial,
+    set_offline,
+)
 from ftvar.train.stack import StackFailed, run_stack
 
 log = logging.getLogger("ftvar.train")
@@ -163,7 +172,7 @@ def run_pack(
                             resumable=resumable,
                             prepared=prepared_for(trial),
                             after_step=after_step,
-                            packed_with=len(running_lanes),
+                            packing=lambda: Packing("lanes", len(running_lanes)) if want > 1 else ALONE,
                             reraise=lambda exc: _out_of_memory(exc) and _others_alive(running_lanes, lane),
                         )
                 except torch.cuda.OutOfMemoryError:

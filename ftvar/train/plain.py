@@ -16,6 +16,7 @@ import torch
 
 from ftvar.train.checkpoint import set_rng_state
 from ftvar.train.engine import (
+    MATMUL,
     FitJob,
     FitResult,
     LoopState,
@@ -27,9 +28,11 @@ from ftvar.train.engine import (
     evaluated_into,
     log,
     make_optimizer,
+    restore_scaler,
     steps_per_epoch,
     warmup_steps,
 )
+from ftvar.train.noise import DrawCheck, ensure, noise_of
 
 
 class PlainEngine:
@@ -38,25 +41,36 @@ class PlainEngine:
     name = "plain"
 
     def fit(self, job: FitJob) -> FitResult:
-        result = self._fit(job)
-        result.engine = {"name": self.name, "cuda_graphs": None, "fallback": None}
+        check = DrawCheck()
+        with MATMUL.hold(job.settings.precision, job.device):
+            result = self._fit(job, check)
+        result.engine = {
+            "name": self.name,
+            "cuda_graphs": None,
+            "fallback": None,
+            "randomness": check.verdict(),
+        }
         return result
 
-    def _fit(self, job: FitJob) -> FitResult:
+    def _fit(self, job: FitJob, check: DrawCheck) -> FitResult:
         from transformers import get_scheduler
 
         trial, s, model = job.trial, job.settings, job.model
         assert trial.learning_rate is not None and trial.batch_size is not None
+        ensure(model, trial.init_seed)
         model.to(job.device)
         total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
         optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay)
         warmup = warmup_steps(s.warmup_ratio, total)
         scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        dtype = autocast_dtype(s.precision, job.device)
+        scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
         state, result = LoopState(), FitResult(metrics={})
         if job.resume_state is not None:  # continue a preempted run where its checkpoint left off
             model.load_state_dict(job.resume_state["model"])
             optimizer.load_state_dict(job.resume_state["optimizer"])
             scheduler.load_state_dict(job.resume_state["scheduler"])
+            restore_scaler(scaler, job.resume_state)
             state = LoopState(**job.resume_state["loop"])
             result.resumed_from_step = state.step
             set_rng_state(job.resume_state["rng"])
@@ -66,19 +80,19 @@ class PlainEngine:
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "step": state.step,
                     "loop": dataclasses.asdict(state),
                 }
             )
         t0 = time.perf_counter()
-        result.diverged = self._train(job, optimizer, scheduler, state, total, result)
+        result.diverged = self._train(job, optimizer, scheduler, scaler, state, total, result, check)
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
         if result.diverged:  # a model with NaN weights has no meaningful metrics
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
             return result
         t1 = time.perf_counter()
-        dtype = autocast_dtype(s.precision, job.device)
         evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
         return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
 
@@ -87,15 +101,17 @@ class PlainEngine:
         job: FitJob,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
+        scaler: torch.amp.GradScaler,
         state: LoopState,
         total: int,
         result: FitResult,
+        check: DrawCheck,
     ) -> str | None:
         """The loop. Each step runs inside the job's gate. Returns why training diverged, if it did."""
         trial, s, model, device = job.trial, job.settings, job.model, job.device
         assert trial.batch_size is not None
         dtype = autocast_dtype(s.precision, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        noise = noise_of(model)
         per_epoch = steps_per_epoch(len(job.train), trial.batch_size)
         guard = job.guard.step if job.guard is not None else contextlib.nullcontext
         after_step = job.after_step or (lambda: None)
@@ -109,11 +125,17 @@ class PlainEngine:
             for idx in batches(len(job.train), trial.batch_size, order):
                 with guard():  # the copy to the device too: a pack's capturing lane sees no other work
                     batch = collate(job.train, idx, device)
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss = model(**batch).loss
-                    if not torch.isfinite(loss):
-                        return f"non-finite training loss at step {state.step + 1} of {total}"
-                    scaler.scale(loss).backward()
+                    if noise is not None:
+                        noise.at(state.step)  # this step's dropout masks
+                    with check.first():
+                        autocast = torch.autocast(
+                            device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                        )
+                        with autocast:
+                            loss = model(**batch).loss
+                        if not torch.isfinite(loss):
+                            return f"non-finite training loss at step {state.step + 1} of {total}"
+                        scaler.scale(loss).backward()
                     if s.max_grad_norm > 0:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)

@@ -31,7 +31,7 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Settings, Trial, settings
 from ftvar.train import checkpoint, registry
 from ftvar.train.checkpoint import Resumable
-from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate
+from ftvar.train.engine import MATMUL, FitJob, FitResult, autocast_dtype, evaluate, precision_used
 
 log = logging.getLogger("ftvar.train")
 
@@ -260,7 +260,7 @@ def _fit(
         guard = resumable.guard.step() if resumable is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
         dtype = autocast_dtype(s.train.precision, device)
-        with guard:
+        with guard, MATMUL.hold(s.train.precision, device):
             model.to(device)
             evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
@@ -283,7 +283,8 @@ def trial_model(
     study: Study, trial: Trial, prepared: Prepared, seed_cuda: bool = True
 ) -> tuple[torch.nn.Module, str]:
     """`build_model` for a trial, from its init seed, under the build lock (lanes and a stack's members share
-    the global RNG: seeding and initialising happen as one)."""
+    the global RNG: seeding and initialising happen as one). The engines give it the trial's own dropout
+    (ftvar.train.noise)."""
     seed = trial.init_seed if trial.init_seed is not None else 0
     with BUILD_LOCK:
         return build_model(study, settings(study, trial), prepared, seed, seed_cuda=seed_cuda)
@@ -355,6 +356,19 @@ def _outcome(status: str, error: str | None, record: dict[str, Any]) -> tuple[st
     return status, error
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How a trial shared its process: alone; as one of a pack's lanes (`lanes`: how many the pack had started
+    by the time the trial ended); or as a member of a stack (`members`: the stack's trial ids)."""
+
+    mode: str = "alone"
+    lanes: int = 1
+    members: tuple[str, ...] = ()
+
+
+ALONE = Packing()
+
+
 @dataclass
 class TrialRun:
     """A trial between `begin` and `finish`: its data, device, checkpointing, attempt and timings."""
@@ -402,14 +416,12 @@ def begin(
     return TrialRun(trial, prepared, device, resumable, started, t0, timings, record_path, attempts)
 
 
-def fitted(run: TrialRun, result: FitResult, packed_with: int | None) -> tuple[str, str | None]:
+def fitted(run: TrialRun, result: FitResult) -> tuple[str, str | None]:
     """Take a fit's timings into the run; its status and error."""
     run.timings["train"], run.timings["eval"] = result.train_time, result.eval_time
     if result.first_step_at is not None and not STARTED.is_set():
         STARTED.set()  # the process' first trial: how long from the task's start to its first step
         run.timings["startup"] = max(0.0, result.first_step_at - process_started())
-    if packed_with is not None:
-        result.engine["packed_with"] = packed_with
     if result.diverged:
         return "diverged", result.diverged
     return "ok", None
@@ -421,13 +433,39 @@ def crashed(run: TrialRun, exc: Exception) -> tuple[str, str]:
     return "failed", time_limit_message(exc, run.folder) or f"{exc.__class__.__name__}: {exc}"
 
 
+def how_it_ran(study: Study, run: TrialRun, result: FitResult | None, packing: Packing) -> dict[str, Any]:
+    """The record's `ran` block: what a trial's numbers may depend on besides its settings and seeds — the
+    engine, the arithmetic, how it shared its process, the device and its CPU threads, and whether every
+    random draw was its own (ftvar.train.noise)."""
+    s = settings(study, run.trial).train
+    engine = (result.engine.get("name") if result else None) or (
+        "eval" if run.trial.is_baseline else registry.resolve(s.engine, run.device)
+    )
+    return {
+        "engine": engine,
+        **precision_used(s.precision, run.device),
+        "packing": packing.mode,
+        "lanes": packing.lanes,
+        "members": list(packing.members) or None,
+        "device": run.device.type,
+        "threads": torch.get_num_threads(),
+        "randomness": (result.engine.get("randomness") if result else None) or "owned",
+    }
+
+
 def finish(
-    study: Study, run: TrialRun, result: FitResult | None, status: str, error: str | None
+    study: Study,
+    run: TrialRun,
+    result: FitResult | None,
+    status: str,
+    error: str | None,
+    packing: Packing = ALONE,
 ) -> dict[str, Any]:
     """Write the trial's record (and end its attempt); drop its checkpoint once it is ok or diverged."""
     run.timings["total"] = time.perf_counter() - run.t0
     device = device_name(run.device)
     record = _record(study, run.trial, run.prepared, result, status, error, run.timings, device, run.started)
+    record["ran"] = how_it_ran(study, run, result, packing)
     status, error = _outcome(status, error, record)
     run.attempts.update(status, error, result.steps if result else run.resumable.saved_step)
     record.update(status=status, error=error, attempts=run.attempts.attempts)
@@ -446,7 +484,7 @@ def run_trial(
     resumable: Resumable | None = None,
     prepared: Prepared | None = None,
     after_step: Callable[[], None] | None = None,
-    packed_with: int | None = None,
+    packing: Callable[[], Packing] | None = None,
     reraise: Callable[[BaseException], bool] | None = None,
 ) -> dict[str, Any]:
     """Run one trial and write its record. Input errors (FtvarError) propagate and write no record; any
@@ -457,14 +495,15 @@ def run_trial(
     `train.checkpoint_minutes`; a pack's `resumable` also saves on preemption, at a step boundary (its guard).
     The checkpoint is deleted once an ok or diverged record is written; a failed trial keeps it, so the next
     launch resumes it. The record lists every attempt of the trial. A pack passes the data it has already
-    read (`prepared`), a hook for every step boundary, and how many lanes share the device."""
+    read (`prepared`), a hook for every step boundary, and how the trial shares its process (`packing`,
+    asked when the record is written)."""
     run = begin(study, trial, paths, resumable, prepared, prepare_if_missing)
     attempts = run.attempts
     result: FitResult | None = None
     try:
-        packed = packed_with is not None and packed_with > 1
+        packed = packing is not None and packing().mode != "alone"
         result = _fit(study, trial, run.prepared, run.device, run.resumable, after_step, packed)
-        status, error = fitted(run, result, packed_with)
+        status, error = fitted(run, result)
     except FtvarError as exc:
         attempts.update("failed", str(exc))
         raise
@@ -475,7 +514,7 @@ def run_trial(
         if reraise is not None and reraise(exc):
             raise
         status, error = crashed(run, exc)
-    return finish(study, run, result, status, error)
+    return finish(study, run, result, status, error, packing() if packing is not None else ALONE)
 
 
 def log_to_stderr() -> None:

@@ -12,9 +12,10 @@ on a CPU it runs eagerly.
 Members share the model, the data, the batch size, the epochs, the precision and the clipping; they may differ
 in learning rate, weight decay, schedule, warmup and both seeds (ftvar.study.stackable). Each member keeps its
 own record, attempt log, divergence check and checkpoint (saved in the fast engine's format: a member resumes
-alone or in another stack). What differs from training it alone: the dropout masks are drawn for the whole
-stack, so a member's numbers depend on its stack (as a lane's depend on its pack), a resumed member does not
-restore its random generators, and its throughput in the record is its own samples over the stack's time.
+alone or in another stack). Each member draws its own dropout masks (ftvar.train.noise: a hash of its seed,
+the step and the position; vmap runs with randomness="error", so nothing else may draw), so a member trains
+as it would alone, up to the last bits of float reductions that vmap batches differently; a resumed member
+continues its masks where they were. Its throughput in the record is its own samples over the stack's time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Trial
 from ftvar.train.checkpoint import Resumable
 from ftvar.train.engine import (
+    MATMUL,
     FitJob,
     FitResult,
     LoopState,
@@ -50,7 +52,8 @@ from ftvar.train.fast import (
     lr_multipliers,
     run_epochs,
 )
-from ftvar.train.runner import TrialRun, begin, crashed, finish, fit_job, fitted, trial_model
+from ftvar.train.noise import ensure, noise_of
+from ftvar.train.runner import Packing, TrialRun, begin, crashed, finish, fit_job, fitted, trial_model
 
 log = logging.getLogger("ftvar.train")
 
@@ -107,14 +110,21 @@ class Stack:
         self.leaves = [
             [self.layout.flat(m, b).to(device).requires_grad_() for b in self.blocks] for m in models
         ]
+        # buffers stacked per member: among them each member's dropout seed and step (ftvar.train.noise)
         self.buffers = {
             name: torch.stack([dict(m.named_buffers())[name] for m in models]).to(device)
             for name, _ in self.base.named_buffers()
         }
-        for model in models:  # plain matmuls, every op with a batching rule (members evaluate alike too)
-            choose = getattr(model, "set_attn_implementation", None)
-            if callable(choose):
-                choose("eager")
+        self.noise = noise_of(self.base)
+        if self.noise is None:
+            raise ValueError("a stack needs models with the trial's own dropout (ftvar.train.noise.install)")
+        missing = [n for n in ("ftvar_noise.seed", "ftvar_noise.step") if n not in self.buffers]
+        if missing:
+            raise ValueError(f"the stacked buffers lack {missing}")
+
+    def at(self, step: int) -> None:
+        """Every member's dropout counter at `step` (a device write: a graph reads it)."""
+        self.buffers["ftvar_noise.step"].fill_(step)
 
     def views(self) -> dict[str, torch.Tensor]:
         """Each parameter as a [K, …] view of the members' blocks stacked (one copy per block; its backward
@@ -146,8 +156,15 @@ class Stack:
             logits: torch.Tensor = out.logits
             return logits
 
-        batched = vmap(member, randomness="different")
-        out: torch.Tensor = batched(self.views(), self.buffers, ids, mask)
+        # randomness="error": every random number is the members' own (their dropout hashes their seeds);
+        # a model that draws from torch's generator fails the stack, and its trials run alone
+        batched = vmap(member, randomness="error")
+        assert self.noise is not None
+        self.noise.batched = True  # the attention's explicit form, which batches over the members
+        try:
+            out: torch.Tensor = batched(self.views(), self.buffers, ids, mask)
+        finally:
+            self.noise.batched = False
         return out
 
     def member_params(self, k: int) -> dict[str, torch.Tensor]:
@@ -263,14 +280,15 @@ class StackEngine:
     name = "fast"
 
     def fit(self, jobs: list[FitJob], after_step: Callable[[], None] | None = None) -> list[FitResult]:
+        with MATMUL.hold(jobs[0].settings.precision, jobs[0].device):
+            return self._fit(jobs, after_step)
+
+    def _fit(self, jobs: list[FitJob], after_step: Callable[[], None] | None) -> list[FitResult]:
         first, k = jobs[0], len(jobs)
         device, bs = first.device, first.trial.batch_size
         if bs is None or any(j.trial.learning_rate is None or j.trial.order_seed is None for j in jobs):
             raise ValueError("a stack trains trials, not baselines")
         cuda = device.type == "cuda"
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         states = [LoopState() for _ in jobs]
         results = [FitResult(metrics={}) for _ in jobs]
         for j, job in enumerate(jobs):  # resumed members: their weights before stacking
@@ -280,6 +298,8 @@ class StackEngine:
                 results[j].resumed_from_step = states[j].step
         if len({st.step for st in states}) > 1:
             raise ValueError("the members of a stack resume from one step")
+        for job in jobs:
+            ensure(job.model, job.trial.init_seed)
         stack = Stack([job.model for job in jobs], device)
         data = DeviceSplit.of(first.train, device)
         total = steps_per_epoch(len(data), bs) * first.trial.epochs
@@ -293,7 +313,8 @@ class StackEngine:
                 stack.load_member_optimizer_state(optimizer, j, job.resume_state["optimizer"])
         per_member = len(stack.blocks)
 
-        def set_lr(step: int) -> None:
+        def set_step(step: int) -> None:
+            """Each member's learning rate and every member's dropout counter for `step`."""
             values = [peak * m(step) for peak, m in zip(peaks, multipliers, strict=True)]
             if lrs is not None:
                 for tensor, value in zip(lrs, values, strict=True):
@@ -301,19 +322,20 @@ class StackEngine:
             else:
                 for g, group in enumerate(optimizer.param_groups):
                     group["lr"] = values[g // per_member]
+            stack.at(step)
 
         stepper = StackStepper(first, data, stack, optimizer, lrs[0] if lrs else torch.zeros(()))
         for j, job in enumerate(jobs):
             if job.on_checkpointable is not None:
-                job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j]))
+                job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j], stepper))
         t0 = time.perf_counter()
         hooks = [job.after_step for job in jobs if job.after_step is not None]
         hooks += [after_step] if after_step is not None else []
-        diverged = run_epochs(jobs, stepper, data, states, set_lr, hooks, f"stack of {k},")
+        diverged = run_epochs(jobs, stepper, data, states, set_step, hooks, f"stack of {k},")
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         train_time = time.perf_counter() - t0
-        engine = stepper.stats.engine(self.name, stacked_with=k)
+        engine = stepper.stats.engine(self.name, stacked_with=k, randomness="owned")
         for j, job in enumerate(jobs):
             result, state = results[j], states[j]
             result.steps, result.train_time = state.step, train_time
@@ -335,7 +357,7 @@ class StackEngine:
 
 
 def _snapshot(
-    stack: Stack, optimizer: torch.optim.Optimizer, k: int, job: FitJob, state: LoopState
+    stack: Stack, optimizer: torch.optim.Optimizer, k: int, job: FitJob, state: LoopState, stepper: Stepper
 ) -> Callable[[], dict[str, Any]]:
     """Member k's live state in the fast engine's checkpoint format (a torch AdamW state dict)."""
 
@@ -348,7 +370,7 @@ def _snapshot(
                 "param_groups": template.state_dict()["param_groups"],
             },
             "step": state.step,
-            "loop": dataclasses.asdict(state),
+            "loop": {**dataclasses.asdict(state), "epoch_loss_sum": stepper.partial_loss(k)},
         }
 
     return snapshot
@@ -407,12 +429,13 @@ def run_stack(
             records.append(finish(study, run, None, failed, why))
         return records
     peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+    members = Packing("stack", 1, tuple(t.trial_id for t in trials))
     records = []
     for run, result in zip(runs, results, strict=True):
         if peak is not None:
             result.engine["peak_gpu_memory_mb"] = peak  # the whole stack's
-        status, error = fitted(run, result, len(runs))
-        records.append(finish(study, run, result, status, error))
+        status, error = fitted(run, result)
+        records.append(finish(study, run, result, status, error, members))
     return records
 
 

@@ -19,7 +19,16 @@ import torch
 
 from ftvar.data.cache import Split
 from ftvar.errors import FtvarError
-from ftvar.train.engine import FitJob, FitResult, autocast_dtype, evaluate, steps_per_epoch, warmup_steps
+from ftvar.train.engine import (
+    MATMUL,
+    FitJob,
+    FitResult,
+    autocast_dtype,
+    evaluate,
+    steps_per_epoch,
+    warmup_steps,
+)
+from ftvar.train.noise import DrawCheck, ensure
 
 
 class Rows(torch.utils.data.Dataset[dict[str, Any]]):
@@ -95,9 +104,15 @@ class TrainerEngine:
                 use_cpu=job.device.type == "cpu",
             )
             after_step = job.after_step
+            noise, check = ensure(job.model, trial.init_seed), DrawCheck()
 
             class AfterStep(TrainerCallback):  # type: ignore[misc]
+                def on_step_begin(self, args: Any, state: Any, *rest: Any, **kwargs: Any) -> None:
+                    noise.at(int(state.global_step))  # the step's dropout masks (ftvar.train.noise)
+                    check.begin()
+
                 def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+                    check.end()
                     if after_step is not None:
                         after_step()
 
@@ -110,7 +125,8 @@ class TrainerEngine:
             )
             trainer.remove_callback(PrinterCallback)  # no metrics dict printed to stdout
             t0 = time.perf_counter()
-            output = trainer.train()
+            with MATMUL.hold(s.precision, job.device):
+                output = trainer.train()
             if job.device.type == "cuda":
                 torch.cuda.synchronize(job.device)
             train_time = time.perf_counter() - t0
@@ -120,7 +136,7 @@ class TrainerEngine:
             train_time=train_time,
             samples=len(job.train) * trial.epochs,
             tokens=int(job.train.lengths.sum()) * trial.epochs,
-            engine={"name": self.name, "cuda_graphs": False, "fallback": None},
+            engine={"name": self.name, "cuda_graphs": False, "fallback": None, "randomness": check.verdict()},
         )
         train_loss = float(output.training_loss)
         if not math.isfinite(train_loss):
@@ -128,7 +144,8 @@ class TrainerEngine:
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
             return result
         t1 = time.perf_counter()
-        evaluated = evaluate(job.model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
+        with MATMUL.hold(s.precision, job.device):
+            evaluated = evaluate(job.model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
         result.eval_time = time.perf_counter() - t1
         result.metrics = {**evaluated.metrics, "train_loss": train_loss}
         result.eval_counts = evaluated.counts()
