@@ -74,12 +74,22 @@ class DataConfig:
     synthetic: Synthetic | None = None  # ftvar's own generated sentiment data instead of files
     format: str | None = None  # tsv | csv | jsonl | parquet; default: from the file suffix
     header: bool = True  # false: columns are addressed by 0-based index
-    text_column: str | int = "sentence"
+    text_column: str | int | tuple[str, ...] | tuple[int, ...] = "sentence"  # a pair: two columns
     label_column: str | int = "label"
     max_length: int = 128
     train_limit: int = 0  # 0 = all rows; n = a seeded random subsample of n rows
     eval_limit: int = 0
     data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """A one-column list is that column (so that `["sentence"]` and `"sentence"` are one study)."""
+        if isinstance(self.text_column, tuple) and len(self.text_column) == 1:
+            object.__setattr__(self, "text_column", self.text_column[0])
+
+    @property
+    def text_columns(self) -> tuple[str | int, ...]:
+        """The text column, or the two columns of a sentence pair, in order."""
+        return self.text_column if isinstance(self.text_column, tuple) else (self.text_column,)
 
     @property
     def source(self) -> Literal["hub", "files", "synthetic"]:
@@ -586,8 +596,16 @@ def _validate_data(d: DataConfig) -> None:
                 d.file_format(path)
     if d.format is not None:
         _check_choice(d.format, FORMATS, "data.format")
-    for key in ("text_column", "label_column"):
-        col = getattr(d, key)
+    if isinstance(d.text_column, tuple) and len(d.text_column) != 2:
+        raise StudyError(
+            f"data.text_column takes one column or a sentence pair of two, got {len(d.text_column)}: "
+            f"{list(d.text_column)}"
+        )
+    if len(set(d.text_columns)) < len(d.text_columns):
+        raise StudyError(f"data.text_column names one column twice: {list(d.text_columns)}")
+    if d.label_column in d.text_columns:
+        raise StudyError(f"data.label_column {d.label_column!r} is also a text column: keep them apart")
+    for key, col in [*(("text_column", c) for c in d.text_columns), ("label_column", d.label_column)]:
         if d.header and isinstance(col, int) and d.source == "files":
             raise StudyError(f"data.{key} is an index ({col}) but data.header = true: use the column name")
         if not d.header and not isinstance(col, int):
