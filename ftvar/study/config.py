@@ -36,6 +36,9 @@ BASELINES = ("pretrained", "none")
 ENGINES = ("auto", "plain", "fast", "trainer")  # auto: fast on a CUDA GPU, plain on a CPU
 DEVICES = ("auto", "cpu", "cuda")
 SEED_MODELS = ("auto", "blocks", "mixed")
+PRIMARY_METRICS = ("accuracy", "f1", "mcc")  # analysis.metric: what the report leads with
+# Hub tasks (id, config) whose own metric is not accuracy: the primary metric unless analysis.metric is set
+TASK_METRICS: dict[tuple[str, str | None], str] = {("glue", "cola"): "mcc", ("nyu-mll/glue", "cola"): "mcc"}
 # keys whose string values are file system paths (resolved against the study file's folder or the cwd)
 PATH_KEYS = ("data.train", "data.eval", "model.name_or_path", "model.tokenizer")
 
@@ -144,6 +147,7 @@ class AnalysisConfig:
     seed_model: str = "auto"  # auto | blocks (seeds as fixed blocks) | mixed (random seed intercepts)
     factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
     expected_max_by: str | None = None  # the expected-max curves' axis; default: batch size, else a factor
+    metric: str | None = None  # accuracy | f1 | mcc: what the report leads with; default: by the data
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,16 @@ class Study:
         for i, name in enumerate(SEED_AXES):
             out.append(Axis(name, label(name), name, "seed", "categorical", _distinct(x[i] for x in pairs)))
         return tuple(out)
+
+    @property
+    def metric(self) -> str:
+        """The study's primary metric, which the report leads with: analysis.metric, else the task's own
+        (MCC for GLUE CoLA from the Hub), else accuracy."""
+        if self.analysis.metric is not None:
+            return self.analysis.metric
+        if self.data.source == "hub" and self.data.hub is not None:
+            return TASK_METRICS.get(self.data.hub_id_and_config(), "accuracy")
+        return "accuracy"
 
     def coding(self, name: str, values: tuple[Any, ...]) -> Coding:
         """How the analysis codes an axis: [analysis.coding] where it names the axis, else the preset's."""
@@ -530,6 +544,8 @@ def _validate_analysis(study: Study) -> None:
         raise StudyError(f"analysis.degree must be 1, 2 or 3, got {a.degree}")
     if a.bootstrap < 0:
         raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
+    if a.metric is not None:
+        _check_choice(a.metric, PRIMARY_METRICS, "analysis.metric")
     if a.expected_max_by is not None and a.expected_max_by not in names:
         raise StudyError(
             f"analysis.expected_max_by = {a.expected_max_by!r} is not an axis of this study; axes: "

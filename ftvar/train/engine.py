@@ -156,8 +156,11 @@ class EvalResult:
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: int) -> EvalResult:
-    """Accuracy, F1 (binary for two classes, macro otherwise), mean cross-entropy and the class counts."""
-    from sklearn.metrics import accuracy_score, f1_score  # here: a trial needs them only once it has trained
+    """Accuracy, F1 (binary for two classes, macro otherwise), the Matthews correlation coefficient (MCC;
+    multi-class: Gorodkin's R_K, as scikit-learn computes it; 0 for a model that predicts one class), mean
+    cross-entropy and the class counts."""
+    # here: a trial needs them only once it has trained
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     average = "binary" if num_labels == 2 else "macro"
     eval_loss = loss_sum / max(1, len(y_true))
@@ -167,6 +170,7 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: 
             f1_score(y_true, y_pred, average=average, labels=list(range(num_labels)), zero_division=0)
         ),
         "eval_loss": eval_loss if math.isfinite(eval_loss) else None,
+        "mcc": float(matthews_corrcoef(y_true, y_pred)) if len(y_true) else None,
     }
     labels = np.bincount(y_true, minlength=num_labels).tolist()
     preds = np.bincount(y_pred, minlength=num_labels).tolist()

@@ -217,7 +217,9 @@ def _record(
         "params": trial.params(),
         "status": status,
         "error": error,
-        "metrics": {k: finite_or_none(metrics.get(k)) for k in ("accuracy", "f1", "eval_loss", "train_loss")},
+        "metrics": {
+            k: finite_or_none(metrics.get(k)) for k in ("accuracy", "f1", "eval_loss", "train_loss", "mcc")
+        },
         "n_train": prepared.n_train if prepared else 0,
         "n_eval": prepared.n_eval if prepared else 0,
         "label_names": prepared.label_names if prepared else [],
