@@ -20,7 +20,7 @@ from ftvar.study.config import load_study
 from ftvar.study.trial import expand
 from ftvar.train.engine import scores
 from ftvar.train.runner import run_trial
-from tests.helpers import shared_data
+from tests.helpers import SHARED_DATA, shared_data
 
 
 def test_scores_hold_mcc_zero_for_one_class_and_f1_macro_for_more() -> None:
@@ -41,6 +41,24 @@ def test_the_primary_metric_is_the_studys_else_the_tasks_else_accuracy(tmp_path:
     assert load_study("paper", ["data.hub=glue/cola"]).metric == "mcc"  # GLUE's score for CoLA
     assert load_study("paper", ["data.hub=nyu-mll/glue/cola"]).metric == "mcc"
     assert load_study("paper", ["analysis.metric=f1"]).metric == "f1"
+    # the built-ins: GLUE from the Hub by default, the shared TSVs with two overrides (their columns)
+    for name, metric, columns in (
+        ("rte", "accuracy", ("sentence1", "sentence2")),
+        ("mrpc", "accuracy", ("sentence1", "sentence2")),
+        ("cola", "mcc", ("sentence",)),
+    ):
+        hub = load_study(name)
+        assert hub.data.source == "hub" and hub.data.hub == f"glue/{name}" and hub.metric == metric
+        assert [len(hub.grid.values(a)) for a in ("learning_rate", "batch_size", "epochs")] == [4, 4, 3]
+        assert hub.grid.init_seed == (0, 1, 2, 3, 4) and len(expand(hub)) == 240 + 5
+        folder = SHARED_DATA / name
+        local = load_study(
+            name, [f"data.train={folder / 'train.tsv'}", f"data.eval={folder / 'validation.tsv'}"]
+        )
+        assert local.data.source == "files" and local.data.text_columns == columns and local.metric == metric
+        if folder.is_dir():
+            header = (folder / "train.tsv").read_text().split("\n", 1)[0].split("\t")
+            assert [*columns, "label"] == header
 
 
 def test_records_without_mcc_are_read_and_the_report_says_it_is_missing(tmp_path: Path) -> None:

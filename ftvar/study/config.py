@@ -25,7 +25,7 @@ from ftvar.study.design import DesignConfig, Point, Range, Spec, points, validat
 from ftvar.study.study_hash import study_hash
 from ftvar.study.typed import build
 
-BUILTIN_STUDIES = ("smoke", "paper")
+BUILTIN_STUDIES = ("smoke", "paper", "rte", "mrpc", "cola")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
