@@ -52,7 +52,8 @@ RUNS = (  # (label, engine, precision)
 
 def subset(split: Split, rows: int, seed: int = 0) -> Split:
     idx = np.random.default_rng(seed).permutation(len(split))[:rows]
-    return Split(split.ids[idx], split.lengths[idx], split.labels[idx])
+    types = None if split.types is None else split.types[idx]
+    return Split(split.ids[idx], split.lengths[idx], split.labels[idx], types)
 
 
 def measure(

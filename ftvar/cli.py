@@ -139,7 +139,7 @@ def run_trial_cmd(
     record = run_trial(s, t, paths, prepare_if_missing=True)
     m = record["metrics"]
     console.print(
-        f"{t.trial_id}: {record['status']} accuracy={m['accuracy']} f1={m['f1']} "
+        f"{t.trial_id}: {record['status']} accuracy={m['accuracy']} f1={m['f1']} mcc={m.get('mcc')} "
         f"eval_loss={m['eval_loss']} → {paths.record(t.trial_id)}"
     )
     if record["status"] != "ok":
@@ -399,8 +399,7 @@ def export(
         bool,
         typer.Option(
             "--mlflow",
-            help="Write one MLflow run per trial, by default into OUT/STUDY/mlflow.db; needs "
-            "ftvar[mlflow].",
+            help="Write one MLflow run per trial, by default into OUT/STUDY/mlflow.db; needs ftvar[mlflow].",
         ),
     ] = False,
     mlflow_uri: Annotated[

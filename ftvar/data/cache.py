@@ -2,7 +2,8 @@
 
 `ftvar.data.prepare` builds `<out>/<study>/cache/<key>/` once per distinct tokenization (tokenizer,
 max_length, train_limit). A trial only reads it: each split's token ids padded into one [rows × longest] int32
-array, the row lengths and the labels. Reading memory-maps the Arrow files; padding is one vectorised copy.
+array, the row lengths and the labels (and a sentence pair's token type ids, padded alike, where its tokenizer
+makes them). Reading memory-maps the Arrow files; padding is one vectorised copy.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.trial import Settings, Trial, data_key, expand, settings
 
-CACHE_VERSION = 3  # 3: one folder per data key; 2: deterministic trained WordPiece vocabulary
+# 3: one folder per data key; 2: deterministic trained WordPiece vocabulary. A sentence pair's cache adds a
+# `token_type_ids` column without a new version: a single text's cache is as before, and a pair study's data
+# key (its text columns) is new, so no older cache can be taken for one.
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Split:
     ids: np.ndarray  # [rows, longest] int32
     lengths: np.ndarray  # [rows] int32
     labels: np.ndarray  # [rows] int64
+    types: np.ndarray | None = None  # [rows, longest] int8: a sentence pair's token type ids (0 pads), if any
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -85,22 +90,31 @@ def is_prepared(study: Study, paths: StudyPaths) -> bool:
 
 
 def read_split(folder: Path, pad_id: int) -> Split:
-    """One split saved by `datasets.Dataset.save_to_disk` (columns `input_ids`, `label`) as arrays."""
+    """One split saved by `datasets.Dataset.save_to_disk` (columns `input_ids`, `label`, and a sentence pair's
+    `token_type_ids` where its tokenizer makes them) as arrays."""
     state = json.loads((folder / "state.json").read_text())
     batches = []
     for entry in state["_data_files"]:
         with pa.memory_map(str(folder / entry["filename"])) as source:
             batches.append(pa.ipc.open_stream(source).read_all())
     table = pa.concat_tables(batches)
-    ids = table.column("input_ids").combine_chunks()
-    offsets = integers(ids.offsets)
-    flat = integers(ids.values).astype(np.int32, copy=False)
+    padded, lengths = _padded(table.column("input_ids").combine_chunks(), pad_id, np.int32)
+    labels = integers(table.column("label").combine_chunks()).astype(np.int64)
+    types = None
+    if "token_type_ids" in table.column_names:
+        types, _ = _padded(table.column("token_type_ids").combine_chunks(), 0, np.int8)
+    return Split(padded, lengths, labels, types)
+
+
+def _padded(rows: pa.ListArray, pad: int, dtype: type[np.integer[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as a [rows × longest] array padded with `pad`, and the row lengths."""
+    offsets = integers(rows.offsets)
+    flat = integers(rows.values).astype(dtype, copy=False)
     lengths = np.diff(offsets).astype(np.int32)
     longest = int(lengths.max()) if len(lengths) else 1
-    padded = np.full((len(lengths), longest), pad_id, dtype=np.int32)
+    padded = np.full((len(lengths), longest), pad, dtype=dtype)
     padded[np.arange(longest)[None, :] < lengths[:, None]] = flat[offsets[0] : offsets[-1]]
-    labels = integers(table.column("label").combine_chunks()).astype(np.int64)
-    return Split(padded, lengths, labels)
+    return padded, lengths
 
 
 def integers(array: pa.Array) -> np.ndarray:

@@ -1,10 +1,12 @@
 """A study's raw data: the train and eval splits loaded (Hub, local files or synthetic) with datasets, as a
-`text` and a `label` column, subsampled, and the labels mapped to ids."""
+`text` column (and `text_pair` for a sentence pair) and a `label` column, subsampled, and the labels mapped to
+ids."""
 
 from __future__ import annotations
 
 import csv
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,8 @@ def load_hub(study: Study) -> DatasetDict:
 
 
 def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDict:
-    """The train and eval splits with two columns, `text` (str) and `label` (as in the source)."""
+    """The train and eval splits with the columns `text` (str), `text_pair` (str, for a sentence pair) and
+    `label` (as in the source). A text column that is missing, empty or not strings is an error naming it."""
     d = d or study.data
     if d.source == "synthetic":
         assert d.synthetic is not None
@@ -80,23 +83,47 @@ def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDi
         raw = _load_files(d, d.train, d.eval, work / "hf")
     else:
         raw = load_hub(study)
-    text_col, label_col = (str(c) for c in (d.text_column, d.label_column))
+    text_cols, label_col = [str(c) for c in d.text_columns], str(d.label_column)
     if d.source == "synthetic":
-        text_col, label_col = "sentence", "label"
-    if text_col == label_col:
-        raise FtvarError(f"data.text_column and data.label_column are both {text_col!r}")
+        text_cols, label_col = ["sentence"], "label"
+    if label_col in text_cols:
+        raise FtvarError(f"data.text_column and data.label_column are both {label_col!r}")
+    names = dict(zip(text_cols, TEXT_NAMES, strict=False)) | {label_col: "label"}
     for split in ("train", "eval"):
         columns = raw[split].column_names
-        for key, col in (("text_column", text_col), ("label_column", label_col)):
+        for col in names:
+            key = "label_column" if col == label_col else "text_column"
             if col not in columns:
                 raise FtvarError(
                     f"data.{key} = {col!r} is not a column of the {split} split; "
                     f"columns: {', '.join(columns)}"
                 )
-        renames = {c: n for c, n in ((text_col, "text"), (label_col, "label")) if c != n}
-        renamed = raw[split].select_columns([text_col, label_col]).rename_columns(renames)
-        raw[split] = renamed.filter(lambda row: row["text"] is not None and row["label"] is not None)
+        renames = {c: n for c, n in names.items() if c != n}
+        renamed = raw[split].select_columns(list(names)).rename_columns(renames)
+        for col, name in zip(text_cols, TEXT_NAMES, strict=False):
+            check_text(renamed, name, col, split, columns)
+        raw[split] = renamed.filter(partial(_complete, list(names.values())))
     return raw
+
+
+def _complete(columns: list[str], row: dict[str, Any]) -> bool:
+    """A row with a value in every column (rows with a missing text or label are left out)."""
+    return all(row[c] is not None for c in columns)
+
+
+TEXT_NAMES = ("text", "text_pair")  # the text column(s) as the tokenizer takes them: text, or a pair
+
+
+def check_text(ds: Dataset, name: str, col: str, split: str, columns: list[str]) -> None:
+    """A text column must hold text: strings, not all of them missing or blank."""
+    feature = ds.features[name]
+    dtype = getattr(feature, "dtype", type(feature).__name__)
+    where = f"data.text_column {col!r} of the {split} split"
+    values = [v for v in ds.unique(name) if v is not None]
+    if not values or (dtype in ("string", "large_string") and not any(str(v).strip() for v in values)):
+        raise FtvarError(f"{where} is empty; columns: {', '.join(columns)}")
+    if dtype not in ("string", "large_string"):
+        raise FtvarError(f"{where} is not text (its values are {dtype}); columns: {', '.join(columns)}")
 
 
 def limit(ds: Dataset, limit: int, seed: int) -> Dataset:

@@ -84,11 +84,20 @@ def _build_cache(study: Study, s: Settings, key: str, work: Path) -> None:
     out = work / "out"
     tokenizer.save_pretrained(str(out / "tokenizer"))
 
-    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        enc = tokenizer(batch["text"], truncation=True, max_length=d.max_length)
-        return {"input_ids": enc["input_ids"]}
+    pair = "text_pair" in raw["train"].column_names
 
-    tokenized = raw.map(encode, batched=True, batch_size=1000, remove_columns=["text"])
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        """Token ids (a pair as the tokenizer joins two texts, the longer one truncated first) and, for a
+        pair whose tokenizer makes them, the token type ids (which text each token belongs to)."""
+        texts = (batch["text"], batch["text_pair"]) if pair else (batch["text"],)
+        enc = tokenizer(*texts, truncation="longest_first", max_length=d.max_length)
+        out = {"input_ids": enc["input_ids"]}
+        if pair and "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    text_columns = [c for c in ("text", "text_pair") if c in raw["train"].column_names]
+    tokenized = raw.map(encode, batched=True, batch_size=1000, remove_columns=text_columns)
     for split in ("train", "eval"):
         tokenized[split].flatten_indices().save_to_disk(str(out / split))
     lengths = [len(x) for x in tokenized["train"]["input_ids"]]
@@ -104,6 +113,8 @@ def _build_cache(study: Study, s: Settings, key: str, work: Path) -> None:
         "train_limit": d.train_limit,
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
+        "text_pair": pair,
+        "token_type_ids": "token_type_ids" in tokenized["train"].column_names,
         "created_at": utc_now(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

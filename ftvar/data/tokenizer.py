@@ -1,5 +1,6 @@
 """A study's tokenizer: the model's own (transformers' AutoTokenizer) or a WordPiece vocabulary learned from
-the train texts, deterministically (`model.tokenizer = "train"`)."""
+the train texts, deterministically (`model.tokenizer = "train"`; a sentence pair as BERT encodes one:
+`[CLS] a [SEP] b [SEP]`, token type 0 for the first text, 1 for the second)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from ftvar.data.load import not_loadable
+from ftvar.data.load import TEXT_NAMES, not_loadable
 from ftvar.study.config import ModelConfig, Study
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -54,14 +55,16 @@ def train_tokenizer(texts: Iterator[list[str]], vocab_size: int) -> Any:
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # BERT's: a pair's segments
     )
 
 
 def load_tokenizer(study: Study, m: ModelConfig, train: Dataset) -> Any:
     from transformers import AutoTokenizer
 
-    if m.tokenizer == "train":
-        batches = (train[i : i + 1000]["text"] for i in range(0, len(train), 1000))
+    if m.tokenizer == "train":  # the vocabulary of every text column (both texts of a pair)
+        columns = [c for c in TEXT_NAMES if c in train.column_names]
+        batches = (train[i : i + 1000][c] for i in range(0, len(train), 1000) for c in columns)
         return train_tokenizer(batches, m.vocab_size)
     source = m.tokenizer or m.name_or_path
     try:

@@ -1,7 +1,7 @@
 """`ftvar report`: collect, analyse, write report.json, report.md, a self-contained report.html and PNG plots.
 
 The report leads with what matters (the share of variance each hyperparameter term and each seed axis
-explains, the predicted best configuration, the expected best accuracy against the number of trials,
+explains, the predicted best configuration, the expected best score against the number of trials,
 degenerate trials), then the findings, the fits and the paper comparison. The shape of report.json is
 documented in docs/report-format.md (`"format": "ftvar-report/2"`).
 """
@@ -106,6 +106,9 @@ def report_data(
             "terms": analysis.terms,
             "baselines": asdict(analysis.baselines),
             "relative": analysis.relative_note,
+            "metric": analysis.metric,
+            "metrics": list(analysis.metrics),
+            "f1_average": analysis.f1_average,
         },
         "notes": analysis.notes,
         "ran": [asdict(c) for c in analysis.ran],
@@ -189,7 +192,8 @@ def expected_max_sentence(analysis: Analysis) -> str | None:
     shown = [n for n in BUDGETS if n <= curve.n_trials]
     parts = [f"{n}: {fmt(curve.mean[n - 1])} ± {fmt(curve.sd[n - 1], 2)}" for n in shown]
     return (
-        f"Expected best accuracy when n trials are drawn at random from the {curve.n_trials} ok trials "
+        f"Expected best {METRIC_LABELS[analysis.metric]} when n trials are drawn at random from the "
+        f"{curve.n_trials} ok trials "
         f"(mean ± sd): {'; '.join(parts)}."
     )
 
@@ -228,12 +232,13 @@ def degenerate_blocks(analysis: Analysis) -> list[Block]:
 
 def _config_table(analysis: Analysis, n: int = BEST_N) -> Table:
     axes = [a for a in analysis.axes if not a.is_seed and a.name in analysis.configurations.columns]
-    header = [*(a.label for a in axes), "ok/trials", "degenerate", "accuracy", "F1", "eval loss"]
+    labels = [metric_label(analysis, m) for m in analysis.metrics]
+    header = [*(a.label for a in axes), "ok/trials", "degenerate", *labels]
     rows = []
     one_seed = bool((analysis.configurations["n_ok"] <= 1).all())
     for r in analysis.configurations.head(n).to_dict(orient="records"):
         cells = []
-        for m in ("accuracy", "f1", "eval_loss"):
+        for m in analysis.metrics:
             mean, sd = r.get(f"{m}_mean"), r.get(f"{m}_sd")
             if one_seed:
                 cells.append(fmt(mean))
@@ -252,7 +257,31 @@ def _config_table(analysis: Analysis, n: int = BEST_N) -> Table:
             ]
         )
     spread = "one trial per configuration: no spread to show" if one_seed else "mean ± sd over seeds"
-    return (f"Best configurations observed (top {n} by mean accuracy; {spread})", header, rows)
+    by = METRIC_LABELS[analysis.metric]
+    return (f"Best configurations observed (top {n} by mean {by}; {spread})", header, rows)
+
+
+def metric_label(analysis: Analysis, metric: str) -> str:
+    """A metric's name in a table header: F1 says how it averages over more than two classes."""
+    if metric == "f1" and analysis.f1_average == "macro":
+        return "F1 (macro)"
+    return METRIC_LABELS[metric]
+
+
+def metric_lines(analysis: Analysis) -> list[Block]:
+    """Which metric the report leads with, and what F1 is."""
+    label = METRIC_LABELS[analysis.metric]
+    if analysis.metric == "mcc":
+        label += " (the Matthews correlation coefficient; 0 for a model that predicts one class)"
+    out: list[Block] = [
+        f"Primary metric: {label}. What matters, the best configuration, the expected best score and the "
+        "findings lead with it (`analysis.metric`: accuracy, f1 or mcc)."
+    ]
+    if analysis.f1_average == "macro":
+        out.append("F1 is macro-averaged: the unweighted mean of each class's F1 (more than two classes).")
+    elif analysis.f1_average == "binary":
+        out.append("F1 is binary: the F1 of the second label (in sorted order of the label values).")
+    return out
 
 
 def _selection_table(analysis: Analysis) -> Table:
@@ -475,7 +504,7 @@ def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: 
     """The report's content once, as (heading, blocks), rendered to Markdown and HTML."""
     lead_plots = [p for p in plots if p.kind in LEAD_PLOTS]
     what: list[Block] = [variance_sentence(d, short=i > 0) for i, d in enumerate(analysis.variance)]
-    what += [best_sentence(b) for b in analysis.best if b.metric == "accuracy"]
+    what += [best_sentence(b) for b in analysis.best if b.metric == analysis.metric]
     em = expected_max_sentence(analysis)
     if em:
         what.append(em)
@@ -498,6 +527,7 @@ def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: 
         f"Seeds: {analysis.seed_model_why or 'none'}.",
         f"Baseline: {analysis.baselines.description}.",
         *ran_blocks(analysis),
+        *metric_lines(analysis),
         *_axes_lines(analysis),
         *analysis.notes,
     ]
@@ -507,7 +537,10 @@ def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: 
         ("Study and design", design),
         (
             "Best configurations",
-            [*(best_sentence(b) for b in analysis.best if b.metric != "accuracy"), _config_table(analysis)],
+            [
+                *(best_sentence(b) for b in analysis.best if b.metric != analysis.metric),
+                _config_table(analysis),
+            ],
         ),
         ("Degree", [_selection_table(analysis), *(s.warning for s in analysis.selection if s.warning)]),
     ]
@@ -626,7 +659,7 @@ def print_tables(analysis: Analysis, console: Console, n: int = 5) -> None:
     """What matters, then rich tables: best configurations, the fits' key terms, the paper comparison."""
     for d in analysis.variance:
         console.print("• " + variance_sentence(d).replace("**", ""), highlight=False)
-    for b in analysis.best[:1]:
+    for b in [b for b in analysis.best if b.metric == analysis.metric][:1]:
         console.print("• " + best_sentence(b).replace("**", ""), highlight=False)
     tables = [_config_table(analysis, n), _fits_table(analysis)]
     if analysis.paper.shown:

@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from ftvar.stats.analysis import FIT_METRICS, METRIC_LABELS, Analysis
+from ftvar.stats.analysis import METRIC_LABELS, Analysis
 from ftvar.stats.results import Fit
 from ftvar.stats.variance import Decomposition
 from ftvar.store.files import write_atomic
@@ -102,11 +102,12 @@ def expected_max_plot(analysis: Analysis, path: Path) -> None:
         ax.plot(n, mean, label=f"{curve.group} (N = {curve.n_trials})", **style)
         ax.fill_between(n, mean - sd, mean + sd, alpha=0.15, color=style.get("color"))
     ax.set_xscale("log")
+    label = METRIC_LABELS[analysis.metric]
     ax.set_xlabel("number of trials drawn at random (budget)")
-    ax.set_ylabel("expected best accuracy")
+    ax.set_ylabel(f"expected best {label}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    ax.set_title("expected best accuracy vs budget (Dodge et al. 2019), ± 1 sd", fontsize=10)
+    ax.set_title(f"expected best {label} vs budget (Dodge et al. 2019), ± 1 sd", fontsize=10)
     _save(fig, path)
 
 
@@ -291,15 +292,16 @@ def plot_all(analysis: Analysis, table: pd.DataFrame, folder: Path) -> list[Plot
         )
     if analysis.expected_max:
         expected_max_plot(analysis, folder / "expected_max.png")
-        plots.append(Plot("expected_max.png", "expected best accuracy vs number of trials", "expected_max"))
+        title = f"expected best {METRIC_LABELS[analysis.metric]} vs number of trials"
+        plots.append(Plot("expected_max.png", title, "expected_max"))
     seeds = [
         a for a in analysis.axes if a.is_seed and a.name in trials.columns and trials[a.name].nunique() >= 2
     ]
     if axes and len(trials) >= 2:
-        parallel_plot(trials, axes + seeds, "accuracy", folder / "parallel_coordinates.png")
-        plots.append(
-            Plot("parallel_coordinates.png", "every trial across the axes, coloured by accuracy", "parallel")
-        )
+        colour = analysis.metric if trials[analysis.metric].notna().any() else "accuracy"
+        parallel_plot(trials, axes + seeds, colour, folder / "parallel_coordinates.png")
+        title = f"every trial across the axes, coloured by {METRIC_LABELS[colour]}"
+        plots.append(Plot("parallel_coordinates.png", title, "parallel"))
     curve_axis = next((a for a in axes if a.name == LEARNING_CURVE_AXIS), None)
     if curve_axis is not None:
         learning_curve_plot(
@@ -309,7 +311,7 @@ def plot_all(analysis: Analysis, table: pd.DataFrame, folder: Path) -> list[Plot
             Plot("learning_curve.png", "learning curve: accuracy vs training rows", "learning_curve")
         )
     pairs = list(itertools.combinations(axes, 2))[:MAX_HEATMAPS]
-    for metric in FIT_METRICS:
+    for metric in analysis.metrics:
         if metric not in trials.columns or trials[metric].notna().sum() == 0:
             continue
         part = trials[trials[metric].notna()]

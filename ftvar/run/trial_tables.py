@@ -118,6 +118,7 @@ def valid_record(path: Path) -> dict[str, Any]:
 def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> Compact:
     """After a local launch: one row per trial with its status and metrics."""
     cols = _columns(study)
+    mcc = study.metric == "mcc"  # its column only where it is the primary metric (80 columns)
     rows = []
     for t in trials:
         rec = valid_record(paths.record(t.trial_id))
@@ -132,10 +133,12 @@ def summary_table(study: Study, paths: StudyPaths, trials: Sequence[Trial]) -> C
                 f"[{style}]{status}[/{style}]",
                 fmt(m.get("accuracy"), ".3f"),
                 fmt(m.get("f1"), ".3f"),
+                *([fmt(m.get("mcc"), ".3f")] if mcc else []),
                 fmt(m.get("eval_loss"), ".3f"),
                 fmt(rec.get("timings", {}).get("total"), ".1f"),
             ]
         )
-    headers = ["trial", *(header for _, header in cols), "status", "acc", "f1", "loss", "sec"]
+    metrics = ["acc", "f1", *(["mcc"] if mcc else []), "loss"]
+    headers = ["trial", *(header for _, header in cols), "status", *metrics, "sec"]
     right = [i for i, h in enumerate(headers) if i > 0 and h != "status"]
     return Compact(headers, rows, title=f"{study.name}: {len(trials)} trial(s)", right=right)

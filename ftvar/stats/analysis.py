@@ -32,7 +32,16 @@ from ftvar.stats.optimum import Best, best
 from ftvar.stats.paper import PaperComparison, compare
 from ftvar.stats.regression import fit as fit_metric
 from ftvar.stats.regression import resolve_seed_model
-from ftvar.stats.results import ALPHA, FIT_METRICS, HIGHER_IS_BETTER, METRIC_LABELS, Fit, jsonable
+from ftvar.stats.results import (
+    ALPHA,
+    FIT_METRICS,
+    HIGHER_IS_BETTER,
+    METRIC_LABELS,
+    METRICS,
+    Fit,
+    fitted_metrics,
+    jsonable,
+)
 from ftvar.stats.selection import Selection, select
 from ftvar.stats.terms import CODING_WORDS, ModelData, build
 from ftvar.stats.variance import Decomposition, decompose
@@ -93,6 +102,9 @@ class Analysis:
     models: dict[str, ModelData] = field(default_factory=dict)
     ran: list[Condition] = field(default_factory=list)  # how the trials ran, where they differ
     replicates: Replicates = field(default_factory=Replicates)
+    metric: str = "accuracy"  # the study's primary metric: what the report leads with
+    metrics: tuple[str, ...] = FIT_METRICS  # the metrics fitted, the primary first
+    f1_average: str | None = None  # binary (two classes) | macro (more) | None (not known)
 
     def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
         return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
@@ -138,7 +150,7 @@ def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tup
     """Per trial, the metrics of its baseline: same init seed (when baselines have one) and the same values of
     the axes baselines carry (model, max length)."""
     rows = table[(table["kind"] == "baseline") & (table["status"] == "ok") & table["in_grid"].astype(bool)]
-    out = pd.DataFrame(np.nan, index=trials.index, columns=list(FIT_METRICS))
+    out = pd.DataFrame(np.nan, index=trials.index, columns=list(METRICS))
     if rows.empty:
         return out, Baselines(
             0, False, "no ok baseline record (analysis.baseline = pretrained evaluates one)"
@@ -154,11 +166,11 @@ def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tup
         used = [
             k for k, present in zip(keys, has if isinstance(has, tuple) else (has,), strict=False) if present
         ]
-        values = {tuple(str(r[k]) for k in used): [r[m] for m in FIT_METRICS] for _, r in group.iterrows()}
+        values = {tuple(str(r[k]) for k in used): [r[m] for m in METRICS] for _, r in group.iterrows()}
         found = [values.get(key) for key in zip(*(as_text[k] for k in used), strict=True)] if used else []
         if not used:
             found = [next(iter(values.values()))] * len(trials)
-        for j, m in enumerate(FIT_METRICS):
+        for j, m in enumerate(METRICS):
             col = np.array([np.nan if f is None else f[j] for f in found], dtype="float64")
             out[m] = out[m].fillna(pd.Series(col, index=trials.index))
     seeded = "init_seed" in keys
@@ -171,19 +183,21 @@ def _baseline_of(table: pd.DataFrame, trials: pd.DataFrame, study: Study) -> tup
         else f"{len(rows)} baselines (one per {', '.join(k for k in keys)})"
     )
     values = out.dropna(how="all")
-    shared = len(values) > 0 and all(values[m].nunique(dropna=True) <= 1 for m in FIT_METRICS)
+    shared = len(values) > 0 and all(values[m].nunique(dropna=True) <= 1 for m in METRICS)
     return out, Baselines(len(rows), shared, what)
 
 
-def configurations(trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
+def configurations(
+    trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis], metric: str = "accuracy"
+) -> pd.DataFrame:
     """Per configuration (the hyperparameter axes): trials, ok trials, degenerate ones, mean and sd of each
-    metric over seeds; best mean accuracy first."""
+    metric over seeds; best mean of `metric` (the primary) first."""
     keys = [a.name for a in axes if a.name in trials_all.columns]
     if not keys:
         trials_all = trials_all.assign(_all="all")
         ok = ok.assign(_all="all")
         keys = ["_all"]
-    stats = ok.groupby(keys, dropna=False)[[*FIT_METRICS, "train_loss"]].agg(["mean", "std"])
+    stats = ok.groupby(keys, dropna=False)[[*METRICS, "train_loss"]].agg(["mean", "std"])
     stats.columns = [f"{m}_{s.replace('std', 'sd')}" for m, s in stats.columns]
     counts = trials_all.assign(ok=trials_all["status"].eq("ok")).groupby(keys, dropna=False)["ok"]
     out = counts.agg(n_ok="sum", n_trials="size").join(stats, how="left")
@@ -191,7 +205,8 @@ def configurations(trials_all: pd.DataFrame, ok: pd.DataFrame, axes: list[Axis])
     out = out.join(deg, how="left").reset_index()
     out["n_degenerate"] = out["n_degenerate"].fillna(0).astype(int)
     out["n_failed"] = out["n_trials"] - out["n_ok"]
-    return out.sort_values("accuracy_mean", ascending=False, na_position="last").reset_index(drop=True)
+    ascending = not HIGHER_IS_BETTER[metric]
+    return out.sort_values(f"{metric}_mean", ascending=ascending, na_position="last").reset_index(drop=True)
 
 
 def _expected_max_axis(axes: list[Axis], trials: pd.DataFrame, wanted: str | None) -> Axis | None:
@@ -227,6 +242,7 @@ class _MetricJob:
     baseline: pd.DataFrame
     baselines: Baselines
     resamples: int
+    metrics: tuple[str, ...] = FIT_METRICS  # the primary first
 
 
 @dataclass
@@ -241,25 +257,33 @@ class _MetricPart:
     best: Best | None = None
     notes: list[str] = field(default_factory=list)
     relative_note: str | None = None
-    seed_model: str = ""  # set by the first metric's part (accuracy)
+    seed_model: str = ""  # how its fits treat the seeds ("" when not fitted)
     seed_model_why: str = ""
+    model_notes: list[str] = field(default_factory=list)  # about the model matrix (said once, by the first)
 
 
 def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
-    """Everything the report shows for metric FIT_METRICS[i], seeded by i (so the same in any process)."""
+    """Everything the report shows for metric job.metrics[i], seeded by the metric (so the same in any process
+    and in any order)."""
     study, trials, a = job.study, job.trials, job.study.analysis
-    metric = FIT_METRICS[i]
+    metric = job.metrics[i]
+    seed = METRICS.index(metric)
     part = _MetricPart(metric)
     notes = part.notes
     finite = trials[metric].notna() & np.isfinite(pd.to_numeric(trials[metric], errors="coerce"))
     rows = trials.loc[finite].reset_index(drop=True)
+    older = " (records written before ftvar recorded it)" if metric == "mcc" else ""
     if rows.empty:
-        notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
+        notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}{older}: not fitted")
         return part
+    if len(rows) < len(trials):
+        notes.append(
+            f"{METRIC_LABELS[metric]} is missing for {len(trials) - len(rows)} of {len(trials)} ok trials"
+            f"{older}: its fits use the {len(rows)} that have it"
+        )
     md = part.model = build(rows, study.axes, a.degree, a.factor_interactions)
-    if i == 0:
-        notes.extend(md.notes)
-        part.seed_model, part.seed_model_why = resolve_seed_model(md, a.seed_model)
+    part.model_notes = list(md.notes)
+    part.seed_model, part.seed_model_why = resolve_seed_model(md, a.seed_model)
     y = rows[metric].to_numpy(dtype="float64")
     part.fits.append(fit_metric(md, y, metric, "absolute", "all", a.seed_model))
     base = job.baseline.loc[finite].reset_index(drop=True)[metric].to_numpy(dtype="float64")
@@ -289,7 +313,7 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         notes,
         f"the variance decomposition of {METRIC_LABELS[metric]}",
         [],
-        partial(decompose, md, y[:, None], [metric], job.resamples, i),
+        partial(decompose, md, y[:, None], [metric], job.resamples, seed),
     )
     sel = part.selection = _guard(
         notes,
@@ -301,7 +325,7 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
     md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
     if md_best.predictors and md_best.n > md_best.X.shape[1]:
         maximise = HIGHER_IS_BETTER[metric]
-        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + i)
+        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + seed)
         part.best = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
     return part
 
@@ -316,16 +340,16 @@ def _forked_part(i: int) -> _MetricPart:
 
 
 def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
-    """Each metric's part, in FIT_METRICS order: one forked process per metric when `parallel` (the parts are
+    """Each metric's part, in job.metrics order: one forked process per metric when `parallel` (the parts are
     independent and seeded by metric, so the results are those of the serial run; a worker inherits the
     trials instead of receiving them pickled), else one after the other."""
     global _FORKED_JOB
-    indices = range(len(FIT_METRICS))
+    indices = range(len(job.metrics))
     if not parallel or not forks_safely() or (os.cpu_count() or 1) < 2:
         return [_metric_part(job, i) for i in indices]
     _FORKED_JOB = job
     try:
-        with ProcessPoolExecutor(len(FIT_METRICS), mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(len(job.metrics), mp_context=multiprocessing.get_context("fork")) as pool:
             return list(pool.map(_forked_part, indices))
     except BrokenProcessPool:  # a worker was killed (out of memory?): one metric at a time needs a third
         return [_metric_part(job, i) for i in indices]
@@ -338,6 +362,10 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way)."""
     a = study.analysis
     notes: list[str] = []
+    primary, metrics = study.metric, fitted_metrics(study.metric)
+    missing = {m: np.nan for m in METRICS if m not in table.columns}
+    if missing:  # a table of an older ftvar's collector
+        table = table.assign(**missing)
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
     trials = _usable(table, study, notes)
     ran = differing(trials)
@@ -364,7 +392,7 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
             f"bootstrap: {resamples} resamples instead of analysis.bootstrap = {a.bootstrap}, to keep "
             f"{n_ok} trials fast (intervals from fewer resamples are a little rougher)"
         )
-    job = _MetricJob(study, trials, baseline, baselines, resamples)
+    job = _MetricJob(study, trials, baseline, baselines, resamples, metrics)
     parts = _run_metrics(job, len(trials) >= PARALLEL_MIN_TRIALS if parallel is None else parallel)
     fits = [f for part in parts for f in part.fits]
     models = {part.metric: part.model for part in parts if part.model is not None}
@@ -372,16 +400,15 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     selection = [part.selection for part in parts if part.selection is not None]
     bests = [part.best for part in parts if part.best is not None]
     relative_note = next((part.relative_note for part in parts if part.relative_note), None)
-    seed_model, seed_model_why = next(
-        ((part.seed_model, part.seed_model_why) for part in parts if part.seed_model), ("none", "")
-    )
-    notes += [note for part in parts for note in part.notes]
+    lead = next((part for part in parts if part.seed_model), None)  # the first metric that was fitted
+    seed_model, seed_model_why = (lead.seed_model, lead.seed_model_why) if lead else ("none", "")
+    notes += [note for part in parts for note in [*(part.model_notes if part is lead else []), *part.notes]]
     by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
     em: list[Curve] = _guard(
         notes,
         "the expected-max curves",
         [],
-        partial(curves, trials, "accuracy", by.name if by else None, by.label if by else None),
+        partial(curves, trials, primary, by.name if by else None, by.label if by else None),
     )
     codings = {}
     if "accuracy" in models:
@@ -390,7 +417,7 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
             for p in models["accuracy"].predictors
         }
     paper = compare(study, fits, codings, baselines.shared)
-    first = models.get("accuracy") or next(iter(models.values()), None)
+    first = models.get(primary) or next(iter(models.values()), None)
     return Analysis(
         study=study.name,
         degree=a.degree,
@@ -406,9 +433,9 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         expected_max=em,
         expected_max_by=by.name if by else None,
         degenerate=degenerate,
-        findings=_guard(notes, "the findings", [], partial(findings, fits, models)),
+        findings=_guard(notes, "the findings", [], partial(findings, fits, models, metrics)),
         paper=paper,
-        configurations=configurations(trials_all, trials, hp_axes),
+        configurations=configurations(trials_all, trials, hp_axes, primary),
         trials=trials,
         axes=study.axes,
         notes=notes,
@@ -416,4 +443,18 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         models=models,
         ran=ran,
         replicates=replicates,
+        metric=primary,
+        metrics=metrics,
+        f1_average=f1_average(trials),
     )
+
+
+def f1_average(trials: pd.DataFrame) -> str | None:
+    """How the trials' F1 averages over the classes (ftvar.train.engine.scores): binary F1 of the second
+    label for two classes, the unweighted (macro) mean over the classes for more; None where not known."""
+    if "n_labels" not in trials.columns:
+        return None
+    classes = pd.to_numeric(trials["n_labels"], errors="coerce").dropna()
+    if classes.empty:
+        return None
+    return "binary" if int(classes.max()) <= 2 else "macro"

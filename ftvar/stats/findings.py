@@ -79,14 +79,16 @@ def describe(fit: Fit, t: TermTest, md: ModelData) -> str:
     return f"{t.label} ({t.term}): {coef}{_p(t)} on {metric}"
 
 
-def findings(fits: list[Fit], models: dict[str, ModelData]) -> list[dict[str, Any]]:
+def findings(
+    fits: list[Fit], models: dict[str, ModelData], metrics: tuple[str, ...] = FIT_METRICS
+) -> list[dict[str, Any]]:
     """The significant terms (Holm) of the absolute fits of all trials: at most PER_METRIC for the first
-    metric (accuracy), then for the others only the terms the first did not already show, with one line when
-    they show the same."""
+    metric (the study's primary metric), then for the others only the terms the first did not already show,
+    with one line when they show the same."""
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     same: list[str] = []
-    for metric in FIT_METRICS:
+    for metric in metrics:
         fit = next(
             (f for f in fits if f.metric == metric and f.kind == "absolute" and f.subset == "all"), None
         )

@@ -9,11 +9,17 @@ from typing import Any
 import numpy as np
 
 ALPHA = 0.05
-FIT_METRICS = ("accuracy", "f1", "eval_loss")
-METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "eval_loss": "eval loss"}
-HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "eval_loss": False}
+FIT_METRICS = ("accuracy", "f1", "eval_loss")  # fitted in every study; MCC too where it is the primary metric
+METRICS = (*FIT_METRICS, "mcc")  # every metric a fit may be of, in a fixed order (it seeds their bootstraps)
+METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "eval_loss": "eval loss", "mcc": "MCC"}
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "eval_loss": False, "mcc": True}
 FIT_KINDS = ("absolute", "relative")  # relative: % change from the baseline of the same init seed (and model)
 SUBSETS = ("all", "non-degenerate")
+
+
+def fitted_metrics(primary: str) -> tuple[str, ...]:
+    """The metrics a study's analysis fits, its primary metric (ftvar.study.config.Study.metric) first."""
+    return (primary, *(m for m in FIT_METRICS if m != primary))
 
 
 @dataclass

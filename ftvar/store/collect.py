@@ -36,12 +36,14 @@ BEFORE_AXES = ("trial_id", "kind", "status")
 AFTER_AXES = (
     "accuracy",
     "f1",
+    "mcc",  # NaN for records written before ftvar recorded it
     "eval_loss",
     "train_loss",
     "degenerate",
     "majority_share",
     "n_train",
     "n_eval",
+    "n_labels",  # classes: F1 is binary for 2, macro for more
     "steps",
     "time_load",
     "time_train",
@@ -68,12 +70,13 @@ _DTYPES = {
     "order_seed": "Int64",
     "n_train": "int64",
     "n_eval": "int64",
+    "n_labels": "Int64",
     "steps": "Int64",
     "requeues": "int64",
     "replicate": "int64",
     "degenerate": "boolean",
 }
-FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "eval_loss", "train_loss", "majority_share")
+FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "mcc", "eval_loss", "train_loss", "majority_share")
 
 
 def axis_columns(study: Study) -> tuple[str, ...]:
@@ -149,12 +152,14 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
         p.get("replicate") or 0,
         m["accuracy"],
         m["f1"],
+        m.get("mcc"),
         m["eval_loss"],
         m["train_loss"],
         ev.get("degenerate"),
         ev.get("majority_share"),
         r["n_train"],
         r["n_eval"],
+        len(r["label_names"]) or None,
         r.get("steps"),
         t["load"],
         t["train"],

@@ -19,7 +19,7 @@ from ftvar.errors import RecordError
 
 SCHEMA_VERSION = 2  # 2: init_seed/order_seed and other axes in params (readers accept 1)
 STATUSES = ("ok", "failed", "diverged")
-METRICS = ("accuracy", "f1", "eval_loss", "train_loss")
+METRICS = ("accuracy", "f1", "eval_loss", "train_loss", "mcc")  # mcc: absent in older records
 
 
 def json_schema() -> dict[str, Any]:

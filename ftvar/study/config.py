@@ -25,7 +25,7 @@ from ftvar.study.design import DesignConfig, Point, Range, Spec, points, validat
 from ftvar.study.study_hash import study_hash
 from ftvar.study.typed import build
 
-BUILTIN_STUDIES = ("smoke", "paper")
+BUILTIN_STUDIES = ("smoke", "paper", "rte", "mrpc", "cola")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -36,6 +36,9 @@ BASELINES = ("pretrained", "none")
 ENGINES = ("auto", "plain", "fast", "trainer")  # auto: fast on a CUDA GPU, plain on a CPU
 DEVICES = ("auto", "cpu", "cuda")
 SEED_MODELS = ("auto", "blocks", "mixed")
+PRIMARY_METRICS = ("accuracy", "f1", "mcc")  # analysis.metric: what the report leads with
+# Hub tasks (id, config) whose own metric is not accuracy: the primary metric unless analysis.metric is set
+TASK_METRICS: dict[tuple[str, str | None], str] = {("glue", "cola"): "mcc", ("nyu-mll/glue", "cola"): "mcc"}
 # keys whose string values are file system paths (resolved against the study file's folder or the cwd)
 PATH_KEYS = ("data.train", "data.eval", "model.name_or_path", "model.tokenizer")
 
@@ -74,12 +77,22 @@ class DataConfig:
     synthetic: Synthetic | None = None  # ftvar's own generated sentiment data instead of files
     format: str | None = None  # tsv | csv | jsonl | parquet; default: from the file suffix
     header: bool = True  # false: columns are addressed by 0-based index
-    text_column: str | int = "sentence"
+    text_column: str | int | tuple[str, ...] | tuple[int, ...] = "sentence"  # a pair: two columns
     label_column: str | int = "label"
     max_length: int = 128
     train_limit: int = 0  # 0 = all rows; n = a seeded random subsample of n rows
     eval_limit: int = 0
     data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """A one-column list is that column (so that `["sentence"]` and `"sentence"` are one study)."""
+        if isinstance(self.text_column, tuple) and len(self.text_column) == 1:
+            object.__setattr__(self, "text_column", self.text_column[0])
+
+    @property
+    def text_columns(self) -> tuple[str | int, ...]:
+        """The text column, or the two columns of a sentence pair, in order."""
+        return self.text_column if isinstance(self.text_column, tuple) else (self.text_column,)
 
     @property
     def source(self) -> Literal["hub", "files", "synthetic"]:
@@ -134,6 +147,7 @@ class AnalysisConfig:
     seed_model: str = "auto"  # auto | blocks (seeds as fixed blocks) | mixed (random seed intercepts)
     factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
     expected_max_by: str | None = None  # the expected-max curves' axis; default: batch size, else a factor
+    metric: str | None = None  # accuracy | f1 | mcc: what the report leads with; default: by the data
 
 
 @dataclass(frozen=True)
@@ -319,6 +333,16 @@ class Study:
         for i, name in enumerate(SEED_AXES):
             out.append(Axis(name, label(name), name, "seed", "categorical", _distinct(x[i] for x in pairs)))
         return tuple(out)
+
+    @property
+    def metric(self) -> str:
+        """The study's primary metric, which the report leads with: analysis.metric, else the task's own
+        (MCC for GLUE CoLA from the Hub), else accuracy."""
+        if self.analysis.metric is not None:
+            return self.analysis.metric
+        if self.data.source == "hub" and self.data.hub is not None:
+            return TASK_METRICS.get(self.data.hub_id_and_config(), "accuracy")
+        return "accuracy"
 
     def coding(self, name: str, values: tuple[Any, ...]) -> Coding:
         """How the analysis codes an axis: [analysis.coding] where it names the axis, else the preset's."""
@@ -526,6 +550,8 @@ def _validate_analysis(study: Study) -> None:
         raise StudyError(f"analysis.degree must be 1, 2 or 3, got {a.degree}")
     if a.bootstrap < 0:
         raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
+    if a.metric is not None:
+        _check_choice(a.metric, PRIMARY_METRICS, "analysis.metric")
     if a.expected_max_by is not None and a.expected_max_by not in names:
         raise StudyError(
             f"analysis.expected_max_by = {a.expected_max_by!r} is not an axis of this study; axes: "
@@ -592,8 +618,16 @@ def _validate_data(d: DataConfig) -> None:
                 d.file_format(path)
     if d.format is not None:
         _check_choice(d.format, FORMATS, "data.format")
-    for key in ("text_column", "label_column"):
-        col = getattr(d, key)
+    if isinstance(d.text_column, tuple) and len(d.text_column) != 2:
+        raise StudyError(
+            f"data.text_column takes one column or a sentence pair of two, got {len(d.text_column)}: "
+            f"{list(d.text_column)}"
+        )
+    if len(set(d.text_columns)) < len(d.text_columns):
+        raise StudyError(f"data.text_column names one column twice: {list(d.text_columns)}")
+    if d.label_column in d.text_columns:
+        raise StudyError(f"data.label_column {d.label_column!r} is also a text column: keep them apart")
+    for key, col in [*(("text_column", c) for c in d.text_columns), ("label_column", d.label_column)]:
         if d.header and isinstance(col, int) and d.source == "files":
             raise StudyError(f"data.{key} is an index ({col}) but data.header = true: use the column name")
         if not d.header and not isinstance(col, int):

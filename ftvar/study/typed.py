@@ -1,6 +1,7 @@
 """Typed TOML: build nested frozen dataclasses from parsed TOML, with errors that name the key.
 
-Unknown keys are errors that list the valid keys; a scalar where a list is expected is a one-value list.
+Unknown keys are errors that list the valid keys; a scalar where a list is expected is a one-value list (a
+`tuple[X, ...]` field takes a list only, kept as a tuple).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (list, tuple):
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(item) or _type_name(item)}"
     if origin is dict:
         return "a table"
     if dataclasses.is_dataclass(tp):
@@ -44,6 +47,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         (item,) = typing.get_args(tp)
         items = value if isinstance(value, list) else [value]  # a scalar is a one-value list
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(items)]
+    if origin is tuple:  # tuple[X, ...]: a list of X, kept as a tuple (hashable, like the frozen tables)
+        if not isinstance(value, list):
+            raise StudyError(f"{where} must be {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         _, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):

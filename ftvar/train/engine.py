@@ -9,6 +9,8 @@ Trainer); `ftvar.train.registry` picks one by name.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import math
 import threading
@@ -125,14 +127,37 @@ class MatmulPrecision:
 MATMUL = MatmulPrecision()
 
 
+def takes_token_types(model: torch.nn.Module) -> bool:
+    """Whether a model uses token type ids (BERT and MiniLM do; DistilBERT and RoBERTa do not): asked of the
+    model — its forward takes them and its config has a type for each text of a pair — not guessed by name."""
+    try:
+        takes = "token_type_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    types = getattr(getattr(model, "config", None), "type_vocab_size", None)
+    return takes and (types is None or int(types) >= 2)
+
+
+def for_model(split: Split, model: torch.nn.Module) -> Split:
+    """The split as the model takes it: without a sentence pair's token type ids when the model has none."""
+    if split.types is None or takes_token_types(model):
+        return split
+    return dataclasses.replace(split, types=None)
+
+
 def collate(split: Split, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Dynamic padding: the rows `idx` of a split, padded to their own longest sequence."""
+    """Dynamic padding: the rows `idx` of a split, padded to their own longest sequence (with the token type
+    ids of a sentence pair, when the split has them)."""
     lengths = split.lengths[idx]
     width = int(lengths.max())
     input_ids = torch.from_numpy(np.ascontiguousarray(split.ids[idx, :width])).long()
     mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
     labels = torch.from_numpy(split.labels[idx])
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    out = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    if split.types is not None:
+        types = torch.from_numpy(np.ascontiguousarray(split.types[idx, :width])).long()
+        out["token_type_ids"] = types.to(device)
+    return out
 
 
 def batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> Iterator[np.ndarray]:
@@ -182,8 +207,11 @@ class EvalResult:
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: int) -> EvalResult:
-    """Accuracy, F1 (binary for two classes, macro otherwise), mean cross-entropy and the class counts."""
-    from sklearn.metrics import accuracy_score, f1_score  # here: a trial needs them only once it has trained
+    """Accuracy, F1 (binary for two classes, macro otherwise), the Matthews correlation coefficient (MCC;
+    multi-class: Gorodkin's R_K, as scikit-learn computes it; 0 for a model that predicts one class), mean
+    cross-entropy and the class counts."""
+    # here: a trial needs them only once it has trained
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     average = "binary" if num_labels == 2 else "macro"
     eval_loss = loss_sum / max(1, len(y_true))
@@ -193,6 +221,7 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, loss_sum: float, num_labels: 
             f1_score(y_true, y_pred, average=average, labels=list(range(num_labels)), zero_division=0)
         ),
         "eval_loss": eval_loss if math.isfinite(eval_loss) else None,
+        "mcc": float(matthews_corrcoef(y_true, y_pred)) if len(y_true) else None,
     }
     labels = np.bincount(y_true, minlength=num_labels).tolist()
     preds = np.bincount(y_pred, minlength=num_labels).tolist()
@@ -214,7 +243,7 @@ def evaluate(
     for idx in batches(len(split), batch_size):
         batch = collate(split, idx, device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         logits = logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())

@@ -56,12 +56,14 @@ CHECK_EVERY = 50  # steps between divergence checks: one host sync each
 
 @dataclasses.dataclass
 class DeviceSplit:
-    """A split on the device: padded ids [rows, longest], lengths and labels; lengths also on the host."""
+    """A split on the device: padded ids [rows, longest], lengths and labels; lengths also on the host; a
+    sentence pair's token type ids (int8) when the model takes them."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
     host_lengths: np.ndarray
+    types: torch.Tensor | None = None
 
     @classmethod
     def of(cls, split: Split, device: torch.device) -> DeviceSplit:
@@ -70,7 +72,18 @@ class DeviceSplit:
             lengths=torch.from_numpy(split.lengths).to(device),
             labels=torch.from_numpy(split.labels).to(device),
             host_lengths=split.lengths,
+            types=None if split.types is None else torch.from_numpy(split.types).to(device),
         )
+
+    def tokens(self, idx: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+        """The token ids (and token type ids) of the rows `idx` (a device tensor of any shape), padded to
+        `length`: the model's inputs but the attention mask."""
+        shape = (*idx.shape, length)
+        flat = idx.reshape(-1)
+        out = {"input_ids": self.ids[:, :length].index_select(0, flat).view(shape)}
+        if self.types is not None:
+            out["token_type_ids"] = self.types[:, :length].index_select(0, flat).view(shape).long()
+        return out
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -162,11 +175,10 @@ class Stepper:
 
     def _compute(self, idx: torch.Tensor, length: int) -> None:
         """One step on the rows `idx`, padded to `length`: what a graph captures."""
-        ids = self.data.ids[:, :length].index_select(0, idx)
         mask = (self.arange[:length][None, :] < self.data.lengths.index_select(0, idx)[:, None]).long()
         labels = self.data.labels.index_select(0, idx)
         with self.autocast():
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logits = self.model(**self.data.tokens(idx, length), attention_mask=mask).logits
         loss = F.cross_entropy(logits.float(), labels)
         self.scaler.scale(loss).backward()
         if self.job.settings.max_grad_norm > 0:
@@ -436,12 +448,11 @@ def evaluate_fast(
         rows = order[start : start + batch_size]
         width = int(split.lengths[rows].max())
         idx = torch.from_numpy(rows).to(device)
-        ids = data.ids[:, :width].index_select(0, idx)
         mask = (
             torch.arange(width, device=device)[None, :] < data.lengths.index_select(0, idx)[:, None]
         ).long()
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(**data.tokens(idx, width), attention_mask=mask).logits.float()
         loss_sum += F.cross_entropy(logits, data.labels.index_select(0, idx), reduction="sum")
         preds[idx] = logits.argmax(-1)
     return scores(split.labels, preds.cpu().numpy(), float(loss_sum), num_labels)

@@ -31,7 +31,7 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Settings, Trial, settings
 from ftvar.train import checkpoint, registry
 from ftvar.train.checkpoint import Resumable
-from ftvar.train.engine import MATMUL, FitJob, FitResult, autocast_dtype, evaluate, precision_used
+from ftvar.train.engine import MATMUL, FitJob, FitResult, autocast_dtype, evaluate, for_model, precision_used
 
 log = logging.getLogger("ftvar.train")
 
@@ -217,7 +217,9 @@ def _record(
         "params": trial.params(),
         "status": status,
         "error": error,
-        "metrics": {k: finite_or_none(metrics.get(k)) for k in ("accuracy", "f1", "eval_loss", "train_loss")},
+        "metrics": {
+            k: finite_or_none(metrics.get(k)) for k in ("accuracy", "f1", "eval_loss", "train_loss", "mcc")
+        },
         "n_train": prepared.n_train if prepared else 0,
         "n_eval": prepared.n_eval if prepared else 0,
         "label_names": prepared.label_names if prepared else [],
@@ -262,7 +264,8 @@ def _fit(
         dtype = autocast_dtype(s.train.precision, device)
         with guard, MATMUL.hold(s.train.precision, device):
             model.to(device)
-            evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
+            split = for_model(prepared.eval, model)
+            evaluated = evaluate(model, split, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
             metrics={**evaluated.metrics, "train_loss": None},
             eval_time=time.perf_counter() - t0,
@@ -303,8 +306,8 @@ def fit_job(
     guard and snapshot, and the checkpoint to resume from)."""
     job = FitJob(
         model=model,
-        train=prepared.train,
-        eval=prepared.eval,
+        train=for_model(prepared.train, model),  # a pair's token types only for a model that takes them
+        eval=for_model(prepared.eval, model),
         trial=trial,
         settings=settings(study, trial).train,
         device=device,

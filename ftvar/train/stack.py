@@ -134,8 +134,11 @@ class Stack:
             out.update(self.layout.split(torch.stack([member[i] for member in self.leaves]), b))
         return out
 
-    def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits [K, rows, labels] of each member on its own rows: ids [K, rows, L], lengths [K, rows]."""
+    def logits(
+        self, ids: torch.Tensor, lengths: torch.Tensor, types: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [K, rows, labels] of each member on its own rows: ids [K, rows, L], lengths [K, rows] (and a
+        sentence pair's token type ids [K, rows, L], for a model that takes them)."""
         from torch.func import functional_call, vmap
 
         width = ids.shape[-1]
@@ -146,13 +149,14 @@ class Stack:
         mask = mask.masked_fill(~keep, torch.finfo(torch.float32).min)[:, :, None, None, :]
         mask = mask.expand(*keep.shape[:2], 1, width, width)
 
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            inputs["token_type_ids"] = types
+
         def member(
-            params: dict[str, torch.Tensor],
-            buffers: dict[str, torch.Tensor],
-            i: torch.Tensor,
-            m: torch.Tensor,
+            params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], kwargs: dict[str, torch.Tensor]
         ) -> torch.Tensor:
-            out = functional_call(self.base, (params, buffers), (), {"input_ids": i, "attention_mask": m})
+            out = functional_call(self.base, (params, buffers), (), kwargs)
             logits: torch.Tensor = out.logits
             return logits
 
@@ -162,7 +166,7 @@ class Stack:
         assert self.noise is not None
         self.noise.batched = True  # the attention's explicit form, which batches over the members
         try:
-            out: torch.Tensor = batched(self.views(), self.buffers, ids, mask)
+            out: torch.Tensor = batched(self.views(), self.buffers, inputs)
         finally:
             self.noise.batched = False
         return out
@@ -259,11 +263,11 @@ class StackStepper(Stepper):
         """One step of every member on its rows idx[k], padded to `length`."""
         k, rows = idx.shape
         flat = idx.reshape(-1)
-        ids = self.data.ids[:, :length].index_select(0, flat).view(k, rows, length)
+        tokens = self.data.tokens(idx, length)
         lengths = self.data.lengths.index_select(0, flat).view(k, rows)
         labels = self.data.labels.index_select(0, flat)
         with self.autocast():
-            logits = self.stack.logits(ids, lengths)
+            logits = self.stack.logits(tokens["input_ids"], lengths, tokens.get("token_type_ids"))
         losses = F.cross_entropy(logits.float().reshape(k * rows, -1), labels, reduction="none")
         losses = losses.view(k, rows).mean(1)
         losses.sum().backward()  # member k's gradient is its own loss's: the members share nothing

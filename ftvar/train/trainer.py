@@ -42,25 +42,35 @@ class Rows(torch.utils.data.Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = int(self.split.lengths[i])
-        return {"input_ids": self.split.ids[i, :n], "labels": int(self.split.labels[i])}
+        row = {"input_ids": self.split.ids[i, :n], "labels": int(self.split.labels[i])}
+        if self.split.types is not None:  # a sentence pair, for a model that takes token types
+            row["token_type_ids"] = self.split.types[i, :n]
+        return row
 
 
 def pad_collate(pad_id: int) -> Any:
-    """Dynamic padding (what DataCollatorWithPadding does), from rows of ids."""
+    """Dynamic padding (what DataCollatorWithPadding does), from rows of ids (and token type ids, padded
+    with 0)."""
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
         ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
             ids[i, : len(r["input_ids"])] = r["input_ids"]
             mask[i, : len(r["input_ids"])] = 1
+            if "token_type_ids" in r:
+                types[i, : len(r["input_ids"])] = r["token_type_ids"]
         labels = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-        return {
+        out = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
             "labels": labels,
         }
+        if "token_type_ids" in rows[0]:
+            out["token_type_ids"] = torch.from_numpy(types)
+        return out
 
     return collate
 
