@@ -370,9 +370,9 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     trials = _usable(table, study, notes)
     ran = differing(trials)
     cell = [a.name for a in study.axes if a.name in trials.columns]
-    replicates = spread(trials, cell, FIT_METRICS)
+    replicates = spread(trials, cell, METRICS)
     if replicates.cells:
-        trials = collapse(trials, cell, FIT_METRICS)
+        trials = collapse(trials, cell, (*METRICS, "train_loss", "majority_share"))
         notes.append(
             f"{replicates.runs} replicate runs of {replicates.cells} (configuration, seeds) cells enter the "
             "fits as one observation per cell, their mean (grid.replicate)"
