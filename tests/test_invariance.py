@@ -34,6 +34,7 @@ OVERRIDES = [
     "grid.seed=[0, 1]",
     "analysis.baseline=none",
     "train.checkpoint_minutes=0",  # checkpoints only where a test asks for them
+    "train.eval_every=4",  # a learning curve: points at steps 4, 8, … (and the end)
 ]
 # a stack member's losses against its run alone: vmap's batched matmuls sum in another order (seen: 1e-7)
 STACK_RTOL = 1e-5
@@ -89,6 +90,20 @@ def assert_close(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]
             assert got[tid][m] == pytest.approx(want[tid][m], rel=rtol, abs=0), (tid, m)
 
 
+def curves(records: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Trial id → its learning curve (issue 23)."""
+    return {tid: rec["curve"] for tid, rec in records.items()}
+
+
+def assert_curves_close(got: dict[str, Any], want: dict[str, Any], rtol: float) -> None:
+    assert got.keys() == want.keys()
+    for tid in want:
+        assert [p["step"] for p in got[tid]] == [p["step"] for p in want[tid]], tid
+        for a, b in zip(got[tid], want[tid], strict=True):
+            for key in ("train_loss", "eval_loss", "accuracy", "f1"):
+                assert a[key] == pytest.approx(b[key], rel=rtol, abs=0), (tid, a["step"], key)
+
+
 @pytest.mark.parametrize("repeat", range(3))  # run three times in a row: a flaky pass is a failure
 def test_every_trial_gives_the_same_numbers_alone_in_lanes_and_in_a_stack(
     tmp_path: Path, cache: Path, repeat: int
@@ -107,6 +122,15 @@ def test_every_trial_gives_the_same_numbers_alone_in_lanes_and_in_a_stack(
     assert all(r["status"] == "ok" for r in [*alone.values(), *lanes.values(), *stacked.values()])
     assert metrics(lanes) == metrics(alone)  # bit for bit
     assert_close(metrics(stacked), metrics(alone), STACK_RTOL)
+    # the learning curves too: evaluating during training changes nothing, in any mode
+    assert curves(lanes) == curves(alone)
+    assert_curves_close(curves(stacked), curves(alone), STACK_RTOL)
+    steps = {tid: [p["step"] for p in c] for tid, c in curves(alone).items()}
+    assert sorted(map(tuple, steps.values())) == [(4, 8)] * 4 + [(4, 8, 12, 16)] * 4  # bs 32: 8 steps, 16: 16
+    for rec in alone.values():  # the last point is the final evaluation, the others are not repeated
+        assert {k: rec["curve"][-1][k] for k in ("accuracy", "f1", "mcc", "eval_loss")} == {
+            k: rec["metrics"][k] for k in ("accuracy", "f1", "mcc", "eval_loss")
+        }
     assert {tid: m["accuracy"] for tid, m in metrics(stacked).items()} == {
         tid: m["accuracy"] for tid, m in metrics(alone).items()
     }
@@ -168,7 +192,8 @@ def test_a_killed_trial_resumes_to_the_numbers_of_an_uninterrupted_run(
 ) -> None:
     """Kill-and-resume in each mode a run can be in: the plain engine, the fast engine, fp16 (its gradient
     scaler's state is in the checkpoint), K lanes, a stack of K; the resumed trials end with the metrics
-    of the same trials run straight through."""
+    of the same trials run straight through, and their learning curves continue without a gap or a repeat
+    (the kill at step 9 lost the point at step 8, which the resumed run makes again, once)."""
     study, paths = study_at(tmp_path, cache, extra)
     trials = [t for t in expand(study) if t.batch_size == 16]  # 16 steps each, stackable together
     lanes = 1 if mode in ("plain", "fast", "fp16") else len(trials)
@@ -187,7 +212,10 @@ def test_a_killed_trial_resumes_to_the_numbers_of_an_uninterrupted_run(
     assert any(r["resume"]["resumed_from_step"] == 6 for r in resumed.values())
     if stack:
         assert_close(metrics(resumed), metrics(through), STACK_RTOL)
+        assert_curves_close(curves(resumed), curves(through), STACK_RTOL)
     else:
         assert metrics(resumed) == metrics(through)
+        assert curves(resumed) == curves(through)
+    assert {tuple(p["step"] for p in c) for c in curves(resumed).values()} == {(4, 8, 12, 16)}
     if mode == "fp16":
         assert {r["ran"]["precision"] for r in resumed.values()} == {"fp16"}

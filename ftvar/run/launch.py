@@ -9,6 +9,7 @@ to do.
 
 from __future__ import annotations
 
+import collections
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ftvar.store.folder import check_no_mixing, check_out, pending, trial_status
 from ftvar.store.launches import append_launch, launch_lock
 from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
-from ftvar.study.stackable import stacking_order
+from ftvar.study.stackable import not_stackable, stacking_order
 from ftvar.study.trial import expand
 
 EXECUTORS = ("auto", "local", "debug", "slurm")
@@ -116,6 +117,10 @@ def _launch_locked(
     prepare_study(study, paths, console)
     verb = "submitting" if kind == "slurm" else "running"
     console.print(f"{study.name}: {verb} {len(todo)} trial(s), skipping {len(done)} with ok records")
+    if cluster.pack == "stack" and (cluster.trials_per_task or 1) > 1:
+        alone = collections.Counter(not_stackable(study, t) for t in todo if not t.is_baseline)
+        for why, n in sorted((w, n) for w, n in alone.items() if w is not None):
+            console.print(f"{n} trial(s) train alone, not stacked: {why}")
     if kind == "slurm":
         slurm.run_slurm(study, paths, todo, cluster, report_after, console)
         console.print(f"records will appear in {paths.records}; follow them with `ftvar status`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import math
 import re
 import tomllib
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from ftvar.errors import StudyError
 from ftvar.study.axes import CODINGS as AXIS_CODINGS
-from ftvar.study.axes import SEED_AXES, Axis, Coding, default_coding, label, short
+from ftvar.study.axes import SEED_AXES, Axis, Coding, default_coding, label, short, show_value
 from ftvar.study.design import DesignConfig, Point, Range, Spec, points, validate_design
 from ftvar.study.study_hash import study_hash
 from ftvar.study.typed import build
@@ -135,6 +136,13 @@ class TrainConfig:
     engine: str = "auto"  # auto: fast on a CUDA GPU, plain elsewhere | plain | fast | trainer
     device: str = "auto"  # auto: cuda when available
     checkpoint_minutes: float = 5.0  # save training state every N minutes (0: only on signals); not hashed
+    # the learning curve: evaluate every N steps (an integer) or every fraction of an epoch (a float: 1.0 once
+    # an epoch, 0.25 four times); 0: only at the end. Evaluating changes no result: not hashed
+    eval_every: int | float = 1.0
+    # the known remedies of failed fine-tuning runs (hashed only when they differ from these defaults)
+    reinit_layers: int = 0  # re-initialise the top k encoder layers (and the pooler) from the init seed
+    layer_decay: float = 1.0  # layer-wise learning-rate decay: a layer's lr × decay^(its depth from the top)
+    bias_correction: bool = True  # Adam's bias correction (false: BERT's original optimizer)
 
 
 @dataclass(frozen=True)
@@ -197,9 +205,15 @@ HASHED_TRAIN = (
     "engine",
     "device",
 )
+# the remedies of failed runs (issue 23): they change results, but enter the study hash only when they differ
+# from their defaults, so that every study without them keeps its hash and its trial ids
+REMEDIES = ("reinit_layers", "layer_decay", "bias_correction")
+# the models (config.json's model_type) whose encoder layers ftvar.train.remedies knows how to find, for
+# re-initialising layers and layer-wise learning rates; MiniLM-style models are BERTs
+LAYERED_MODELS = ("bert", "distilbert", "roberta")
 # sweepable settings beside the paper's axes: every [train] setting that changes results, and these
 OTHER_SWEEPABLE: dict[str, type] = {
-    **{f"train.{name}": type(getattr(TrainConfig(), name)) for name in HASHED_TRAIN},
+    **{f"train.{name}": type(getattr(TrainConfig(), name)) for name in (*HASHED_TRAIN, *REMEDIES)},
     "data.max_length": int,
     "data.train_limit": int,
     "model.name_or_path": str,
@@ -302,6 +316,10 @@ class Study:
             model["tiny"] = dataclasses.asdict(self.model.tiny)  # type: ignore[arg-type]
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
         train = {k: getattr(self.train, k) for k in HASHED_TRAIN if f"train.{k}" not in axes}
+        default = TrainConfig()
+        for k in REMEDIES:  # only where they differ from the defaults: older studies keep their hashes
+            if f"train.{k}" not in axes and getattr(self.train, k) != getattr(default, k):
+                train[k] = getattr(self.train, k)
         if "engine" in train:
             train["engine"] = "plain"
         return study_hash(model, data, train)
@@ -381,6 +399,10 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def _coerce_value(name: str, value: Any, typ: type) -> Any:
     if isinstance(value, dict):
         raise StudyError(f"grid.{name} mixes a range and a list of values: give one or the other")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise StudyError(f"grid.{name} takes true/false values, got {value!r}")
     if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
@@ -393,7 +415,7 @@ def _coerce_value(name: str, value: Any, typ: type) -> Any:
 
 def _parse_spec(name: str, value: Any, typ: type) -> Spec:
     if isinstance(value, dict):
-        if typ is str:
+        if typ in (str, bool):
             raise StudyError(f"grid.{name} takes a list of values, not a range")
         missing = [k for k in ("min", "max") if k not in value]
         if missing:
@@ -409,6 +431,8 @@ def _parse_spec(name: str, value: Any, typ: type) -> Spec:
     kinds = {type(v) for v in items if not isinstance(v, dict)}
     if typ is str and kinds - {str}:
         raise StudyError(f"grid.{name} has values of mixed types ({items!r}): give strings only")
+    if typ is int and any(isinstance(v, bool) for v in items):
+        raise StudyError(f"grid.{name} takes integers, got {items!r}")
     values = tuple(_coerce_value(name, v, typ) for v in items)
     if len(set(values)) != len(values):
         raise StudyError(f"grid.{name} has repeated values: {list(values)}")
@@ -501,6 +525,7 @@ def validate(study: Study) -> None:
     _validate_analysis(study)
     validate_design(dict(study.grid.axes), study.design, _n_params(study))
     _validate_axes(study)
+    _validate_layered(study)
     c = study.cluster
     if c.container is not None and c.container.split(":", 1)[0] not in ("apptainer", "docker", "podman"):
         raise StudyError(
@@ -524,6 +549,15 @@ def _validate_train(t: TrainConfig) -> None:
         raise StudyError(
             f"train.checkpoint_minutes must be ≥ 0 (0: signals only), got {t.checkpoint_minutes}"
         )
+    if not 0 <= t.eval_every < float("inf"):
+        raise StudyError(
+            "train.eval_every must be ≥ 0: an integer number of steps, a fraction of an epoch as a float "
+            f"(1.0: once an epoch), or 0 (only at the end); got {t.eval_every}"
+        )
+    if t.reinit_layers < 0:
+        raise StudyError(f"train.reinit_layers must be ≥ 0 (0: none re-initialised), got {t.reinit_layers}")
+    if not 0 < t.layer_decay <= 1:
+        raise StudyError(f"train.layer_decay must be in (0, 1] (1: no decay), got {t.layer_decay}")
 
 
 def _validate_analysis(study: Study) -> None:
@@ -583,6 +617,65 @@ def _validate_axes(study: Study) -> None:
                     _validate_model(dataclasses.replace(study.model, **{setting: value}))
             except StudyError as exc:
                 raise StudyError(f"{key} = {value!r}: {exc}") from None
+
+
+def _axis_or_fixed(study: Study, section: str, name: str) -> tuple[Any, ...]:
+    """The values a setting takes in the study: its axis' values, else its fixed value."""
+    key = f"{section}.{name}"
+    if key in dict(study.grid.axes):
+        return _distinct(p.as_dict()[key] for p in study.points)
+    return (getattr(getattr(study, section), name),)
+
+
+def model_config(name_or_path: str) -> dict[str, Any] | None:
+    """A model's config.json (a local folder's, or a Hub model's in the local Hugging Face cache), or None
+    when it cannot be read here."""
+    path = Path(name_or_path) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "config.json")
+        except Exception:  # an id the hub library rejects, or no hub library: not known here
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _validate_layered(study: Study) -> None:
+    """train.reinit_layers and train.layer_decay need a model whose layers ftvar knows how to find, and no
+    more layers re-initialised than it has; checked here where the model's config.json can be read (a local
+    folder, the Hub cache, a tiny model), else when the trial builds the model."""
+    reinit = max(int(v) for v in _axis_or_fixed(study, "train", "reinit_layers"))
+    decay = any(float(v) != 1.0 for v in _axis_or_fixed(study, "train", "layer_decay"))
+    if not reinit and not decay:
+        return
+    setting = "train.reinit_layers" if reinit else "train.layer_decay"
+    for model in _axis_or_fixed(study, "model", "name_or_path"):
+        if study.model.tiny is not None:
+            kind, layers = "distilbert", study.model.tiny.layers
+        else:
+            config = model_config(str(model))
+            if config is None:
+                continue
+            kind = str(config.get("model_type", ""))
+            found = config.get("num_hidden_layers", config.get("n_layers"))
+            layers = found if isinstance(found, int) else 0
+        if kind not in LAYERED_MODELS:
+            raise StudyError(
+                f"{setting} does not know how to find the encoder layers of a {kind or 'unknown'!r} model "
+                f"({show_value(model)}); it knows: {', '.join(LAYERED_MODELS)} (MiniLM-style models are bert)"
+            )
+        if layers and reinit > layers:
+            raise StudyError(
+                f"train.reinit_layers = {reinit}, but {show_value(model)} has only {layers} encoder layers"
+            )
 
 
 def _validate_model(m: ModelConfig) -> None:

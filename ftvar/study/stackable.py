@@ -13,17 +13,40 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Trial, data_key, settings
 
 # settings in which a stack's members may differ (besides the learning rate and seeds); all else is equal
-PER_MEMBER = ("weight_decay", "warmup_ratio", "scheduler", "checkpoint_minutes", "eval_batch_size")
+# (re-initialised layers: each member's model is built, re-initialised, before it is stacked)
+PER_MEMBER = (
+    "weight_decay",
+    "warmup_ratio",
+    "scheduler",
+    "checkpoint_minutes",
+    "eval_batch_size",
+    "reinit_layers",
+)
+
+
+def not_stackable(study: Study, trial: Trial) -> str | None:
+    """Why a trial trains alone and never in a stack (None: it can stack)."""
+    if trial.is_baseline:
+        return "a baseline is evaluated, not trained"
+    s = settings(study, trial)
+    if s.train.engine not in ("auto", "fast"):
+        return f"train.engine = {s.train.engine!r}: stacks are the fast engine's"
+    if s.train.precision == "fp16":
+        return "fp16 needs a gradient scaler per trial, which a stack does not hold"
+    if s.train.layer_decay != 1.0:
+        return (
+            "train.layer_decay gives each layer its own learning rate, and a stack holds each member's "
+            "weights in two flat blocks of one learning rate each"
+        )
+    return None
 
 
 def stack_key(study: Study, trial: Trial) -> str | None:
-    """Trials with equal keys can train in one stack; None: this trial trains alone (a baseline, another
-    engine than the fast one, fp16, whose gradient scaler a stack does not hold)."""
-    if trial.is_baseline:
+    """Trials with equal keys can train in one stack; None: this trial trains alone (`not_stackable` says
+    why: a baseline, another engine than the fast one, fp16, layer-wise learning rates)."""
+    if not_stackable(study, trial) is not None:
         return None
     s = settings(study, trial)
-    if s.train.engine not in ("auto", "fast") or s.train.precision == "fp16":
-        return None
     train = {k: v for k, v in dataclasses.asdict(s.train).items() if k not in PER_MEMBER}
     shared = [data_key(study, s), dataclasses.asdict(s.model), train, trial.batch_size, trial.epochs]
     return json.dumps(shared, sort_keys=True, default=str)

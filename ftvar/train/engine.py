@@ -60,6 +60,8 @@ class FitResult:
     first_step_at: float | None = None  # time.time() when the first optimizer step had run (start-up)
     eval_counts: dict[str, Any] = field(default_factory=dict)  # label and prediction counts (EvalResult)
     engine: dict[str, Any] = field(default_factory=dict)  # the record's `engine` block (name, graphs, …)
+    curve: list[dict[str, Any]] | None = None  # the learning curve's points (None: train.eval_every = 0)
+    curve_time: float = 0.0  # seconds spent evaluating during training (in eval_time, not in train_time)
 
 
 class Engine(Protocol):
@@ -264,23 +266,92 @@ def evaluated_into(
     return result
 
 
+def add_curve_point(state: LoopState, per_epoch: int, metrics: dict[str, Any] | None) -> None:
+    """The trial's curve point at its current step: the mean training loss since the last point and the
+    evaluation's `metrics` (None for a trial that diverged: its loss only); the next window starts here."""
+    from ftvar.train.curve import point, window_mean
+
+    mean = window_mean(state.curve_loss, state.step - state.curve_step)
+    state.curve.append(point(state.step, per_epoch, mean, metrics or {}))
+    state.curve_loss, state.curve_step = 0.0, state.step
+
+
+def finish_curve(result: FitResult, state: LoopState, per_epoch: int, on: bool) -> FitResult:
+    """The end of a trained trial's curve: its last point is the final evaluation (a diverged trial keeps the
+    points it had), and the seconds spent evaluating during training move from train_time to eval_time."""
+    result.train_time = max(0.0, result.train_time - result.curve_time)
+    result.eval_time += result.curve_time
+    if not on:
+        return result
+    if result.diverged is None and (not state.curve or state.curve[-1]["step"] < state.step):
+        add_curve_point(state, per_epoch, result.metrics)
+    result.curve = list(state.curve)
+    return result
+
+
 def decays(name: str, param: torch.Tensor) -> bool:
     """Whether weight decay applies to a parameter: not to biases and LayerNorm weights (the BERT recipe)."""
     return param.ndim >= 2 and "norm" not in name.lower()
 
 
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: weight decay on weights, not on biases and LayerNorm weights (the
+    BERT recipe), each group's learning rate as a multiple of the trial's (`lr_scale`). Without layer decay,
+    two groups (decayed, not decayed) in the model's order; with `train.layer_decay` d, a pair per depth from
+    the top (ftvar.train.remedies.layer_depths), embeddings first, each at d ** depth: the head at the trial's
+    learning rate, the top encoder layer at d times it, the embeddings lowest."""
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if layer_decay == 1.0:
+        decay = [p for name, p in trained if decays(name, p)]
+        no_decay = [p for name, p in trained if not decays(name, p)]
+        return [
+            {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+    from ftvar.train.remedies import layer_depths
+
+    depth = layer_depths(model)
+    groups: list[dict[str, Any]] = []
+    for d in sorted({depth[id(p)] for _, p in trained}, reverse=True):
+        for wants_decay in (True, False):
+            params = [p for name, p in trained if depth[id(p)] == d and decays(name, p) == wants_decay]
+            if params:
+                groups.append(
+                    {
+                        "params": params,
+                        "weight_decay": weight_decay if wants_decay else 0.0,
+                        "lr_scale": layer_decay**d,
+                        "depth": d,
+                    }
+                )
+    return groups
+
+
 def make_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, lr_tensor: torch.Tensor | None = None
-) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and LayerNorm weights (the usual BERT recipe). With `lr_tensor`
-    (a device tensor the caller updates in place), the fused, capturable AdamW a CUDA graph can hold."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (decay if decays(name, param) else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    lr_tensor: torch.Tensor | None = None,
+    layer_decay: float = 1.0,
+    bias_correction: bool = True,
+) -> torch.optim.Optimizer:
+    """AdamW over `param_groups` (no weight decay on biases and LayerNorm weights; layer-wise learning rates
+    with `layer_decay` < 1), or Adam without bias correction (ftvar.train.optim) for `bias_correction=False`.
+    With `lr_tensor` (a device tensor the caller updates in place through `set_learning_rate`), the fused,
+    capturable AdamW a CUDA graph can hold: every group reads that tensor, or, with layer decay, a device
+    tensor of its own."""
+    groups = param_groups(model, weight_decay, layer_decay)
+    for group in groups:
+        if lr_tensor is None:
+            group["lr"] = lr * group["lr_scale"]
+        else:
+            group["lr"] = lr_tensor if group["lr_scale"] == 1.0 else lr_tensor * group["lr_scale"]
+    if not bias_correction:
+        from ftvar.train.optim import AdamWithoutBiasCorrection
+
+        return AdamWithoutBiasCorrection(groups, lr=lr_tensor if lr_tensor is not None else lr)
     if lr_tensor is not None:
         return torch.optim.AdamW(groups, lr=lr_tensor, fused=True, capturable=True)
     try:  # fused: one kernel for all the parameters (the Trainer's default too); 1.6× the steps on a CPU
@@ -289,15 +360,48 @@ def make_optimizer(
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def optimizer_of(
+    model: torch.nn.Module, trial: Trial, s: TrainConfig, lr_tensor: torch.Tensor | None = None
+) -> Any:
+    """`make_optimizer` with a trial's learning rate and its settings' remedies."""
+    return make_optimizer(
+        model,
+        float(trial.learning_rate or 0.0),
+        s.weight_decay,
+        lr_tensor,
+        layer_decay=s.layer_decay,
+        bias_correction=s.bias_correction,
+    )
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Every group's learning rate for this step: `value` × the group's `lr_scale`; a group whose learning
+    rate is a device tensor (a CUDA graph reads it) is filled in place, once per tensor."""
+    filled: set[int] = set()
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        scaled = value * group.get("lr_scale", 1.0)
+        if isinstance(lr, torch.Tensor):
+            if id(lr) not in filled:
+                lr.fill_(scaled)
+                filled.add(id(lr))
+        else:
+            group["lr"] = scaled
+
+
 def restore_optimizer(
     optimizer: torch.optim.Optimizer, saved: dict[str, Any], lr_tensor: torch.Tensor | None = None
 ) -> None:
     """Load a checkpoint's optimizer state. `load_state_dict` also replaces each group's learning rate by the
-    saved one: an optimizer driven through `lr_tensor` (a CUDA graph's) is linked to that tensor again, or a
-    resumed trial would train at the learning rate of the step it was saved at."""
+    saved one: a group driven through a device tensor (a CUDA graph's: `lr_tensor`, or the group's own with
+    layer decay) is linked to that tensor again, or a resumed trial would train at the learning rate of the
+    step it was saved at."""
+    live = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
-    if lr_tensor is not None:
-        for group in optimizer.param_groups:
+    for group, lr in zip(optimizer.param_groups, live, strict=True):
+        if isinstance(lr, torch.Tensor):
+            group["lr"] = lr
+        elif lr_tensor is not None:
             group["lr"] = lr_tensor
 
 
@@ -317,3 +421,9 @@ class LoopState:
     epoch_loss_sum: float = 0.0  # the fast loop's device sum of this epoch's losses so far (at a checkpoint)
     samples: int = 0
     tokens: int = 0
+    # the learning curve (ftvar.train.curve): its points so far, the training loss summed since the last one
+    # (the fast loop: up to `curve_mark`, the device's epoch loss sum at the window's start) and its step
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    curve_loss: float = 0.0
+    curve_mark: float = 0.0
+    curve_step: int = 0

@@ -30,18 +30,22 @@ import torch.nn.functional as F
 from ftvar.data.cache import Split
 from ftvar.study.config import TrainConfig
 from ftvar.train.checkpoint import set_rng_state
+from ftvar.train.curve import curve_steps
 from ftvar.train.engine import (
     MATMUL,
     FitJob,
     FitResult,
     LoopState,
+    add_curve_point,
     autocast_dtype,
     epoch_order,
     evaluated_into,
-    make_optimizer,
+    finish_curve,
+    optimizer_of,
     restore_optimizer,
     restore_scaler,
     scores,
+    set_learning_rate,
     steps_per_epoch,
     warmup_steps,
 )
@@ -116,6 +120,17 @@ def lr_multipliers(s: TrainConfig, total: int) -> Callable[[int], float]:
     schedule = get_scheduler(s.scheduler, dummy, num_warmup_steps=warmup, num_training_steps=total)
     multiplier: Callable[[int], float] = schedule.lr_lambdas[0]
     return multiplier
+
+
+@dataclasses.dataclass
+class CurveHook:
+    """The learning curve's evaluations inside the loop: the steps before the last at which to evaluate
+    (ftvar.train.curve), and a function that evaluates the members still training (a flag per member) and
+    gives each one's metrics (None: not evaluated); `seconds` adds up the time it took."""
+
+    steps: set[int]
+    evaluate: Callable[[list[bool]], list[dict[str, Any] | None]]
+    seconds: float = 0.0
 
 
 @dataclasses.dataclass
@@ -291,7 +306,7 @@ class FastEngine:
         total = steps_per_epoch(len(data), trial.batch_size) * trial.epochs
         multiplier = lr_multipliers(s, total)
         lr = torch.tensor(trial.learning_rate, device=job.device) if cuda else None
-        optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay, lr_tensor=lr)
+        optimizer = optimizer_of(model, trial, s, lr_tensor=lr)
         state, result = LoopState(), FitResult(metrics={})
         stepper = Stepper(job, data, optimizer, lr if lr is not None else torch.zeros(()))
         if job.resume_state is not None:
@@ -315,31 +330,38 @@ class FastEngine:
 
         def set_step(step: int) -> None:
             """The step's learning rate and dropout counter (device tensors a graph reads, on a GPU)."""
-            value = peak * multiplier(step)
-            if lr is not None:
-                lr.fill_(value)
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = value
+            set_learning_rate(optimizer, peak * multiplier(step))  # device tensors: filled in place
             noise.at(step)
 
+        per_epoch = steps_per_epoch(len(data), trial.batch_size)
+        eval_data = DeviceSplit.of(job.eval, job.device)
+
+        def evaluate_now(alive: list[bool]) -> list[dict[str, Any] | None]:
+            evaluated = evaluate_fast(
+                model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype, eval_data
+            )
+            model.train()
+            return [evaluated.metrics]
+
+        curve = CurveHook(set(curve_steps(s.eval_every, per_epoch, total)) - {total}, evaluate_now)
         t0 = time.perf_counter()
         hooks = [job.after_step] if job.after_step is not None else []
-        result.diverged = run_epochs([job], stepper, data, [state], set_step, hooks, trial.trial_id)[0]
+        result.diverged = run_epochs([job], stepper, data, [state], set_step, hooks, trial.trial_id, curve)[0]
         if cuda:  # this lane's stream only: a device-wide wait would also wait for (or break) other lanes
             torch.cuda.current_stream(job.device).synchronize()
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
-        result.first_step_at = stepper.first_step_at
+        result.first_step_at, result.curve_time = stepper.first_step_at, curve.seconds
         result.engine = stepper.stats.engine(self.name, randomness=stepper.check.verdict())
         if result.diverged:
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
-            return result
+            return finish_curve(result, state, per_epoch, bool(s.eval_every))
         t1 = time.perf_counter()
         evaluated = evaluate_fast(
-            model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype
+            model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype, eval_data
         )
-        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        return finish_curve(result, state, per_epoch, bool(s.eval_every))
 
 
 def run_epochs(
@@ -350,6 +372,7 @@ def run_epochs(
     set_step: Callable[[int], None],
     hooks: list[Callable[[], None]],
     label: str,
+    curve: CurveHook | None = None,
 ) -> list[str | None]:
     """The training loop of one trial (one job: a batch is a vector of row indices) or of a stack's members
     (several jobs: a [K, batch] matrix, each member's rows in its own order), from the states' step to the
@@ -357,7 +380,9 @@ def run_epochs(
     per length), to the batch's own longest row on a CPU (as the plain loop: the same float sums). The loss
     sums stay on the device, read every CHECK_EVERY steps and at each epoch's end (before a checkpoint at
     that step); a checkpoint holds the current epoch's sum so far. A diverged member stops counting steps,
-    the others train on."""
+    the others train on. At the `curve`'s steps the sums are read too and the members still training are
+    evaluated (inside a step of the guard, before a checkpoint at that step), each one's point added to its
+    state."""
     first, k = jobs[0], len(jobs)
     bs, epochs = first.trial.batch_size, first.trial.epochs
     if bs is None:
@@ -396,15 +421,21 @@ def run_epochs(
                         state.samples += per_member.shape[1]
                         state.tokens += int(per_member[j].sum())
                 done += 1
+            if curve is not None and step in curve.steps:  # a learning-curve point (the last: after the loop)
+                _curve_point(curve, stepper, states, diverged, guard, step, per_epoch)
             if done == per_epoch:  # the epoch's mean losses, before a checkpoint at this boundary saves
-                means = [value / done for value in stepper.loss_sum.reshape(-1).tolist()]
-                for j, (state, mean) in enumerate(zip(states, means, strict=True)):
+                sums = stepper.loss_sum.reshape(-1).tolist()
+                for j, (state, total_loss) in enumerate(zip(states, sums, strict=True)):
+                    mean = total_loss / done
                     if diverged[j] is None and not math.isfinite(mean):
                         diverged[j] = (
                             f"non-finite training loss in epoch {epoch + 1} (by step {step} of {total})"
                         )
                     if diverged[j] is None:
                         state.epoch_losses = [mean] * done
+                        # the curve's window: the rest of this epoch's losses, the next epoch's sum from 0
+                        state.curve_loss += total_loss - state.curve_mark
+                        state.curve_mark = 0.0
             stepper.mark_first_step()
             for hook in hooks:
                 hook()
@@ -428,6 +459,34 @@ def run_epochs(
     return diverged
 
 
+def _curve_point(
+    curve: CurveHook,
+    stepper: Stepper,
+    states: list[LoopState],
+    diverged: list[str | None],
+    guard: Callable[[], Any],
+    step: int,
+    per_epoch: int,
+) -> None:
+    """The members' learning-curve points at `step`: the loss sums read (one host read, as at an epoch's
+    end), a member whose loss is no longer finite marked diverged, the others evaluated."""
+    t0 = time.perf_counter()
+    sums = stepper.loss_sum.reshape(-1).tolist()
+    for j, value in enumerate(sums):
+        if diverged[j] is None and not math.isfinite(value):
+            diverged[j] = f"non-finite training loss by step {step}"
+    alive = [d is None for d in diverged]
+    if any(alive):
+        with guard():
+            metrics = curve.evaluate(alive)
+        for j, (state, value) in enumerate(zip(states, sums, strict=True)):
+            if alive[j]:
+                state.curve_loss += value - state.curve_mark  # the window: since the last point
+                state.curve_mark = value
+                add_curve_point(state, per_epoch, metrics[j])
+    curve.seconds += time.perf_counter() - t0
+
+
 @torch.no_grad()
 def evaluate_fast(
     model: torch.nn.Module,
@@ -436,12 +495,13 @@ def evaluate_fast(
     device: torch.device,
     num_labels: int,
     dtype: torch.dtype | None,
+    data: DeviceSplit | None = None,
 ) -> Any:
     """Metrics on `split` with rows sorted by length (little padding), results gathered on the device and read
-    once."""
+    once; `data`: the split already on the device."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
-    data = DeviceSplit.of(split, device)
+    data = data if data is not None else DeviceSplit.of(split, device)
     preds = torch.empty(len(split), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     for start in range(0, len(order), batch_size):

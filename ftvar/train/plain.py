@@ -15,19 +15,22 @@ from typing import Any
 import torch
 
 from ftvar.train.checkpoint import set_rng_state
+from ftvar.train.curve import curve_steps
 from ftvar.train.engine import (
     MATMUL,
     FitJob,
     FitResult,
     LoopState,
+    add_curve_point,
     autocast_dtype,
     batches,
     collate,
     epoch_order,
     evaluate,
     evaluated_into,
+    finish_curve,
     log,
-    make_optimizer,
+    optimizer_of,
     restore_scaler,
     steps_per_epoch,
     warmup_steps,
@@ -60,7 +63,7 @@ class PlainEngine:
         ensure(model, trial.init_seed)
         model.to(job.device)
         total = steps_per_epoch(len(job.train), trial.batch_size) * trial.epochs
-        optimizer = make_optimizer(model, trial.learning_rate, s.weight_decay)
+        optimizer = optimizer_of(model, trial, s)
         warmup = warmup_steps(s.warmup_ratio, total)
         scheduler = get_scheduler(s.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         dtype = autocast_dtype(s.precision, job.device)
@@ -89,12 +92,14 @@ class PlainEngine:
         result.diverged = self._train(job, optimizer, scheduler, scaler, state, total, result, check)
         result.steps, result.train_time = state.step, time.perf_counter() - t0
         result.samples, result.tokens = state.samples, state.tokens
+        per_epoch, curve = steps_per_epoch(len(job.train), trial.batch_size), bool(s.eval_every)
         if result.diverged:  # a model with NaN weights has no meaningful metrics
             result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
-            return result
+            return finish_curve(result, state, per_epoch, curve)
         t1 = time.perf_counter()
         evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
-        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        return finish_curve(result, state, per_epoch, curve)
 
     def _train(
         self,
@@ -115,6 +120,7 @@ class PlainEngine:
         per_epoch = steps_per_epoch(len(job.train), trial.batch_size)
         guard = job.guard.step if job.guard is not None else contextlib.nullcontext
         after_step = job.after_step or (lambda: None)
+        points = set(curve_steps(s.eval_every, per_epoch, total)) - {total}  # the last: the final evaluation
         model.train()
         while state.step < total:
             epoch, offset = divmod(state.step, per_epoch)
@@ -146,9 +152,20 @@ class PlainEngine:
                     state.step += 1
                     if result.first_step_at is None:
                         result.first_step_at = time.time()
-                    state.epoch_losses.append(loss.item())
+                    value = loss.item()
+                    state.epoch_losses.append(value)
+                    state.curve_loss += value
                     state.samples += len(idx)
                     state.tokens += int(job.train.lengths[idx].sum())
+                if state.step in points:  # a point of the learning curve, before a checkpoint at this step
+                    t0 = time.perf_counter()
+                    with guard():
+                        evaluated = evaluate(
+                            model, job.eval, s.eval_batch_size, device, job.num_labels, dtype
+                        )
+                    model.train()
+                    add_curve_point(state, per_epoch, evaluated.metrics)
+                    result.curve_time += time.perf_counter() - t0
                 after_step()
             losses = state.epoch_losses
             log.info(

@@ -238,6 +238,8 @@ def _record(
         record["eval"] = result.eval_counts
     if result and result.engine:
         record["engine"] = result.engine
+    if result and result.curve is not None:
+        record["curve"] = result.curve
     if result and trial.is_baseline and "head" in result.engine:
         record["head"] = record["engine"].pop("head")
     return record
@@ -286,11 +288,18 @@ def trial_model(
     study: Study, trial: Trial, prepared: Prepared, seed_cuda: bool = True
 ) -> tuple[torch.nn.Module, str]:
     """`build_model` for a trial, from its init seed, under the build lock (lanes and a stack's members share
-    the global RNG: seeding and initialising happen as one). The engines give it the trial's own dropout
-    (ftvar.train.noise)."""
+    the global RNG: seeding and initialising happen as one), its top layers re-initialised where
+    `train.reinit_layers` asks for it (not a baseline's: it evaluates the pretrained model). The engines give
+    it the trial's own dropout (ftvar.train.noise)."""
     seed = trial.init_seed if trial.init_seed is not None else 0
+    s = settings(study, trial)
     with BUILD_LOCK:
-        return build_model(study, settings(study, trial), prepared, seed, seed_cuda=seed_cuda)
+        model, head = build_model(study, s, prepared, seed, seed_cuda=seed_cuda)
+        if s.train.reinit_layers and not trial.is_baseline:  # a remedy of fine-tuning: not the baseline's
+            from ftvar.train.remedies import reinit_top_layers
+
+            reinit_top_layers(model, s.train.reinit_layers, seed)
+        return model, head
 
 
 def fit_job(

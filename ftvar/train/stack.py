@@ -20,6 +20,7 @@ continues its masks where they were. Its throughput in the record is its own sam
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -35,6 +36,7 @@ from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.trial import Trial
 from ftvar.train.checkpoint import Resumable
+from ftvar.train.curve import curve_steps
 from ftvar.train.engine import (
     MATMUL,
     FitJob,
@@ -42,10 +44,12 @@ from ftvar.train.engine import (
     LoopState,
     decays,
     evaluated_into,
+    finish_curve,
     make_optimizer,
     steps_per_epoch,
 )
 from ftvar.train.fast import (
+    CurveHook,
     DeviceSplit,
     Stepper,
     evaluate_fast,
@@ -179,10 +183,11 @@ class Stack:
         out.update({alias: out[name] for alias, name in self.layout.aliases.items()})
         return out
 
-    def optimizer(self, jobs: list[FitJob], lrs: list[torch.Tensor] | None) -> torch.optim.AdamW:
+    def optimizer(self, jobs: list[FitJob], lrs: list[torch.Tensor] | None) -> torch.optim.Optimizer:
         """torch's AdamW with a group per member and block: the member's learning rate (`lrs[k]`, a device
         tensor a CUDA graph reads, or set per step on a CPU) and weight decay on the first block only. Fused,
-        like the fast engine's: one kernel per group."""
+        like the fast engine's: one kernel per group. Members without Adam's bias correction (they share the
+        setting: ftvar.study.stackable) get ftvar.train.optim's Adam, with the same groups."""
         groups = []
         for k, job in enumerate(jobs):
             for i, b in enumerate(self.blocks):
@@ -192,6 +197,10 @@ class Stack:
                 }
                 group["lr"] = lrs[k] if lrs is not None else job.trial.learning_rate
                 groups.append(group)
+        if not jobs[0].settings.bias_correction:
+            from ftvar.train.optim import AdamWithoutBiasCorrection
+
+            return AdamWithoutBiasCorrection(groups, lr=lrs[0] if lrs is not None else 0.0)
         if lrs is not None:
             return torch.optim.AdamW(groups, lr=lrs[0], fused=True, capturable=True)
         try:
@@ -332,10 +341,15 @@ class StackEngine:
         for j, job in enumerate(jobs):
             if job.on_checkpointable is not None:
                 job.on_checkpointable(_snapshot(stack, optimizer, j, job, states[j], stepper))
+        per_epoch = steps_per_epoch(len(data), bs)
+        curve = CurveHook(
+            set(curve_steps(first.settings.eval_every, per_epoch, total)) - {total},
+            _member_evaluator(stack, jobs, device, stepper.dtype),
+        )
         t0 = time.perf_counter()
         hooks = [job.after_step for job in jobs if job.after_step is not None]
         hooks += [after_step] if after_step is not None else []
-        diverged = run_epochs(jobs, stepper, data, states, set_step, hooks, f"stack of {k},")
+        diverged = run_epochs(jobs, stepper, data, states, set_step, hooks, f"stack of {k},", curve)
         if cuda:
             torch.cuda.current_stream(device).synchronize()
         train_time = time.perf_counter() - t0
@@ -345,9 +359,12 @@ class StackEngine:
             result.steps, result.train_time = state.step, train_time
             result.samples, result.tokens = state.samples, state.tokens
             result.first_step_at, result.engine = stepper.first_step_at, dict(engine)
+            result.curve_time = curve.seconds  # the stack's, as its train time is
+            curve_on = bool(job.settings.eval_every)
             if diverged[j]:
                 result.diverged = diverged[j]
                 result.metrics = {"accuracy": None, "f1": None, "eval_loss": None, "train_loss": None}
+                finish_curve(result, state, per_epoch, curve_on)
                 continue
             t1 = time.perf_counter()
             job.model.load_state_dict({**job.model.state_dict(), **stack.member_params(j)})
@@ -357,7 +374,41 @@ class StackEngine:
             )
             job.model.to("cpu")
             evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+            finish_curve(result, state, per_epoch, curve_on)
         return results
+
+
+def _member_evaluator(
+    stack: Stack, jobs: list[FitJob], device: torch.device, dtype: torch.dtype | None
+) -> Callable[[list[bool]], list[dict[str, Any] | None]]:
+    """The learning curve's evaluation of a stack's members: each member still training, one after the other,
+    in one copy of the model on the device (made at the first point) that takes the member's weights from
+    the stack's leaves (a copy on the device, nothing read back to the host)."""
+    first = jobs[0]
+    held: dict[str, Any] = {}
+
+    def evaluate(alive: list[bool]) -> list[dict[str, Any] | None]:
+        if "model" not in held:
+            held["model"] = copy.deepcopy(first.model).to(device)
+            held["params"] = dict(held["model"].named_parameters())
+            held["data"] = DeviceSplit.of(first.eval, device)
+        model, params = held["model"], held["params"]
+        out: list[dict[str, Any] | None] = []
+        for k, job in enumerate(jobs):
+            if not alive[k]:
+                out.append(None)
+                continue
+            with torch.no_grad():
+                for i, b in enumerate(stack.blocks):
+                    for name, value in stack.layout.split(stack.leaves[k][i].detach(), b).items():
+                        params[name].copy_(value)
+            evaluated = evaluate_fast(
+                model, job.eval, job.settings.eval_batch_size, device, job.num_labels, dtype, held["data"]
+            )
+            out.append(evaluated.metrics)
+        return out
+
+    return evaluate
 
 
 def _snapshot(
@@ -366,7 +417,12 @@ def _snapshot(
     """Member k's live state in the fast engine's checkpoint format (a torch AdamW state dict)."""
 
     def snapshot() -> dict[str, Any]:
-        template = make_optimizer(job.model, job.trial.learning_rate or 0.0, job.settings.weight_decay)
+        template = make_optimizer(
+            job.model,
+            job.trial.learning_rate or 0.0,
+            job.settings.weight_decay,
+            bias_correction=job.settings.bias_correction,
+        )
         return {
             "model": {**job.model.state_dict(), **stack.member_params(k)},
             "optimizer": {
