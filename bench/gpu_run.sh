@@ -5,6 +5,9 @@
 # Sections run in order of importance, each with its own time limit, and a failing one does not stop the next.
 # SECTIONS picks them (default: what is still unmeasured, about 9 minutes at most, inside one 10-minute call):
 #   SECTIONS="tests stack accuracy startup" bash bench/gpu_run.sh
+# curves (issue 23, about 2.5 minutes; not in the default, whose sections fill the call): the price of learning
+# curves in the fast engine, whole trials with and without the default train.eval_every (its CUDA graphs must
+# stay captured); the remedies' and curves' CUDA tests are in `tests`:  SECTIONS="tests curves" bash …
 # throughput (Trainer/plain/fast) and lanes (the packed sweep in lanes) were measured on 2026-11-27.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -24,6 +27,14 @@ python3 -c "import torch, transformers, accelerate; print('torch', torch.__versi
 if want tests; then
 section "CUDA tests (graph capture, bf16, fallback, lanes, stacks)"
 timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+fi
+
+if want curves; then
+section "learning curves: the fast engine with and without train.eval_every (whole trials, 3 epochs)"
+# samples/s is the figure on a GPU (samples per CPU-second is the CPU's); the graphs must stay captured
+timeout 150 python3 bench/throughput.py "${B[@]}" --curve --runs fast --batch-sizes 32 --steps 200 --repeat 3 \
+    --json "$OUT/curves.json" 2>"$OUT/curves.log"
+tail -n 2 "$OUT/curves.log"
 fi
 
 if want stack; then

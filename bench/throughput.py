@@ -15,11 +15,19 @@ from the process's generator, as ftvar 0.1 did), to price each trial's own dropo
 Prints samples/s per engine and batch size (the median of --repeat runs, interleaved across engines, each
 run's figure beside it), samples per second of the process' CPU time (steadier on a loaded machine), and each
 engine's ratio to the Trainer.
+
+The price of learning curves (issue 23): `--curve` trains whole trials instead, --curve-epochs epochs of
+bs × --steps rows each, evaluated on an eval split of 1/--eval-ratio as many rows (9: RTE's and MRPC's
+train:validation ratio, the largest evaluation share of the GLUE tasks ftvar studies), once with the default
+train.eval_every (1.0: once an epoch) and once without a curve (0), interleaved; the figure is training
+samples per CPU-second of the whole fit, final evaluation included in both:
+    python bench/throughput.py --curve --runs plain fast --repeat 7
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -114,6 +122,90 @@ def measure(
     return out
 
 
+def measure_curve(args: argparse.Namespace, engine: str, bs: int, eval_every: float) -> dict[str, Any]:
+    """One whole trial (all its epochs and its final evaluation) with or without a learning curve."""
+    study = common.study(
+        args, f"grid.batch_size=[{bs}]", f"grid.epochs=[{args.curve_epochs}]", f"train.engine={engine}"
+    )
+    paths = common.ensure_cache(study, args.out)
+    (trial,) = expand(study)
+    s = settings(study, trial)
+    prepared = load_prepared(study, paths, trial)
+    device = torch.device(args.device)
+    model, _ = build_model(study, s, prepared, 0)
+    rows = bs * args.steps
+    job = FitJob(
+        model=model,
+        train=subset(prepared.train, rows),
+        eval=subset(prepared.eval, max(1, rows // args.eval_ratio), seed=1),
+        trial=trial,
+        settings=dataclasses.replace(s.train, eval_every=eval_every),
+        device=device,
+        pad_id=prepared.pad_token_id,
+        num_labels=len(prepared.label_names),
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = registry.make(engine, device).fit(job)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    samples = rows * args.curve_epochs
+    return {
+        "engine": engine,
+        "batch_size": bs,
+        "eval_every": eval_every,
+        "points": len(result.curve or []),
+        "samples_per_s": samples / seconds,
+        "samples_per_cpu_s": samples / max(1e-9, cpu),
+        "eval_rows": len(job.eval),
+        "train_rows": rows,
+    }
+
+
+def main_curve(args: argparse.Namespace) -> None:
+    """The price of learning curves: whole trials with the default eval_every against none, interleaved."""
+    rows: list[dict[str, Any]] = []
+    engines = [e for e in args.runs if e in ("plain", "fast")] or ["plain", "fast"]
+    for bs in args.batch_sizes:
+        for engine in engines:
+            runs: dict[float, list[dict[str, Any]]] = {0.0: [], 1.0: []}
+            for _ in range(args.repeat):
+                for every in (0.0, 1.0):  # interleaved: a load that comes and goes hits both alike
+                    runs[every].append(measure_curve(args, engine, bs, every))
+            medians = {e: float(np.median([r["samples_per_cpu_s"] for r in rs])) for e, rs in runs.items()}
+            walls = {e: float(np.median([r["samples_per_s"] for r in rs])) for e, rs in runs.items()}
+            # the spread of the repeats: each curve run against the no-curve run next to it
+            paired = zip(runs[1.0], runs[0.0], strict=True)
+            pairs = [1 - a["samples_per_cpu_s"] / b["samples_per_cpu_s"] for a, b in paired]
+            cost = 1 - medians[1.0] / medians[0.0]
+            row = {
+                "engine": engine,
+                "batch_size": bs,
+                "epochs": args.curve_epochs,
+                "train_rows": runs[0.0][0]["train_rows"],
+                "eval_rows": runs[0.0][0]["eval_rows"],
+                "points": runs[1.0][0]["points"],
+                "samples_per_cpu_s": medians,
+                "samples_per_s": walls,
+                "cost": cost,
+                "paired_costs": [round(c, 4) for c in pairs],
+                "all": {str(e): [round(r["samples_per_cpu_s"], 1) for r in rs] for e, rs in runs.items()},
+            }
+            rows.append(row)
+            print(
+                f"bs {bs:3d}  {engine:5s} {row['train_rows']} rows × {args.curve_epochs} epochs, "
+                f"{row['eval_rows']} eval rows, {row['points']} curve points: "
+                f"{medians[0.0]:.0f} → {medians[1.0]:.0f} samples/CPU-s, cost {cost:+.1%} "
+                f"(paired runs: {', '.join(f'{c:+.1%}' for c in pairs)}; "
+                f"samples/s {walls[0.0]:.0f} → {walls[1.0]:.0f})",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"curve": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_arguments(parser)
@@ -126,6 +218,9 @@ def main() -> None:
         "--repeat", type=int, default=None, help="runs per figure, median shown (3 CPU, 1 GPU)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--curve", action="store_true", help="the price of learning curves (see above)")
+    parser.add_argument("--curve-epochs", type=int, default=3, help="--curve: epochs of each trial")
+    parser.add_argument("--eval-ratio", type=int, default=9, help="--curve: train rows per eval row")
     args = parser.parse_args()
     if args.prepare_only:
         common.ensure_cache(common.study(args), args.out)
@@ -136,6 +231,10 @@ def main() -> None:
     args.steps = args.steps or (300 if gpu else 60)
     args.warmup_fast = args.warmup_fast or (300 if gpu else args.warmup)
     args.repeat = args.repeat or (1 if gpu else 3)
+    if args.curve:
+        print(f"device: {torch.cuda.get_device_name() if gpu else 'cpu'} · torch {torch.__version__}")
+        main_curve(args)
+        return
     device_name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
     model = args.model or ("base" if gpu else "tiny")
     print(f"device: {device_name} · torch {torch.__version__} · model {model}")

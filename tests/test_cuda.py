@@ -43,8 +43,11 @@ def tiny(tmp_path: Path, *extra: str) -> tuple[Study, StudyPaths, Trial]:
     return study, paths, expand(study)[0]
 
 
-def losses(study: Study, paths: StudyPaths, trial: Trial, graphs: bool, steps: int) -> list[float]:
-    """Per-step losses of the fast engine's stepper, without dropout, from the same initial weights."""
+def losses(
+    study: Study, paths: StudyPaths, trial: Trial, graphs: bool, steps: int, **remedies: Any
+) -> list[float]:
+    """Per-step losses of the fast engine's stepper, without dropout, from the same initial weights (with
+    `remedies`: make_optimizer's layer_decay, bias_correction)."""
     s = settings(study, trial)
     prepared = load_prepared(study, paths, trial)
     model, _ = build_model(study, s, prepared, 0)
@@ -55,7 +58,8 @@ def losses(study: Study, paths: StudyPaths, trial: Trial, graphs: bool, steps: i
     job = FitJob(model, prepared.train, prepared.eval, trial, s.train, torch.device("cuda"), 0, 2)
     data = fast.DeviceSplit.of(prepared.train, job.device)
     lr = torch.tensor(1e-3, device="cuda")
-    stepper = fast.Stepper(job, data, make_optimizer(model, 1e-3, 0.01, lr_tensor=lr), lr)
+    optimizer = make_optimizer(model, 1e-3, 0.01, lr_tensor=lr, **remedies)
+    stepper = fast.Stepper(job, data, optimizer, lr)
     stepper.use_graphs = graphs
     order = torch.arange(len(data), device="cuda")
     out = []
@@ -73,6 +77,34 @@ def test_graph_steps_give_the_eager_losses(tmp_path: Path) -> None:
     assert graphed[0] == pytest.approx(eager[0], rel=1e-6)  # identical before any update
     # after WARMUP_STEPS eager steps, the graph replays the same step: bf16 tolerance
     assert graphed == pytest.approx(eager, rel=2e-2, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    "remedies",
+    [{"layer_decay": 0.8}, {"bias_correction": False}, {"layer_decay": 0.8, "bias_correction": False}],
+)
+def test_graph_steps_with_the_remedies_give_the_eager_losses(
+    tmp_path: Path, remedies: dict[str, Any]
+) -> None:
+    """Issue 23: layer-wise learning rates (a device tensor per group, fused capturable AdamW) and Adam
+    without bias correction (ftvar.train.optim) inside a captured step give the eager steps' losses."""
+    study, paths, trial = tiny(tmp_path)
+    eager = losses(study, paths, trial, graphs=False, steps=12, **remedies)
+    graphed = losses(study, paths, trial, graphs=True, steps=12, **remedies)
+    assert graphed[0] == pytest.approx(eager[0], rel=1e-6)
+    assert graphed == pytest.approx(eager, rel=2e-2, abs=2e-3)
+
+
+def test_a_trial_with_remedies_and_a_curve_runs_in_cuda_graphs(tmp_path: Path) -> None:
+    """Issue 23 end to end on the GPU: every remedy at once, a learning curve every half epoch; the steps
+    stay captured (the loss is read at the curve's points only) and the curve ends at the final metrics."""
+    extra = ("train.reinit_layers=1", "train.layer_decay=0.8", "train.bias_correction=false")
+    study, paths, trial = tiny(tmp_path, "train.engine=fast", "train.eval_every=0.5", *extra)
+    rec = run_trial(study, trial, paths)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["engine"]["cuda_graphs"] is True and rec["engine"]["fallback"] is None
+    assert [p["step"] for p in rec["curve"]] == [16, 32]
+    assert rec["curve"][-1]["accuracy"] == rec["metrics"]["accuracy"]
 
 
 def test_a_trial_runs_in_cuda_graphs_with_bf16(tmp_path: Path) -> None:
@@ -229,7 +261,9 @@ def test_on_cuda_a_trial_gives_the_same_numbers_alone_in_lanes_and_in_a_stack(tm
     stack of four give the same metrics: lanes to the bit, a stack within vmap's float tolerance."""
     from ftvar.train import pack
 
-    study = load_study("smoke", [*OVERRIDES, "grid.seed=[0,1,2,3]", "train.engine=fast"])
+    study = load_study(
+        "smoke", [*OVERRIDES, "grid.seed=[0,1,2,3]", "train.engine=fast", "train.eval_every=0.5"]
+    )
     paths = StudyPaths.of(tmp_path, study.name)
     fake_cache(study, paths)
     trials = expand(study)
@@ -245,6 +279,10 @@ def test_on_cuda_a_trial_gives_the_same_numbers_alone_in_lanes_and_in_a_stack(tm
         assert [got["lanes"][tid]["metrics"][m] for m in metric] == [rec["metrics"][m] for m in metric]
         for m in metric:
             assert got["stack"][tid]["metrics"][m] == pytest.approx(rec["metrics"][m], rel=1e-2, abs=1e-3)
+        # issue 23: the learning curves too (points at steps 16 and 32)
+        assert got["lanes"][tid]["curve"] == rec["curve"] and [p["step"] for p in rec["curve"]] == [16, 32]
+        for a, b in zip(got["stack"][tid]["curve"], rec["curve"], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2, abs=1e-3)
 
 
 def test_fp32_is_ieee_and_tf32_is_asked_for(tmp_path: Path) -> None:

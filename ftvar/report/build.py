@@ -19,6 +19,7 @@ from rich.console import Console
 
 from ftvar import __version__
 from ftvar.errors import FtvarError
+from ftvar.report.curves import curve_blocks, curve_plots, curves_data, learning_curves_of, n_classes
 from ftvar.report.plots import Plot, plot_all
 from ftvar.report.terminal import Compact
 from ftvar.stats.analysis import METRIC_LABELS, Analysis, Fit, analyze, jsonable
@@ -693,9 +694,15 @@ def build_report(
         )
     folder = StudyPaths.of(out, study.name).report
     plots = plot_all(analysis, table, folder)
+    curves = learning_curves_of(study, table, analysis)  # issue 23: learning curves, early stopping
+    if curves is not None:
+        plots += curve_plots(curves, n_classes(table), folder)
     data = report_data(analysis, collected, plots, study)
     title = f"ftvar report: {study.name}"
     content = sections(analysis, collected, study, plots)
+    if curves is not None:
+        data["learning_curves"] = jsonable(curves_data(curves))
+        content.insert(1, ("Learning curves and early stopping", curve_blocks(curves, plots)))
     result = ReportResult(
         folder,
         folder / "report.json",

@@ -659,7 +659,7 @@ def _validate_layered(study: Study) -> None:
     setting = "train.reinit_layers" if reinit else "train.layer_decay"
     for model in _axis_or_fixed(study, "model", "name_or_path"):
         if study.model.tiny is not None:
-            kind, layers = "distilbert", study.model.tiny.layers
+            model, kind, layers = "model.tiny", "distilbert", study.model.tiny.layers
         else:
             config = model_config(str(model))
             if config is None:

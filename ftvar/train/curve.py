@@ -34,7 +34,7 @@ def curve_steps(eval_every: float, per_epoch: int, total: int) -> list[int]:
         steps.update(range(1, total))
     else:
         m = 1
-        while (step := round(m * eval_every * per_epoch)) < total:
+        while (step := math.floor(m * eval_every * per_epoch + 0.5)) < total:  # halves round up
             steps.add(max(1, step))
             m += 1
     return sorted(steps | {total})
