@@ -99,6 +99,7 @@ def test_cola_end_to_end_records_mcc_and_the_report_leads_with_it(tmp_path: Path
         f'[data]\ntrain = "{cola / "train.tsv"}"\neval = "{cola / "validation.tsv"}"\n'
         "train_limit = 256\neval_limit = 128\nmax_length = 32\n"
         "[grid]\nlearning_rate = [1e-3, 3e-3]\nbatch_size = [32]\nepochs = [1]\nseed = [0, 1]\n"
+        "[train]\neval_every = 0.5\n"  # a learning curve: points at steps 4 and 8
         '[analysis]\nmetric = "mcc"\nbaseline = "none"\ndegree = 1\nbootstrap = 50\n'
     )
     study = load_study(str(study_file))
@@ -111,6 +112,7 @@ def test_cola_end_to_end_records_mcc_and_the_report_leads_with_it(tmp_path: Path
         assert isinstance(mcc, float) and -1 <= mcc <= 1
         if len([c for c in rec["eval"]["pred_counts"] if c]) == 1:
             assert mcc == 0.0  # one predicted class: MCC says what accuracy (the majority share) hides
+        assert [p["step"] for p in rec["curve"]] == [4, 8] and rec["curve"][-1]["mcc"] == mcc
 
     result = build_report(study, tmp_path / "out")
     data = json.loads(result.json.read_text())
@@ -131,3 +133,8 @@ def test_cola_end_to_end_records_mcc_and_the_report_leads_with_it(tmp_path: Path
     assert "F1 is binary" in md and "top 10 by mean MCC" in md
     assert "| epochs | ok/trials | degenerate | MCC | accuracy | F1 | eval loss |" in md
     assert pd.read_csv(result.collected.csv)["mcc"].notna().all()
+    # the learning curves and the early stopping are about MCC too (issue 23)
+    curves = data["learning_curves"]
+    assert curves["metric"] == "mcc" and curves["trials_with_curves"] == 4
+    assert curves["early_stopping"][0]["fractions"] == [0.5]
+    assert "Learning curves and early stopping" in md and "expected best final MCC" in md

@@ -229,6 +229,7 @@ def test_rte_pairs_end_to_end_cache_holds_pair_encodings_and_token_types(tmp_pat
     record = run_trial(study, trial, paths)
     assert record["status"] == "ok" and record["n_train"] == 64 and record["n_eval"] == 32
     assert -1 <= record["metrics"]["mcc"] <= 1  # the tiny DistilBERT takes no token types (it trains without)
+    assert [p["step"] for p in record["curve"]] == [2]  # its learning curve: once an epoch, the default
 
     # the model's own tokenizer (MiniLM's, a BERT): its pair encoding and token types, in the cache as well
     minilm = minilm_package().get_model_path()
