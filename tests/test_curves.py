@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from records_factory import make_record, make_study, write
 
 from ftvar.report.build import build_report
-from ftvar.stats.curves import learning_curves
+from ftvar.stats.curves import failed_runs, learning_curves
 from ftvar.stats.early_stopping import analyse_pool, expected_best_kept, expected_max_exact
 from ftvar.store.collect import collect
 from ftvar.store.paths import StudyPaths
@@ -79,6 +80,23 @@ def test_early_stopping_saves_compute_when_early_scores_predict_final_ones() -> 
     flat = next(s for s in useless.schedules if s.keep == 1 and s.n[-1] == 12)
     for value, se in zip(flat.expected, flat.se, strict=True):
         assert value == pytest.approx(float(np.mean(final)), abs=4 * se + 1e-12)
+
+
+def test_a_failed_run_is_no_better_than_the_majority_class_as_mosbach_et_al_define_it() -> None:
+    rows = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "ok", "ok", "diverged", "ok"],
+            "accuracy": [0.60, 0.527, 0.48, 0.5271, None, 0.70],  # the majority share: 146 of 277 (0.527)
+            "majority_share": [146 / 277] * 6,
+            "n_eval": [277] * 6,
+            "degenerate": [False, True, False, False, None, False],
+            "mcc": [0.2, 0.0, -0.05, 0.01, None, -0.01],
+        }
+    )
+    # learned; one class; below the majority share (both classes predicted: not degenerate, but failed);
+    # the majority share within half an example; diverged; MCC < 0 counts only where MCC is the metric
+    assert failed_runs(rows, "accuracy").tolist() == [False, True, True, True, True, False]
+    assert failed_runs(rows, "mcc").tolist() == [False, True, True, True, True, True]
 
 
 def curve(points: list[tuple[int, float, float]], per_epoch: int = 10) -> list[dict[str, Any]]:

@@ -161,9 +161,10 @@ def curve_blocks(curves: LearningCurves, plots: list[Plot]) -> list[Block]:
     rate = curves.failed_rate
     out.append(
         f"**Failed runs: {curves.n_failed} of {curves.n_trials} ({100 * rate:.0f}%)** — a run fails when it "
-        "diverges or ends no better than the majority class (one class predicted, or exactly the majority "
-        "share: Mosbach et al. 2021's failed runs, ftvar's degenerate trials). A failed run's training loss "
-        "stays near its start, ln(classes)."
+        "diverges or ends no better than the majority class (accuracy at most the majority share"
+        + (", or MCC at most 0" if curves.metric == "mcc" else "")
+        + "): Mosbach et al. 2021's failed runs, which take in ftvar's degenerate trials (one class "
+        "predicted). A failed run's training loss often stays near its start, ln(classes)."
     )
     rows = [
         [

@@ -4,9 +4,11 @@ A trial's record holds its curve (ftvar.train.curve): the mean training loss and
 during training. Here they are read for the trials of the current design (JSON only, the files the
 collector chose), grouped by configuration (the hyperparameter axes), summarised over the seeds (median and
 range per point) and marked failed or not. A failed run, as Mosbach et al. 2021 define it, ends no better than
-the majority class: ftvar's degenerate trials (ftvar.stats.degenerate: one class predicted, or exactly the
-majority share), and trials that diverged. The early-stopping analysis (ftvar.stats.early_stopping) runs on
-the pools these curves make: each configuration's seeds, and the whole study.
+the majority class: its accuracy is at most the eval split's majority share (within half an example), which
+takes in ftvar's degenerate trials (one class predicted; ftvar.stats.degenerate); where MCC is the metric,
+an MCC at most 0 (the majority class's); and trials that diverged fail too. The early-stopping analysis
+(ftvar.stats.early_stopping) runs on the pools these curves make: each configuration's seeds, and the whole
+study.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
     rows = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
     rows = rows[rows["status"].isin(["ok", "diverged"])]
     varying = [a for a in hp if rows[a.name].nunique(dropna=False) > 1]
-    degenerate, _ = flags(rows)
+    failing = failed_runs(rows, metric)
     groups: dict[tuple[Any, ...], list[Run]] = {}
     values_of: dict[tuple[Any, ...], dict[str, Any]] = {}
     n_without = 0
@@ -129,7 +131,7 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
             last = points[-1]
             per_epoch = last["step"] / last["epoch"] if last.get("epoch") else 0
             total = max(1, round(per_epoch * float(row.get("epochs") or 1))) if per_epoch else total
-        failed = row["status"] == "diverged" or bool(degenerate.loc[index])
+        failed = bool(failing.loc[index])
         run = Run(
             trial_id=str(row["trial_id"]),
             seeds=_seeds(row),
@@ -165,6 +167,23 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
         )
     out.pools = _pools(configs, metric, out.notes)
     return out
+
+
+def failed_runs(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Mosbach et al. 2021's failed runs among `rows` (results-table rows): diverged, degenerate (ftvar's
+    flag), accuracy at most the majority share (within half an eval example), or, where MCC is the metric,
+    MCC at most 0."""
+    degenerate, _ = flags(rows)
+    index = rows.index
+    accuracy = pd.to_numeric(rows.get("accuracy", pd.Series(np.nan, index=index)), errors="coerce")
+    share = pd.to_numeric(rows.get("majority_share", pd.Series(np.nan, index=index)), errors="coerce")
+    n_eval = pd.to_numeric(rows.get("n_eval", pd.Series(np.nan, index=index)), errors="coerce")
+    tolerance = (0.5 / n_eval.where(n_eval > 0)).fillna(1e-9)
+    majority = (accuracy <= share + tolerance).fillna(False).astype(bool)
+    out = (rows["status"] == "diverged") | degenerate.astype(bool) | majority
+    if metric == "mcc" and "mcc" in rows.columns:
+        out |= (pd.to_numeric(rows["mcc"], errors="coerce") <= 0).fillna(False).astype(bool)
+    return out.astype(bool)
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
