@@ -20,7 +20,9 @@ The price of learning curves (issue 23): `--curve` trains whole trials instead, 
 bs × --steps rows each, evaluated on an eval split of 1/--eval-ratio as many rows (9: RTE's and MRPC's
 train:validation ratio, the largest evaluation share of the GLUE tasks ftvar studies), once with the default
 train.eval_every (1.0: once an epoch) and once without a curve (0), interleaved; the figure is training
-samples per CPU-second of the whole fit, final evaluation included in both:
+samples per CPU-second of the whole fit, final evaluation included in both, and, measured inside each run
+with a curve (free of the run-to-run noise of a loaded machine), the share of the fit spent on the curve's
+evaluations:
     python bench/throughput.py --curve --runs plain fast --repeat 7
 """
 
@@ -157,6 +159,8 @@ def measure_curve(args: argparse.Namespace, engine: str, bs: int, eval_every: fl
         "batch_size": bs,
         "eval_every": eval_every,
         "points": len(result.curve or []),
+        # the share of the fit spent evaluating during training, inside this run (no run-to-run noise)
+        "curve_share": result.curve_time / seconds,
         "samples_per_s": samples / seconds,
         "samples_per_cpu_s": samples / max(1e-9, cpu),
         "eval_rows": len(job.eval),
@@ -177,9 +181,11 @@ def main_curve(args: argparse.Namespace) -> None:
             medians = {e: float(np.median([r["samples_per_cpu_s"] for r in rs])) for e, rs in runs.items()}
             walls = {e: float(np.median([r["samples_per_s"] for r in rs])) for e, rs in runs.items()}
             # the spread of the repeats: each curve run against the no-curve run next to it
-            paired = zip(runs[1.0], runs[0.0], strict=True)
+            with_curve = runs[1.0]
+            paired = zip(with_curve, runs[0.0], strict=True)
             pairs = [1 - a["samples_per_cpu_s"] / b["samples_per_cpu_s"] for a, b in paired]
             cost = 1 - medians[1.0] / medians[0.0]
+            shares = [r["curve_share"] for r in with_curve]
             row = {
                 "engine": engine,
                 "batch_size": bs,
@@ -190,6 +196,8 @@ def main_curve(args: argparse.Namespace) -> None:
                 "samples_per_cpu_s": medians,
                 "samples_per_s": walls,
                 "cost": cost,
+                "curve_share": float(np.median(shares)),
+                "curve_shares": [round(s, 4) for s in shares],
                 "paired_costs": [round(c, 4) for c in pairs],
                 "all": {str(e): [round(r["samples_per_cpu_s"], 1) for r in rs] for e, rs in runs.items()},
             }
@@ -198,6 +206,8 @@ def main_curve(args: argparse.Namespace) -> None:
                 f"bs {bs:3d}  {engine:5s} {row['train_rows']} rows × {args.curve_epochs} epochs, "
                 f"{row['eval_rows']} eval rows, {row['points']} curve points: "
                 f"{medians[0.0]:.0f} → {medians[1.0]:.0f} samples/CPU-s, cost {cost:+.1%} "
+                f"[inside the runs: {float(np.median(shares)):.1%} of the fit on the curve's evaluations, "
+                f"runs {', '.join(f'{s:.1%}' for s in shares)}] "
                 f"(paired runs: {', '.join(f'{c:+.1%}' for c in pairs)}; "
                 f"samples/s {walls[0.0]:.0f} → {walls[1.0]:.0f})",
                 flush=True,
