@@ -13,13 +13,13 @@ study.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from ftvar.stats.degenerate import flags
@@ -86,7 +86,7 @@ class LearningCurves:
         return self.n_failed / self.n_trials if self.n_trials else math.nan
 
 
-def _seeds(row: pd.Series) -> str:
+def _seeds(row: dict[str, Any]) -> str:
     init, order = row.get("init_seed"), row.get("order_seed")
     if pd.isna(order) or init == order:
         return f"seed {show_value(init)}"
@@ -102,10 +102,13 @@ def _finite(value: Any) -> float | None:
 
 
 def _read_curve(path: str) -> tuple[list[dict[str, Any]], int]:
-    """A record's curve points and its steps (the collector has validated the file)."""
+    """A record's curve points and its steps (the collector has validated the file; orjson: a few µs each,
+    so that the curves of a large study are read in seconds)."""
     try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        record = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return [], 0
+    if not isinstance(record, dict):
         return [], 0
     return list(record.get("curve") or []), int(record.get("steps") or 0)
 
@@ -121,7 +124,8 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
     groups: dict[tuple[Any, ...], list[Run]] = {}
     values_of: dict[tuple[Any, ...], dict[str, Any]] = {}
     n_without = 0
-    for index, row in rows.iterrows():
+    records = rows.to_dict("records")  # plain dicts: a large study's rows in a fraction of iterrows' time
+    for row, failed in zip(records, failing.to_numpy(dtype=bool).tolist(), strict=True):
         points, steps = _read_curve(str(row["file"]))
         if not points:
             n_without += 1
@@ -131,7 +135,6 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
             last = points[-1]
             per_epoch = last["step"] / last["epoch"] if last.get("epoch") else 0
             total = max(1, round(per_epoch * float(row.get("epochs") or 1))) if per_epoch else total
-        failed = bool(failing.loc[index])
         run = Run(
             trial_id=str(row["trial_id"]),
             seeds=_seeds(row),
