@@ -137,9 +137,10 @@ def _lead_pool(curves: LearningCurves) -> Pool | None:
     return curves.pools[0] if curves.pools else None
 
 
-def _best_saving(pool: Pool) -> tuple[Schedule, int, float, float, float] | None:
-    """Where early stopping helps most on the pool: the (schedule, budget n) whose expected best is at least
-    full training's at the same compute by the largest margin; (schedule, n, compute, early, full)."""
+def _best_saving(pool: Pool, resolution: float) -> tuple[Schedule, int, float, float, float] | None:
+    """Where early stopping helps most on the pool: the (schedule, budget n) whose expected best beats full
+    training's at the same compute by the largest margin, and by more than the metric's `resolution` (one
+    eval example) and twice its Monte Carlo error; (schedule, n, compute, early, full)."""
     best: tuple[Schedule, int, float, float, float] | None = None
     for s in pool.schedules:
         for n, compute, value, se in zip(s.n, s.compute, s.expected, s.se, strict=True):
@@ -147,7 +148,7 @@ def _best_saving(pool: Pool) -> tuple[Schedule, int, float, float, float] | None
             if full is None:
                 continue
             gain = value - full
-            if gain > 2 * se and (best is None or gain > best[3] - best[4]):
+            if gain > max(2 * se, resolution) and (best is None or gain > best[3] - best[4]):
                 best = (s, n, compute, value, full)
     return best
 
@@ -190,7 +191,8 @@ def _early_stopping_blocks(curves: LearningCurves, plots: list[Plot]) -> list[Bl
     if pool is None or not pool.schedules:
         return []
     out: list[Block] = []
-    found = _best_saving(pool)
+    resolution = curves.resolution
+    found = _best_saving(pool, resolution)
     if found is not None:
         s, n, compute, value, full = found
         out.append(
@@ -202,8 +204,9 @@ def _early_stopping_blocks(curves: LearningCurves, plots: list[Plot]) -> list[Bl
     else:
         out.append(
             f"**Early stopping ({pool.name}, N = {pool.n_trials}):** on these trials no rule (evaluate at t, "
-            f"continue the best k) beats training every run to the end at the same compute by more than its "
-            "Monte Carlo error."
+            "continue the best k) beats training every run to the end at the same compute by more than "
+            f"{resolution:.2g} (one eval example{'' if curves.metric == 'accuracy' else ', as accuracy'}): "
+            "the table gives each rule's expected best and its compute."
         )
     out.append(
         "How it is estimated: from the study's own trials, as a resample. For a budget of n started runs, n "

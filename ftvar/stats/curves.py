@@ -78,6 +78,7 @@ class LearningCurves:
     n_without: int  # trials of the design whose record has none (eval_every = 0, or an older ftvar)
     n_failed: int
     n_trials: int
+    resolution: float = 0.0  # one eval example as a share (1 / the largest eval split): the metric's step
     pools: list[Pool] = field(default_factory=list)  # early stopping: "all trials", then each configuration
     notes: list[str] = field(default_factory=list)
 
@@ -162,6 +163,7 @@ def learning_curves(table: pd.DataFrame, axes: tuple[Axis, ...], metric: str) ->
         n_without=n_without,
         n_failed=sum(c.n_failed for c in configs),
         n_trials=sum(c.n_trials for c in configs),
+        resolution=_resolution(rows),
     )
     if n_without:
         out.notes.append(
@@ -187,6 +189,14 @@ def failed_runs(rows: pd.DataFrame, metric: str) -> pd.Series:
     if metric == "mcc" and "mcc" in rows.columns:
         out |= (pd.to_numeric(rows["mcc"], errors="coerce") <= 0).fillna(False).astype(bool)
     return out.astype(bool)
+
+
+def _resolution(rows: pd.DataFrame) -> float:
+    """One eval example as a share of the eval split (the largest of the trials'): no difference in accuracy
+    smaller than it is a difference in what a model predicted."""
+    n_eval = pd.to_numeric(rows.get("n_eval", pd.Series(dtype=float)), errors="coerce")
+    largest = n_eval[n_eval > 0].max() if len(n_eval) else math.nan
+    return 1.0 / float(largest) if math.isfinite(largest) else 0.0
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
