@@ -7,10 +7,15 @@ the folder. A reader sees either the old file or the whole new one, never a part
 a `.part` file behind. The file gets the mode any normally created file would get, 0666 minus the umask
 (0644 under the usual umask 022), so collaborators on shared storage can read reports as they read records.
 `write_json` writes a JSON object that way; `load_json` reads one, giving None for what cannot be read.
+
+A write that fails (a full disk, a read-only file system, a permission, a name too long) raises `WriteFailed`:
+an FtvarError (one `ftvar: error:` line) and an OSError (with its errno), whose message names the path and
+the cause in words; nothing of the failed write is left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -20,8 +25,59 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ftvar.errors import FtvarError
+
 Content = str | bytes | Callable[[BinaryIO], object]  # text (UTF-8), bytes, or a function that writes
 _UMASK_LOCK = threading.Lock()
+
+
+CAUSES = {
+    errno.ENOSPC: "no space left on its file system",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.ENOENT: "its folder does not exist",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EIO: "an input/output error of the storage",
+    errno.ESTALE: "a stale network file handle (the storage went away)",
+}
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def cause(exc: OSError) -> str:
+    """An OSError's cause in words ("no space left on its file system", "the file system is read-only", …)."""
+    if isinstance(exc, WriteFailed):
+        return exc.cause
+    if exc.errno in CAUSES:
+        return CAUSES[exc.errno]
+    return exc.strerror or str(exc) or exc.__class__.__name__
+
+
+class WriteFailed(FtvarError, OSError):
+    """A write that failed: `cannot write PATH: CAUSE`. Both an FtvarError (the CLI prints it as one line)
+    and an OSError carrying the errno (`except OSError` still catches it)."""
+
+    def __init__(self, path: Path | str, exc: OSError, what: str = "write") -> None:
+        FtvarError.__init__(self)
+        self.errno = exc.errno
+        self.filename = str(path)
+        self.cause = cause(exc)
+        self.message = f"cannot {what} {path}: {self.cause}"
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def full(self) -> bool:
+        """The file system is full (no space, or the quota)."""
+        return self.errno in FULL
+
+
+def write_failed(path: Path | str, exc: OSError, what: str = "write") -> WriteFailed:
+    """`exc` as a WriteFailed about `path` (itself, when it already is one)."""
+    return exc if isinstance(exc, WriteFailed) else WriteFailed(path, exc, what)
 
 
 def umask() -> int:
@@ -49,7 +105,15 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_atomic(path: Path, content: Content) -> None:
-    """Replace `path` with `content` atomically (see the module docstring); creates missing folders."""
+    """Replace `path` with `content` atomically (see the module docstring); creates missing folders.
+    Raises WriteFailed (the path and the cause) when the file system refuses; the temp file is removed."""
+    try:
+        _write_atomic(path, content)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+def _write_atomic(path: Path, content: Content) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -68,6 +132,50 @@ def write_atomic(path: Path, content: Content) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Overwrite a small existing file through its own blocks (no temp file): what still works on a full
+    disk, where `write_atomic` has no room for its temp file. Not atomic; only for files whose readers
+    tolerate a damaged copy (the attempt log)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, text.encode("utf-8"), 0)
+            os.ftruncate(fd, len(text.encode("utf-8")))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged user may still write on `folder`'s file system (its nearest existing folder),
+    or None when that cannot be told."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def can_write(folder: Path, size: int = 0) -> str | None:
+    """Why `folder` cannot take a file of `size` bytes now (in words, with the path), or None when it can:
+    a temp file is created there (root ignores permission bits, so only trying tells; O_TMPFILE, where it
+    exists, leaves nothing visible), `size` bytes are written into it and it is removed."""
+    try:
+        with tempfile.TemporaryFile(dir=folder) as fh:
+            if size:
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        return f"cannot write in {folder}: {cause(exc)}"
+    return None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

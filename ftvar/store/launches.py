@@ -7,6 +7,8 @@ last submission, so two launches never submit the same trial.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftvar.errors import FtvarError
+from ftvar.store.files import write_failed
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import utc_now
 
@@ -26,12 +29,30 @@ LOCK_WAIT_S = 120.0  # a launch waits this long for another one of the same stud
 
 
 def append_launch(paths: StudyPaths, study_hash: str, entry: dict[str, Any]) -> None:
-    """Add one launch (executor, job or array ids, trial ids) to `launches.jsonl`, with the study hash."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with paths.launches.open("a") as fh:
-        fh.write(json.dumps({"at": utc_now(), "hash": study_hash, **entry}) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Add one launch (executor, job or array ids, trial ids) to `launches.jsonl`, with the study hash, as
+    one write of one whole line. A write the file system refuses raises WriteFailed and leaves the file as
+    it was: a part of a line is cut off again, a ledger this call created is removed."""
+    line = (json.dumps({"at": utc_now(), "hash": study_hash, **entry}) + "\n").encode()
+    path = paths.launches
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):  # a short write: the disk filled up under it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                if size == 0:
+                    path.unlink()
+            raise write_failed(path, exc) from None
+    finally:
+        os.close(fd)
 
 
 def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
