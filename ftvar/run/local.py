@@ -42,7 +42,8 @@ from rich.progress import (
 
 from ftvar.errors import FtvarError
 from ftvar.run.jobs import job_main
-from ftvar.store.files import cause
+from ftvar.store.files import can_write, cause
+from ftvar.store.folder import RECORD_BYTES
 from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.stackable import plan_stacks
@@ -312,6 +313,13 @@ def run_local(
         raise
     for job, group in zip(jobs, groups, strict=True):
         exc = job.exception()
+        full = can_write(paths.submitit, RECORD_BYTES) if paths.submitit.is_dir() else None
+        if exc is not None and type(exc).__name__ == "UncompletedJobError" and full is not None:
+            run.errors.append(
+                f"job {job.job_id} ({len(group)} trial(s)) could not write its result ({full}); its trials' "
+                "attempts say how each ended (`ftvar status`)"
+            )
+            continue
         if exc is not None:
             run.errors.append(
                 f"job {job.job_id} ({len(group)} trial(s)) died: {death_reason(exc, job.paths.stderr)}; "

@@ -29,6 +29,7 @@ from ftvar.errors import FtvarError
 from ftvar.run.jobs import PackTask, report_main
 from ftvar.run.local import submission_files
 from ftvar.run.sacct import active_trials
+from ftvar.store.files import WriteFailed
 from ftvar.store.launches import append_launch
 from ftvar.store.paths import StudyPaths
 from ftvar.store.redact import REDACTED, SECRET_NAME_RE
@@ -350,7 +351,7 @@ def dry_run(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: int, lim
         return dry_run_script(c, study, paths, sizes[0])
     parts = []
     for i, size in enumerate(sizes):
-        after = f"<job id of array {i}>" if i and c.array_parallelism else None
+        after = f"JOBID_OF_ARRAY_{i}" if i and c.array_parallelism else None  # known once submitted
         waits = (
             f", after array {i} ends (--array-parallelism {c.array_parallelism} for the launch)"
             if after
@@ -449,7 +450,13 @@ def submit_arrays(
         }
         if per_task > 1:
             entry["trials_per_task"] = per_task
-        append_launch(paths, study.hash, entry)
+        try:
+            append_launch(paths, study.hash, entry)
+        except WriteFailed as exc:  # an array the ledger does not hold could not be followed: cancel it
+            subprocess.run(["scancel", array_id], capture_output=True, timeout=60, check=False)
+            raise FtvarError(
+                f"{exc}; array {array_id} was cancelled, since the launch could not record it"
+            ) from None
         arrays.append((array_id, members))
     return arrays
 

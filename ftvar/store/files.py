@@ -15,10 +15,12 @@ the cause in words; nothing of the failed write is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -78,6 +80,13 @@ class WriteFailed(FtvarError, OSError):
 def write_failed(path: Path | str, exc: OSError, what: str = "write") -> WriteFailed:
     """`exc` as a WriteFailed about `path` (itself, when it already is one)."""
     return exc if isinstance(exc, WriteFailed) else WriteFailed(path, exc, what)
+
+
+def tell(text: str) -> None:
+    """A message to stderr. In a task stderr is its log file in the study folder, on the storage whose full
+    disk may be what the message is about: a message that cannot be written is dropped, never raised."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def umask() -> int:

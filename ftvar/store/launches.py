@@ -84,9 +84,15 @@ def launch_lock(
     before writing anything else."""
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     created = [d for d in (paths.root.parent, paths.root) if not d.exists()]
-    paths.root.mkdir(parents=True, exist_ok=True)
     lock = paths.root / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise write_failed(lock, exc) from None
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -105,8 +111,9 @@ def launch_lock(
                     on_wait(holder)
                     on_wait = None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it, for the messages only (a full disk may refuse)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
         try:
             yield
         except BaseException:

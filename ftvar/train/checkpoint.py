@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from ftvar.store.attempts import AttemptLog, checkpoint_info, write_checkpoint_info
-from ftvar.store.files import write_atomic
+from ftvar.store.files import tell, write_atomic
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -168,7 +167,7 @@ class Resumable:
         except OSError as exc:
             self.failed_write = str(exc)
             self.last_save = time.monotonic()  # not again at every step: at the next period
-            print(f"ftvar: checkpoint not saved ({reason}): {exc}", file=sys.stderr, flush=True)
+            tell(f"ftvar: checkpoint not saved ({reason}): {exc}")
             return False
         if step is None:
             return False
@@ -183,7 +182,7 @@ def _log_attempt(
     try:
         attempts.update(state, reason, step)
     except OSError as exc:
-        print(f"ftvar: attempt not recorded ({state or 'progress'}): {exc}", file=sys.stderr, flush=True)
+        tell(f"ftvar: attempt not recorded ({state or 'progress'}): {exc}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -224,7 +223,7 @@ def save(folder: Path, snapshot: Snapshot | None, reason: str = "signal") -> int
     write_atomic(folder / "state.pt", lambda fh: torch.save(state, fh))
     step = int(state["step"])
     write_checkpoint_info(folder, step, reason, (folder / "state.pt").stat().st_size)
-    print(f"ftvar: checkpoint at step {step} saved to {folder} ({reason})", file=sys.stderr, flush=True)
+    tell(f"ftvar: checkpoint at step {step} saved to {folder} ({reason})")
     return step
 
 
@@ -238,10 +237,8 @@ def load(folder: Path) -> dict[str, Any] | None:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a checkpoint that cannot be read must not stop the trial: start over
         why = (str(exc).splitlines() or [""])[0]
-        print(
-            f"ftvar: ignoring checkpoint {path} ({exc.__class__.__name__}: {why}); training starts at step 0",
-            file=sys.stderr,
-            flush=True,
+        tell(
+            f"ftvar: ignoring checkpoint {path} ({exc.__class__.__name__}: {why}); training starts at step 0"
         )
         return None
     return state

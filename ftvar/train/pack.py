@@ -27,7 +27,6 @@ import collections
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import torch
 
 from ftvar.data.cache import Prepared, cache_folder, load_prepared
 from ftvar.store.attempts import TrialBusy, running_holder
-from ftvar.store.files import WriteFailed
+from ftvar.store.files import WriteFailed, tell
 from ftvar.store.folder import store_problem
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import read_status
@@ -383,7 +382,7 @@ def _run(
         for sig, handler in usr2.items():
             signal.signal(sig, handler)
     if pack.stopped is not None:
-        print(f"ftvar: stopped: {pack.stopped}", file=sys.stderr, flush=True)
+        tell(f"ftvar: stopped: {pack.stopped}")
     return statuses
 
 

@@ -24,7 +24,7 @@ from ftvar.data.cache import Prepared, load_prepared
 from ftvar.errors import FtvarError
 from ftvar.store.attempts import AttemptLog, RunningLock
 from ftvar.store.environment import environment
-from ftvar.store.files import write_failed
+from ftvar.store.files import tell, write_failed
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import finite_or_none, utc_now, write_record
 from ftvar.store.schema import SCHEMA_VERSION
@@ -426,7 +426,7 @@ def fitted(run: TrialRun, result: FitResult, packed_with: int | None) -> tuple[s
 
 def crashed(run: TrialRun, exc: Exception) -> tuple[str, str]:
     """A crash inside training: the whole traceback to the task's log, the reason to the record."""
-    traceback.print_exc()
+    tell(traceback.format_exc().rstrip())
     return "failed", time_limit_message(exc, run.folder) or f"{exc.__class__.__name__}: {exc}"
 
 
