@@ -117,12 +117,18 @@ def test_an_interrupted_local_launch_stops_every_process_and_records_the_trials_
     assert entry["interrupted"] is True and entry["trials"] == tids and len(entry["jobs"]) == 2
 
 
-def test_a_trial_a_live_process_runs_is_never_started_again(tmp_path: Path) -> None:
+def test_a_trial_a_live_process_runs_is_never_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While another process runs a trial (it holds the trial's lock), a launch, a pack and run-trial leave
-    it alone; once that process is gone (even by SIGKILL), the trial runs again."""
+    it alone (a pack and run-trial once they have waited for the lock); once that process is gone (even by
+    SIGKILL), the trial runs again."""
     from ftvar.run.launch import launch_study, running_elsewhere
+    from ftvar.store import attempts
     from ftvar.train import pack
     from ftvar.train.runner import run_trial
+
+    monkeypatch.setattr(attempts, "LOCK_WAIT_S", 0.5)  # 30 s: a cancelled task may still be saving
 
     study = load_study("smoke", TINY)
     paths = StudyPaths.of(tmp_path, study.name)

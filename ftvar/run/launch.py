@@ -19,9 +19,10 @@ from rich.console import Console
 from ftvar.errors import FtvarError
 from ftvar.run import local, slurm
 from ftvar.run.jobs import report_main
+from ftvar.run.sacct import ACTIVE_STATES, slurm_states
 from ftvar.run.signals import terminated_as_interrupt
 from ftvar.run.trial_tables import summary_table
-from ftvar.store.attempts import running_holder
+from ftvar.store.attempts import holder_job, running_holder
 from ftvar.store.folder import RECORD_BYTES, check_no_mixing, check_out, pending, trial_statuses
 from ftvar.store.launches import append_launch, launch_lock
 from ftvar.store.paths import StudyPaths
@@ -116,12 +117,20 @@ def bytes_needed(study: Study, paths: StudyPaths, todo: list[Trial], per_task: i
 
 def running_elsewhere(paths: StudyPaths, todo: list[Trial]) -> dict[str, str]:
     """Trial id → who runs it, for trials a live process is running right now (its `running.lock`): an
-    earlier launch's process, another launch's, a task of an array."""
+    earlier launch's process, another launch's, a task of an array. A task SLURM says has ended (cancelled,
+    say) while its process still saves its checkpoint does not count: the trial is submitted again, and its
+    new task waits for the lock."""
     busy = {}
     for trial in todo:
         who = running_holder(paths.ckpt / trial.trial_id)
         if who is not None:
             busy[trial.trial_id] = who
+    jobs = {tid: job for tid, who in busy.items() if (job := holder_job(who)) is not None}
+    if jobs:
+        states = slurm_states(sorted({job.split("_")[0] for job in jobs.values()}))
+        for tid, job in jobs.items():
+            if states.get(job) not in (None, *ACTIVE_STATES):
+                del busy[tid]
     return busy
 
 

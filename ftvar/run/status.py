@@ -25,7 +25,13 @@ from rich.table import Table
 
 from ftvar.run.sacct import ACTIVE_STATES, slurm_states, task_ids
 from ftvar.run.signals import terminated_as_interrupt
-from ftvar.store.attempts import ATTEMPTS_FILE, checkpoint_info, checkpoint_problem, running_holder
+from ftvar.store.attempts import (
+    ATTEMPTS_FILE,
+    checkpoint_info,
+    checkpoint_problem,
+    holder_job,
+    running_holder,
+)
 from ftvar.store.files import load_json, read_json
 from ftvar.store.launches import read_launches
 from ftvar.store.paths import StudyPaths
@@ -60,11 +66,14 @@ def classify(
     (the holder of its running lock, if any)."""
     if record_status == "ok":
         return "ok", None
-    if holder is not None:
+    ending = holder is not None and task is not None and holder_job(holder) == task
+    if holder is not None and not (ending and slurm_state not in (None, *ACTIVE_STATES)):
         return "running", holder
     if slurm_state in ACTIVE_STATES:
         return ("running" if slurm_state in RUNNING_STATES else "pending"), None
-    ended = _attempt_reason(last_attempt)
+    ended = _attempt_reason(last_attempt) or (
+        "its process is still ending (saving its checkpoint)" if ending else None
+    )
     if record_status in ("failed", "diverged"):
         return record_status, "see its record's error"
     if task is None:

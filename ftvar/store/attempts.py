@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 import zipfile
@@ -31,7 +32,9 @@ from ftvar.store.record import utc_now
 ATTEMPTS_FILE = "attempts.json"
 STATE_FILE = "state.json"  # the checkpoint's sidecar: {"step", "saved_at", "reason", "bytes"}
 RUNNING_LOCK = "running.lock"
-LOCK_WAIT_S = 2.0  # a trial's lock is retried this long (a launch may be testing it at that moment)
+# a trial's lock is retried this long before the trial counts as running elsewhere: a launch may be testing it
+# at that moment, or the process of a cancelled task still saving its checkpoint before it exits
+LOCK_WAIT_S = 30.0
 STATES = ("ok", "failed", "diverged", "interrupted", "lost", "running")
 LOST = (
     "ended without a word: killed (SIGKILL, out of memory, node failure or a hard time-limit kill) "
@@ -107,8 +110,10 @@ class RunningLock:
         self.fd: int | None = fd
 
     @classmethod
-    def acquire(cls, folder: Path, wait_s: float = LOCK_WAIT_S) -> RunningLock:
-        """Hold the trial's lock, or raise TrialBusy (naming the holder) when a live process holds it."""
+    def acquire(cls, folder: Path, wait_s: float | None = None) -> RunningLock:
+        """Hold the trial's lock, or raise TrialBusy (naming the holder) when a live process holds it for
+        `wait_s` (LOCK_WAIT_S)."""
+        wait_s = LOCK_WAIT_S if wait_s is None else wait_s
         path = folder / RUNNING_LOCK
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -156,6 +161,12 @@ def running_holder(folder: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def holder_job(holder: str) -> str | None:
+    """The SLURM job (task) a lock holder's text names ("123_4", "123"), or None (a local process)."""
+    match = re.search(r", SLURM job (\d+(?:_\d+)?) since ", holder)
+    return match.group(1) if match else None
 
 
 def _holder(path: Path) -> str:

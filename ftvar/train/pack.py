@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ftvar.data.cache import Prepared, cache_folder, load_prepared
-from ftvar.store.attempts import TrialBusy, running_holder
+from ftvar.store.attempts import TrialBusy
 from ftvar.store.files import WriteFailed, tell
 from ftvar.store.folder import store_problem
 from ftvar.store.paths import StudyPaths
@@ -183,17 +183,15 @@ def _run(
     running_lanes: list[Lane] = []
 
     def next_item() -> tuple[list[Trial], list[Resumable]] | None:
-        """The next trials to run, less those finished or running elsewhere meanwhile (another launch's
-        process may share them); None when nothing is left or the pack stopped."""
+        """The next trials to run, less those another process finished meanwhile (another launch's process
+        may share them; one running them now holds their lock: `begin` waits for it, then gives up); None
+        when nothing is left or the pack stopped."""
         with pack.lock:
             while queue and pack.stopped is None:
                 item = []
                 for t in queue.popleft():
                     if read_status(paths.record(t.trial_id)) == "ok":
                         statuses[t.trial_id] = "ok"
-                    elif (who := running_holder(paths.ckpt / t.trial_id)) is not None:
-                        log.warning("%s is running right now (%s): not started again", t.trial_id, who)
-                        statuses[t.trial_id] = "running elsewhere"
                     else:
                         item.append(t)
                 if item:
