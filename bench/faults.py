@@ -403,12 +403,12 @@ def container_hf_cache(root: Path, image: str) -> Row:
 LOCAL = ["--executor", "local", "--max-parallel", "2"]
 
 
-def start_local(s: Scenario, *extra: str) -> subprocess.Popen[str]:
+def start_local(s: Scenario, *extra: str, output: int = subprocess.PIPE) -> subprocess.Popen[str]:
     """`ftvar launch` with the local executor, as a shell starts it: in a process group of its own."""
     return subprocess.Popen(
         [sys.executable, "-m", "ftvar", "launch", "smoke", *LOCAL, *extra, *s.args()],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=output,
+        stderr=output,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"},
         start_new_session=True,
@@ -505,11 +505,12 @@ def ctrl_c_local(root: Path) -> Row:
 def killed_launch(root: Path) -> Row:
     """SIGKILL of a local launch (nothing can be caught: its workers run on), then launch again at once."""
     s = Scenario(root, "orphans", ["grid.epochs=[6]", "grid.seed=[0,1,2,3]", "train.checkpoint_minutes=0.02"])
-    p = start_local(s)
+    # its output to nowhere: the workers it leaves keep the launch's stdout and stderr open
+    p = start_local(s, output=subprocess.DEVNULL)
     running = [s.paths.ckpt / t / "attempts.json" for t in s.trials]
     wait(lambda: sum(f.exists() for f in running) >= 2, 300, "2 trials to start")
     p.kill()
-    p.communicate()
+    p.wait()
     t0 = time.monotonic()
     orphans = len(workers(s))
     again = local(s)

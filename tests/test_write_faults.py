@@ -196,6 +196,10 @@ def test_a_full_disk_refuses_the_launch_and_its_writes_leave_nothing(small_fs: P
     assert not other.launches.exists()  # no empty ledger
     with pytest.raises(WriteFailed, match="no space left"):
         write_atomic(paths.record("t"), "x" * 10_000)
+    import torch  # a writer that reports a refused write as its own error (RuntimeError: … unexpected pos)
+
+    with pytest.raises(WriteFailed, match=r"state\.pt: no space left on its file system"):
+        write_atomic(paths.ckpt / "t" / "state.pt", lambda fh: torch.save({"w": torch.zeros(100_000)}, fh))
     refused = r"cannot write local job 1 into .*: no space left on its file system"
     with pytest.raises(FtvarError, match=refused), submission_files(paths, "local job 1"):
         SessionExecutor(folder=str(paths.submitit / "%j")).submit(print, "x" * 100_000)

@@ -23,6 +23,7 @@ from ftvar.run.sacct import ACTIVE_STATES, slurm_states
 from ftvar.run.signals import terminated_as_interrupt
 from ftvar.run.trial_tables import summary_table
 from ftvar.store.attempts import holder_job, running_holder
+from ftvar.store.files import WriteFailed
 from ftvar.store.folder import RECORD_BYTES, check_no_mixing, check_out, pending, trial_statuses
 from ftvar.store.launches import append_launch, launch_lock
 from ftvar.store.paths import StudyPaths
@@ -162,6 +163,7 @@ def _launch_locked(
         console.print(f"all {len(done)} trials of {study.name} already have ok records: nothing to run")
         console.print(summary_table(study, paths, expand(study)))
         return 0
+    local.remove_result_temps(paths, older_than_s=600)  # left by tasks that ended on a full disk
     prepare_study(study, paths, console)
     verb = "submitting" if kind == "slurm" else "running"
     console.print(f"{study.name}: {verb} {len(todo)} trial(s), skipping {len(done)} with ok records")
@@ -177,7 +179,10 @@ def _launch_locked(
     entry: dict[str, Any] = {"executor": kind, "jobs": run.job_ids, "trials": [t.trial_id for t in todo]}
     if run.interrupted:
         entry["interrupted"] = True
-    append_launch(paths, study.hash, entry)
+    try:
+        append_launch(paths, study.hash, entry)
+    except WriteFailed as exc:  # the trials have run: their records and attempts say how; this is one line
+        run.errors.append(f"this launch is not in the ledger: {exc}")
     console.print(summary_table(study, paths, expand(study)))
     for line in run.errors:
         console.print(f"[red]{line}[/red]")

@@ -158,6 +158,19 @@ def submission_files(paths: StudyPaths, what: str) -> Iterator[None]:
         raise
 
 
+def remove_result_temps(paths: StudyPaths, older_than_s: float = 0.0) -> int:
+    """Remove the temp files of job results submitit could not finish writing (`*.save_tmp`: a full disk
+    leaves them empty or cut short) that are older than `older_than_s`; returns how many."""
+    removed = 0
+    now = time.time()
+    for path in paths.submitit.glob("*/*.save_tmp") if paths.submitit.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime >= older_than_s:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def _remove_new(folder: Path, before: set[Path]) -> None:
     for path in (set(folder.iterdir()) if folder.is_dir() else set()) - before:
         if path.is_file() and (path.suffix == ".pkl" or path.name.startswith(".submission_file_")):
@@ -307,10 +320,12 @@ def run_local(
     except KeyboardInterrupt:
         run.interrupted = True
         stop_jobs(jobs, console)
+        remove_result_temps(paths)
         return run
     except BaseException:
         stop_jobs(jobs, console)  # e.g. a later job that could not be submitted: none runs on unwatched
         raise
+    remove_result_temps(paths)  # every job has ended: a result temp file left is one that failed
     for job, group in zip(jobs, groups, strict=True):
         exc = job.exception()
         full = can_write(paths.submitit, RECORD_BYTES) if paths.submitit.is_dir() else None

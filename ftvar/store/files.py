@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from ftvar.errors import FtvarError
 
-Content = str | bytes | Callable[[BinaryIO], object]  # text (UTF-8), bytes, or a function that writes
+Content = str | bytes | Callable[[Any], object]  # text (UTF-8), bytes, or a function that writes to a file
 _UMASK_LOCK = threading.Lock()
 
 
@@ -133,7 +133,13 @@ def _write_atomic(path: Path, content: Content) -> None:
             elif isinstance(content, bytes):
                 fh.write(content)
             else:
-                content(fh)
+                writes = _Writes(fh)
+                try:
+                    content(writes)
+                except Exception:
+                    if writes.error is not None:  # the writer's own error for a refused write
+                        raise writes.error from None
+                    raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -141,6 +147,26 @@ def _write_atomic(path: Path, content: Content) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+class _Writes:
+    """The file a writer function gets (torch.save, savefig, pyarrow), keeping the first OSError of its
+    writes: such writers report a refused write as an error of their own (torch: `RuntimeError: … unexpected
+    pos …`), which would hide the cause (a full disk) and be taken for a crash."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def rewrite_in_place(path: Path, text: str) -> None:
