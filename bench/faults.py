@@ -519,6 +519,10 @@ def killed_launch(root: Path) -> Row:
         again = local(s)
     skipped = re.search(r"(\d+) trial\(s\) are running right now in another process", again.stdout)
     row = s.row("SIGKILL of a local launch, then launch again while its workers run", t0)
+    row.submitted, row.lost = (
+        len(s.trials),
+        len(s.trials) - row.finished,
+    )  # the killed launch has no ledger line
     row.tracebacks = tracebacks(again)
     row.notes += [
         f"{orphans} worker process(es) ran on after the kill",
@@ -564,6 +568,7 @@ def full_disk(root: Path) -> Row:
         t0 = time.monotonic()
         out, err = p.communicate(timeout=600)
         first = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        records_first = s.finished()
         failed = [
             a for t in s.trials for a in attempts_of(s, t)[-1:] if "no space left" in str(a.get("reason"))
         ]
@@ -575,14 +580,20 @@ def full_disk(root: Path) -> Row:
         filler.unlink()
         again = local(s)
         row = s.row("--out on a 3 MB tmpfs that fills during training, relaunch full, relaunch freed", t0)
-        row.tracebacks = tracebacks(first, while_full, again, logs)
+        row.submitted, row.lost = (
+            len(s.trials),
+            len(s.trials) - row.finished,
+        )  # the full disk took no ledger line
+        row.tracebacks = tracebacks(first, while_full, again)
         states = {t: [a["state"] for a in attempts_of(s, t)] for t in s.trials}
         row.notes += [
-            f"first launch exit {p.returncode}: {s.finished()} record(s) before the relaunches; "
+            f"first launch exit {p.returncode}: {records_first} ok record(s); "
             f"{len(failed)} attempt(s) failed with 'no space left' in their reason; "
             f"status blames a kill: {blamed}",
             f"relaunch while full: one line, exit 2: {one_line(while_full)} "
             f"({while_full.stderr.strip()[:160]})",
+            f"submitit's own traceback (its job result on the full disk) in "
+            f"{logs.count('Traceback')} job log(s)",
             f"0-byte or part files left: {len(junk)}; attempts after the freed relaunch: "
             f"{sorted(set(map(tuple, states.values())))}; trials trained twice at once: {twice_at_once(s)}",
         ]
