@@ -10,6 +10,7 @@ datasets.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from datasets import DatasetDict
 from ftvar.data.cache import CACHE_VERSION, is_ready, variants
 from ftvar.data.load import limit, load_hub, load_raw, map_labels, not_loadable
 from ftvar.data.tokenizer import load_tokenizer
+from ftvar.store.files import write_failed
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import utc_now
 from ftvar.study.config import ModelConfig, Study
@@ -48,15 +50,19 @@ def prepare(study: Study, paths: StudyPaths) -> bool:
     for model in dict.fromkeys(s.model for _, _, s in todo):
         check_model_available(study, model)
     out_existed = paths.root.parent.exists()
-    paths.root.parent.mkdir(parents=True, exist_ok=True)
     for folder, key, s in todo:
-        work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
+        work = paths.root.parent
         try:
+            paths.root.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{study.name}.cache.", dir=paths.root.parent))
             _build_cache(study, s, key, work)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+        except BaseException as exc:
+            if work != paths.root.parent:
+                shutil.rmtree(work, ignore_errors=True)
             if not out_existed:
                 shutil.rmtree(paths.root.parent, ignore_errors=True)
+            if isinstance(exc, OSError) and _refused_write(exc, paths.root.parent):
+                raise write_failed(folder, exc, "build the data cache") from None
             raise
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -65,9 +71,19 @@ def prepare(study: Study, paths: StudyPaths) -> bool:
                 folder.rename(stale)
                 shutil.rmtree(stale, ignore_errors=True)
             (work / "out").rename(folder)
+        except OSError as exc:
+            raise write_failed(folder, exc, "build the data cache") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return True
+
+
+def _refused_write(exc: OSError, out: Path) -> bool:
+    """Whether an error while building a cache is the file system refusing a write (a full disk, a
+    read-only one, a name too long, a permission on the output folder), not a problem of the data."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG):
+        return True
+    return exc.filename is not None and str(exc.filename).startswith(str(out))
 
 
 def _build_cache(study: Study, s: Settings, key: str, work: Path) -> None:

@@ -93,6 +93,8 @@ def report_data(
             "superseded": collected.n_superseded,
             "statuses": collected.counts,
             "skipped": [{"path": p, "reason": r} for p, r in collected.skipped],
+            "expected": collected.n_expected,
+            "missing": len(collected.missing),
             "results_parquet": str(collected.parquet),
             "results_csv": str(collected.csv),
         },
@@ -687,8 +689,16 @@ def build_report(
     except (ValueError, ArithmeticError) as exc:  # numbers no fit can take: one line, never a traceback
         raise FtvarError(f"the fits failed on these records ({exc.__class__.__name__}: {exc})") from exc
     if analysis.trials.empty:
+        ok = table["status"] == "ok"
+        baselines = int((ok & (table["kind"] == "baseline")).sum())
+        what = (
+            f"no fine-tuned trial has an ok record yet (the {baselines} ok record(s) are baselines, the "
+            "model before fine-tuning, which no fit uses)"
+            if baselines
+            else "no ok records yet"
+        )
         raise FtvarError(
-            f"study {study.name}: no ok records yet ({collected.summary()}); "
+            f"study {study.name}: {what} ({collected.summary()}); "
             f"run `ftvar launch {study.name}` and check `ftvar status {study.name}`"
         )
     folder = StudyPaths.of(out, study.name).report
@@ -713,6 +723,12 @@ def build_report(
     ):
         _write_text(path, text)
     if console is not None:
+        if collected.missing:
+            console.print(
+                f"{len(collected.missing)} of the study's {collected.n_expected} trials have no ok record "
+                "yet: this report covers the others",
+                highlight=False,
+            )
         print_tables(analysis, console)
         console.print(f"report: {result.html}", highlight=False)
     return result

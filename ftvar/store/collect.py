@@ -126,6 +126,8 @@ class CollectResult:
     csv: Path
     counts: dict[str, int] = field(default_factory=dict)  # trials per status
     not_in_grid: list[Skipped] = field(default_factory=list)  # (file, why): kept, but in_grid is false
+    missing: list[str] = field(default_factory=list)  # the study's trial ids without an ok record (yet)
+    n_expected: int = 0  # the study's trials (baselines included)
 
     @property
     def n_trials(self) -> int:
@@ -134,9 +136,14 @@ class CollectResult:
     def summary(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none"
         outside = f", {len(self.not_in_grid)} not in the grid" if self.not_in_grid else ""
+        missing = (
+            f"; {len(self.missing)} of the study's {self.n_expected} trials have no ok record yet"
+            if self.missing
+            else ""
+        )
         return (
             f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}{outside}), "
-            f"{len(self.skipped)} skipped, {self.n_superseded} superseded"
+            f"{len(self.skipped)} skipped, {self.n_superseded} superseded{missing}"
         )
 
 
@@ -399,6 +406,9 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
         counts={str(k): int(v) for k, v in table["status"].value_counts().items()},
         not_in_grid=outside,
     )
+    ok = set(table.loc[(table["status"] == "ok") & table["in_grid"], "trial_id"])
+    expected = [t.trial_id for t in expand(study)]
+    result.missing, result.n_expected = [tid for tid in expected if tid not in ok], len(expected)
     try:
         write_tables(table, result.parquet, result.csv)
     except OSError as exc:

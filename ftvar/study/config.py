@@ -27,6 +27,7 @@ from ftvar.study.typed import build
 
 BUILTIN_STUDIES = ("smoke", "paper", "rte", "mrpc", "cola")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_NAME = 100  # a study's name names its folder (file names stop at 255 bytes), its temp files and its jobs
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
@@ -494,6 +495,11 @@ def validate(study: Study) -> None:
     if not NAME_RE.match(study.name) or study.name in (".", ".."):
         raise StudyError(
             f"study name {study.name!r} may only use letters, digits, '_', '.', '-' (no '/' or '..')"
+        )
+    if len(study.name) > MAX_NAME:
+        raise StudyError(
+            f"study name {study.name[:20]}… is {len(study.name)} characters long: at most {MAX_NAME} (it "
+            "names the study's folder, its files and its SLURM jobs)"
         )
     _validate_train(study.train)
     _validate_model(study.model)
