@@ -438,6 +438,10 @@ def run_stack(
             raise failure from exc
         # the time limit: each member records it, its checkpoint kept
         return _finish_all(study, [(run, None, *crashed(run, exc)) for run in runs], members)
+    except BaseException:  # the process is going away (SystemExit from a signal handler): free its trials
+        for run in runs:
+            run.lock.release()
+        raise
     peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
     ends: list[tuple[TrialRun, FitResult | None, str, str | None]] = []
     for run, result in zip(runs, results, strict=True):
