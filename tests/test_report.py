@@ -28,6 +28,8 @@ TOP_LEVEL = {
     "collect",
     "analysis",
     "notes",
+    "ran",
+    "replicates",
     "variance",
     "best",
     "expected_max",
