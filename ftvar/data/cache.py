@@ -1,7 +1,8 @@
 """A study's tokenized data as arrays, read straight from the Arrow cache (pyarrow and numpy; no datasets).
 
 `ftvar.data.prepare` builds `<out>/<study>/cache/<key>/` once per distinct tokenization (tokenizer,
-max_length, train_limit). A trial only reads it: each split's token ids padded into one [rows × longest] int32
+max_length, train_limit). A trial only reads it: each split's (train, eval, and test when the study holds one
+out) token ids padded into one [rows × longest] int32
 array, the row lengths and the labels. Reading memory-maps the Arrow files; padding is one vectorised copy.
 """
 
@@ -21,7 +22,9 @@ from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.trial import Settings, Trial, data_key, expand, settings
 
-CACHE_VERSION = 3  # 3: one folder per data key; 2: deterministic trained WordPiece vocabulary
+# 4: texts.json (the eval and test texts), a held-out test split; 3: one folder per data key; 2: deterministic
+# trained WordPiece vocabulary
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Prepared:
     pad_token_id: int
     train: Split
     eval: Split
+    test: Split | None = None  # the held-out test split, when the study has one
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -135,4 +139,5 @@ def load_prepared(study: Study, paths: StudyPaths, trial: Trial) -> Prepared:
         pad_token_id=pad,
         train=read_split(folder / "train", pad),
         eval=read_split(folder / "eval", pad),
+        test=read_split(folder / "test", pad) if int(meta.get("n_test") or 0) else None,
     )

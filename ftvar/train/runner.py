@@ -1,4 +1,5 @@
-"""Run one trial: load the study's cache, build the model, fit with the engine, write the JSON record."""
+"""Run one trial: load the study's cache, build the model, fit with the engine, write its per-example
+predictions (a sidecar) and then the JSON record."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ftvar.errors import FtvarError
 from ftvar.store.attempts import AttemptLog
 from ftvar.store.environment import environment
 from ftvar.store.paths import StudyPaths
+from ftvar.store.predictions import sidecar, write_predictions
 from ftvar.store.record import finite_or_none, utc_now, write_record
 from ftvar.store.schema import SCHEMA_VERSION
 from ftvar.study.config import Study
@@ -234,6 +236,14 @@ def _record(
     }
     if result and result.eval_counts:
         record["eval"] = result.eval_counts
+    test = result.evaluated.get("test") if result else None
+    if test is not None:  # the held-out split's metrics: the report reads them for the chosen configuration
+        record["test"] = {
+            "n": sum(test.label_counts),
+            "metrics": {k: finite_or_none(v) for k, v in test.metrics.items()},
+            "label_counts": test.label_counts,
+            "pred_counts": test.pred_counts,
+        }
     if result and result.engine:
         record["engine"] = result.engine
     if result and trial.is_baseline and "head" in result.engine:
@@ -263,11 +273,15 @@ def _fit(
         with guard:
             model.to(device)
             evaluated = evaluate(model, prepared.eval, s.train.eval_batch_size, device, num_labels, dtype)
+            test = None
+            if prepared.test is not None:
+                test = evaluate(model, prepared.test, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
             metrics={**evaluated.metrics, "train_loss": None},
             eval_time=time.perf_counter() - t0,
             eval_counts=evaluated.counts(),
             engine={"name": "eval", "cuda_graphs": None, "fallback": None, "head": head},
+            evaluated={"eval": evaluated, **({"test": test} if test is not None else {})},
         )
     else:
         engine = registry.make(s.train.engine, device)
@@ -310,6 +324,7 @@ def fit_job(
         pad_id=prepared.pad_token_id,
         num_labels=len(prepared.label_names),
         after_step=after_step,
+        test=prepared.test,
     )
     if resumable is not None:
         job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
@@ -431,10 +446,34 @@ def finish(
     status, error = _outcome(status, error, record)
     run.attempts.update(status, error, result.steps if result else run.resumable.saved_step)
     record.update(status=status, error=error, attempts=run.attempts.attempts)
+    if status == "ok" and result is not None:  # before the record: a record's predictions are complete
+        write_trial_predictions(study, run, result)
     record = write_record(run.record_path, record)
     if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
         checkpoint.remove(run.folder)
     return record
+
+
+def write_trial_predictions(study: Study, run: TrialRun, result: FitResult) -> None:
+    """The trial's per-example predictions (ftvar.store.predictions), when its evaluation kept them."""
+    splits = {}
+    for name, evaluated in result.evaluated.items():
+        if evaluated.labels is None or evaluated.predicted is None or evaluated.probabilities is None:
+            return
+        if not np.isfinite(evaluated.probabilities).all():
+            return  # a model whose outputs are not finite has no probabilities to keep
+        splits[name] = (evaluated.labels, evaluated.predicted, evaluated.probabilities)
+    if "eval" not in splits:
+        return
+    paths = StudyPaths(run.record_path.parents[1])  # <out>/<study>/records/<id>.json
+    data = sidecar(
+        run.trial.trial_id,
+        {"name": study.name, "hash": study.hash},
+        run.prepared.folder.name,
+        run.prepared.label_names,
+        splits,
+    )
+    write_predictions(paths.prediction(run.trial.trial_id), data)
 
 
 def run_trial(
