@@ -24,20 +24,25 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ftvar.errors import FtvarError
-from ftvar.stats.degenerate import DegenerateSummary, flags, summarise
+from ftvar.stats.degenerate import DegenerateSummary, flags, near_flags, summarise
 from ftvar.stats.expected_max import Curve, curves
+from ftvar.stats.failures import FailureModel, model_failures
 from ftvar.stats.findings import findings
-from ftvar.stats.optimum import Best, best
-from ftvar.stats.paper import PaperComparison, compare
+from ftvar.stats.optimum import Best, Noise, Space, best
+from ftvar.stats.paper import PAPER_TERMS, PaperComparison, compare
+from ftvar.stats.per_example import HeldOut, PerExample, held_out
+from ftvar.stats.per_example import analyse as analyse_examples
+from ftvar.stats.regression import adjust, resolve_seed_model
 from ftvar.stats.regression import fit as fit_metric
-from ftvar.stats.regression import resolve_seed_model
 from ftvar.stats.results import ALPHA, FIT_METRICS, HIGHER_IS_BETTER, METRIC_LABELS, Fit, jsonable
 from ftvar.stats.selection import Selection, select
-from ftvar.stats.terms import CODING_WORDS, ModelData, build
-from ftvar.stats.variance import Decomposition, decompose
+from ftvar.stats.terms import ModelData, build
+from ftvar.stats.variance import Decomposition, decompose, noise_estimates
 from ftvar.store.collect import CollectResult, SkippedRecordsError, collect, forks_safely
+from ftvar.store.predictions import TrialPredictions
 from ftvar.study.axes import Axis
-from ftvar.study.config import Study
+from ftvar.study.config import SWEEPABLE, Study
+from ftvar.study.design import Range
 
 __all__ = [
     "ALPHA",
@@ -57,6 +62,7 @@ BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per m
 BOOTSTRAP_MIN = 100
 BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
 PARALLEL_MIN_TRIALS = 20_000  # below, forking workers costs more than the metrics' analyses in parallel save
+EXPECTED_MAX_BOOTSTRAP = 200  # seed resamples behind the expected-max band
 
 
 @dataclass
@@ -90,6 +96,13 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     relative_note: str | None = None
     models: dict[str, ModelData] = field(default_factory=dict)
+    lead: str = "accuracy"  # the metric the report leads with
+    family: int = 0  # tests in the findings family (Holm over all of them: TermTest.p_family)
+    failures: FailureModel | None = None
+    per_example: PerExample | None = None
+    held_out: HeldOut | None = None  # the chosen configuration on the test split
+    paper_fits: list[Fit] = field(default_factory=list)
+    expected_max_random: bool = False  # the design is random search: the estimator's assumption holds
 
     def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
         return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
@@ -240,6 +253,7 @@ class _MetricPart:
     relative_note: str | None = None
     seed_model: str = ""  # set by the first metric's part (accuracy)
     seed_model_why: str = ""
+    paper_fits: list[Fit] = field(default_factory=list)  # the paper's terms, raw (ftvar.stats.paper)
 
 
 def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
@@ -253,6 +267,11 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
     if rows.empty:
         notes.append(f"no ok trial has a value for {METRIC_LABELS[metric]}: not fitted")
         return part
+    if not finite.all():
+        notes.append(
+            f"{int((~finite).sum())} ok trial(s) without a finite {METRIC_LABELS[metric]} are left out of "
+            "its fits"
+        )
     md = part.model = build(rows, study.axes, a.degree, a.factor_interactions)
     if i == 0:
         notes.extend(md.notes)
@@ -270,6 +289,12 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (y - base) / base * 100.0
         ok_rel = np.isfinite(rel)
+        if not ok_rel.all():
+            notes.append(
+                f"relative {METRIC_LABELS[metric]}: {int((~ok_rel).sum())} trial(s) whose baseline is 0 or "
+                "missing (e.g. the F1 of a head that predicts one class) have no relative value and are left "
+                "out of the relative fit"
+            )
         if ok_rel.any():
             md_rel = (
                 md if ok_rel.all() else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
@@ -282,6 +307,9 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         else:
             md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
             part.fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
+    part.paper_fits = _guard(
+        notes, "the paper comparison's fits", [], partial(_paper_fits, job, rows, y, base, metric)
+    )
     part.variance = _guard(
         notes,
         f"the variance decomposition of {METRIC_LABELS[metric]}",
@@ -298,9 +326,48 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
     md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
     if md_best.predictors and md_best.n > md_best.X.shape[1]:
         maximise = HIGHER_IS_BETTER[metric]
-        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + i)
+        noise = _guard(notes, "the noise estimates", None, partial(_noise, md_best, y))
+        compute = partial(
+            best, md_best, y, metric, maximise, degree, job.resamples, 100 + i, search_space(study), noise
+        )
         part.best = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
     return part
+
+
+def _paper_fits(
+    job: _MetricJob, rows: pd.DataFrame, y: np.ndarray, base: np.ndarray, metric: str
+) -> list[Fit]:
+    """The fits of the terms the paper names, in raw units and not centred (ftvar.stats.paper): absolute, and
+    relative to the baseline when that is not the absolute fit scaled."""
+    study, a = job.study, job.study.analysis
+    md = build(rows, study.axes, 1, terms_only=PAPER_TERMS, raw=True)
+    out = [fit_metric(md, y, metric, "absolute", "all", a.seed_model)]
+    if job.baselines.n and not job.baselines.shared:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (y - base) / base * 100.0
+        ok = np.isfinite(rel)
+        if ok.any():
+            md_rel = md if ok.all() else build(rows.loc[ok], study.axes, 1, terms_only=PAPER_TERMS, raw=True)
+            out.append(fit_metric(md_rel, rel[ok], metric, "relative", "all", a.seed_model))
+    return out
+
+
+def search_space(study: Study) -> Space:
+    """What a user can set on each axis (ftvar.stats.optimum): ranges with their rounding, integer settings,
+    and whether the design is a full grid."""
+    return Space(
+        ranges={name: spec for name, spec in study.grid.axes if isinstance(spec, Range)},
+        integer=frozenset(name for name, _ in study.grid.axes if SWEEPABLE.get(name) is int),
+        grid=study.design.kind == "grid",
+    )
+
+
+def _noise(md: ModelData, y: np.ndarray) -> Noise | None:
+    """The variances behind the best value's interval; none with a single seed (see ftvar.stats.optimum)."""
+    if not md.seeds:
+        return None
+    residual, df, pure, seeds = noise_estimates(md, y)
+    return Noise(residual, df, pure, seeds)
 
 
 _FORKED_JOB: _MetricJob | None = None  # the job a forked worker inherits
@@ -330,18 +397,61 @@ def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
         _FORKED_JOB = None
 
 
-def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> Analysis:
+@dataclass
+class Examples:
+    """What the per-example part reads (ftvar.store.predictions): trial id → its sidecar, the texts of the
+    eval and test rows, and the sidecars that were skipped (file, why)."""
+
+    found: dict[str, TrialPredictions] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def lead_metric(study: Study) -> str:
+    """The metric the report leads with (accuracy until the study can name another)."""
+    return str(getattr(study.analysis, "metric", None) or "accuracy")
+
+
+def _family(fits: list[Fit]) -> int:
+    """Holm over the findings family, the hyperparameter terms of every metric's fit of all trials together
+    (absolute): each test's p_family. Returns the family's size."""
+    family = [t for f in fits if f.ok and f.kind == "absolute" and f.subset == "all" for t in f.tests]
+    adjusted, _ = adjust([t.p for t in family])
+    for t, p in zip(family, adjusted, strict=True):
+        t.p_family = p
+    return len(family)
+
+
+def _dropped(trials_all: pd.DataFrame, notes: list[str]) -> None:
+    """Say how many trials of the design are not in the fits because they have no metric."""
+    statuses = trials_all["status"].value_counts()
+    parts = [f"{int(statuses[s])} {s}" for s in ("failed", "diverged") if statuses.get(s, 0)]
+    if parts:
+        notes.append(
+            f"{' and '.join(parts)} trial(s) have no metric and are not in the fits; the failure model and "
+            "expected max count them"
+        )
+
+
+def analyze(
+    study: Study, table: pd.DataFrame, parallel: bool | None = None, examples: Examples | None = None
+) -> Analysis:
     """Every part of the report on a collected table (ok trials of the current design). The metrics are
-    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way)."""
+    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way).
+    `examples`: the trials' per-example predictions, for the per-example tables and the test split."""
     a = study.analysis
+    lead = lead_metric(study)
     notes: list[str] = []
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
+    _dropped(trials_all, notes)
     trials = _usable(table, study, notes)
     flagged, from_acc = flags(trials)
     trials["degenerate_flag"] = flagged.to_numpy()
+    near = near_flags(trials, a.near_degenerate)
+    trials["near_degenerate_flag"] = near.to_numpy()
     hp_axes = hyperparameter_axes(study)
     config_cols = [x.name for x in hp_axes if x.name in trials.columns and trials[x.name].nunique() > 1]
-    degenerate = summarise(trials, flagged, config_cols, from_acc)
+    degenerate = summarise(trials, flagged, config_cols, from_acc, near, a.near_degenerate)
     baseline, baselines = _baseline_of(table, trials, study)
 
     resamples = a.bootstrap
@@ -355,6 +465,7 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     job = _MetricJob(study, trials, baseline, baselines, resamples)
     parts = _run_metrics(job, len(trials) >= PARALLEL_MIN_TRIALS if parallel is None else parallel)
     fits = [f for part in parts for f in part.fits]
+    family = _family(fits)
     models = {part.metric: part.model for part in parts if part.model is not None}
     variance = [d for part in parts for d in part.variance]
     selection = [part.selection for part in parts if part.selection is not None]
@@ -365,19 +476,67 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     )
     notes += [note for part in parts for note in part.notes]
     by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
+    failed_draws = trials_all.loc[trials_all["status"].isin(["failed", "diverged"])]
     em: list[Curve] = _guard(
         notes,
         "the expected-max curves",
         [],
-        partial(curves, trials, "accuracy", by.name if by else None, by.label if by else None),
+        partial(
+            curves,
+            trials,
+            lead,
+            by.name if by else None,
+            by.label if by else None,
+            failed=failed_draws,
+            maximise=HIGHER_IS_BETTER.get(lead, True),
+            bootstrap=min(resamples, EXPECTED_MAX_BOOTSTRAP),
+        ),
     )
-    codings = {}
-    if "accuracy" in models:
-        codings = {
-            p.name: f"{p.label}, {CODING_WORDS.get(p.transform, p.transform)}"
-            for p in models["accuracy"].predictors
-        }
-    paper = compare(study, fits, codings, baselines.shared)
+    paper_fits = [f for part in parts for f in part.paper_fits]
+    paper = compare(study, paper_fits, baselines.shared)
+    failures = _guard(
+        notes, "the failure model", None, partial(model_failures, trials_all, study.axes, a.degree)
+    )
+    per_example, held = None, None
+    chosen = next((b for b in bests if b.metric == lead), None)
+    chosen_key = (
+        {k: v for k, v in chosen.recommended.items() if k in config_cols} if chosen is not None else None
+    )
+    if examples is not None and examples.found:
+        per_example = _guard(
+            notes,
+            "the per-example tables",
+            None,
+            partial(
+                analyse_examples,
+                trials,
+                config_cols,
+                examples.found,
+                examples.texts,
+                lead,
+                chosen_key,
+                resamples,
+            ),
+        )
+    if chosen is not None and chosen_key is not None and chosen.value_from == "trials":
+        eval_value = chosen.predicted
+        held = _guard(
+            notes,
+            "the test split's score",
+            None,
+            partial(
+                held_out,
+                trials,
+                config_cols,
+                chosen_key,
+                examples.found if examples else {},
+                lead,
+                eval_value,
+                resamples,
+            ),
+        )
+    if per_example is not None:
+        per_example.held_out = held
     first = models.get("accuracy") or next(iter(models.values()), None)
     return Analysis(
         study=study.name,
@@ -402,4 +561,11 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         notes=notes,
         relative_note=relative_note,
         models=models,
+        lead=lead,
+        family=family,
+        failures=failures,
+        per_example=per_example,
+        held_out=held,
+        paper_fits=paper_fits,
+        expected_max_random=study.design.kind == "random",
     )

@@ -4,6 +4,14 @@ If n trials are drawn at random (with replacement) from the N the study ran, the
 smallest score v_(i) with probability (i/N)ⁿ − ((i−1)/N)ⁿ. Its expectation and standard deviation follow
 exactly, for every n at once: what a researcher with a budget of n trials should expect, and how much it
 varies.
+
+The estimator assumes the N trials are independent draws from a search distribution: true of a random design
+(`[design] kind = "random"`: random search from the axes' priors), not of a grid, a Sobol' set or a central
+composite design, whose curve is that of random subsets of *this design's* trials (the report labels it so).
+Every run a search pays for is a draw: degenerate runs at their score, and failed or diverged runs, which have
+none, at the worst score any trial reached (said in the report). The band is a bootstrap over the seeds
+(whole seeds drawn with replacement, every trial of a drawn seed kept; over the trials when there is one
+seed): how much the curve would move with other seeds.
 """
 
 from __future__ import annotations
@@ -17,10 +25,15 @@ import pandas as pd
 @dataclass
 class Curve:
     group: str  # "all trials" or "<axis label> = <value>"
-    n_trials: int  # N
+    n_trials: int  # N, failed draws included
     n: list[int]  # budgets 1..N
     mean: list[float]
     sd: list[float]
+    n_failed: int = 0  # failed or diverged trials among the N, scored at `worst`
+    worst: float | None = None
+    band_low: list[float] | None = None  # 95% seed-bootstrap band of the mean
+    band_high: list[float] | None = None
+    bootstrap: int = 0
 
 
 def expected_max(values: np.ndarray, budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +60,87 @@ def expected_max(values: np.ndarray, budgets: np.ndarray) -> tuple[np.ndarray, n
     return mean, np.sqrt(np.clip(second - mean**2, 0, None))
 
 
+BAND_CELLS = 200_000_000  # resamples × trials × budgets the band may cost per curve
+LEVEL = 0.95
+
+
+def _band(
+    values: np.ndarray, groups: np.ndarray, budgets: np.ndarray, b: int, rng: np.random.Generator
+) -> tuple[list[float], list[float], int] | None:
+    """Percentile band of E[max] per budget over `b` resamples of the seed groups (of the trials, with one
+    group)."""
+    if b <= 0 or len(values) < 2:
+        return None
+    b = int(min(b, max(20, BAND_CELLS // max(1, len(values) * len(budgets)))))
+    labels, codes = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(codes == g) for g in range(len(labels))]
+    means = np.empty((b, len(budgets)))
+    for r in range(b):
+        if len(members) >= 2:
+            drawn = rng.integers(0, len(members), size=len(members))
+            idx = np.concatenate([members[g] for g in drawn])
+        else:
+            idx = rng.integers(0, len(values), size=len(values))
+        means[r] = expected_max(values[idx], budgets)[0]
+    lo, hi = np.quantile(means, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], axis=0)
+    return lo.tolist(), hi.tolist(), b
+
+
 def curves(
-    trials: pd.DataFrame, metric: str, by: str | None, label: str | None, max_budget: int = 200
+    trials: pd.DataFrame,
+    metric: str,
+    by: str | None,
+    label: str | None,
+    max_budget: int = 200,
+    failed: pd.DataFrame | None = None,
+    maximise: bool = True,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> list[Curve]:
-    """The curve over all trials, then one per value of the axis `by` (when given)."""
+    """The curve over all trials, then one per value of the axis `by` (when given). `failed`: the failed and
+    diverged trials (scored at the worst value of `metric` among `trials`); `bootstrap`: seed resamples for
+    the band. For a metric where lower is better (a loss) the curve is the expected lowest value."""
+    sign = 1.0 if maximise else -1.0
+    scored = trials.assign(_v=sign * pd.to_numeric(trials[metric], errors="coerce")).dropna(subset=["_v"])
+    if scored.empty:
+        return []
+    worst = float(scored["_v"].min())
+    if failed is not None and not failed.empty:
+        scored = pd.concat([scored, failed.assign(_v=worst, _failed=True)], ignore_index=True)
+    if "_failed" not in scored:
+        scored["_failed"] = False
+    scored["_failed"] = scored["_failed"].fillna(False).astype(bool)
+    seeds = [c for c in ("init_seed", "order_seed") if c in scored.columns]
+    keys = scored[seeds].astype(str).agg("/".join, axis=1) if seeds else pd.Series("0", index=scored.index)
+    rng = np.random.default_rng(seed)
     out = []
-    groups: list[tuple[str, pd.DataFrame]] = [("all trials", trials)]
-    if by is not None and by in trials.columns:
-        for value, part in trials.groupby(by, sort=True):
+    groups: list[tuple[str, pd.DataFrame]] = [("all trials", scored)]
+    if by is not None and by in scored.columns:
+        for value, part in scored.groupby(by, sort=True):
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             groups.append((f"{label or by} = {shown}", part))
     for name, part in groups:
-        values = part[metric].dropna().to_numpy(dtype="float64")
-        if not len(values):
-            continue
+        values = part["_v"].to_numpy(dtype="float64")
         budgets = np.arange(1, min(len(values), max_budget) + 1)
         mean, sd = expected_max(values, budgets)
-        out.append(Curve(name, len(values), budgets.tolist(), mean.tolist(), sd.tolist()))
+        curve = Curve(
+            name,
+            len(values),
+            budgets.tolist(),
+            (sign * mean).tolist(),
+            sd.tolist(),
+            int(part["_failed"].sum()),
+            sign * worst if part["_failed"].any() else None,
+        )
+        band = _band(values, keys.loc[part.index].to_numpy(), budgets, bootstrap, rng)
+        if band is not None:
+            lo, hi, curve.bootstrap = band
+            curve.band_low, curve.band_high = sorted_band(sign, lo, hi)
+        out.append(curve)
     return out
+
+
+def sorted_band(sign: float, lo: list[float], hi: list[float]) -> tuple[list[float], list[float]]:
+    """The band in the metric's own direction (for a loss the resamples' quantiles swap)."""
+    a, b = [sign * v for v in lo], [sign * v for v in hi]
+    return [min(x, y) for x, y in zip(a, b, strict=True)], [max(x, y) for x, y in zip(a, b, strict=True)]

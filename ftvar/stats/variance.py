@@ -2,9 +2,10 @@
 bootstrap intervals that resample the seeds.
 
 The model is `metric = μ(configuration) + a(init seed) + b(order seed) + ε`. The components are estimated by
-the method of moments from sums of squares (ANOVA; Henderson's method III for the seeds, exact for
-unbalanced data), each corrected for the noise its sum of squares carries, so that a term with no effect has
-an expected variance of 0 (an ω²-type estimate, truncated at 0):
+the method of moments from sums of squares (ANOVA; Henderson's method III for the seeds: each seed factor's
+sum of squares after the configurations and the other seed factor, with its exact expectation also when
+crossed seeds are unbalanced), each corrected for the noise its sum of squares carries, so that a term with
+no effect has an expected variance of 0 (an ω²-type estimate, truncated at 0):
 
 - a hyperparameter term: its type-II sum of squares (after every term that does not contain it) in
   `metric ~ terms + seed blocks`, less df × the pure-error mean square, per trial;
@@ -24,10 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ftvar.stats.absorb import Factor, absorb, cross, rank_of_blocks
+from ftvar.stats.regression import balanced
 from ftvar.stats.resample import distinct_resamples, responses
 from ftvar.stats.terms import ModelData
 
 LEVEL = 0.95
+HENDERSON_CHUNK = 256  # seed levels whose indicator columns are absorbed at once (memory: n × chunk)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class _Design:
         self.gram = cross(xa, xa)
         self.r_seeds = rank_of_blocks(self.seeds)
         self.r_sat = rank_of_blocks([self.config, *self.seeds])
+        self.balanced = balanced(md)
         self.henderson = [self._henderson(f) for f in self.seeds]
         # type II: each term after every term that does not contain it (column indices without the intercept)
         self.type2: list[tuple[list[int], list[int]]] = []
@@ -90,8 +94,20 @@ class _Design:
             self.type2.append((rest, [*rest, *(c - 1 for c in md.term_columns[term.name])]))
 
     def _henderson(self, f: Factor) -> float:
-        """‖(P_full − P_without f) Z_f‖² = Σ over levels of n_l − Σ_c n_lc² / n_c (exact for one seed factor
-        and for balanced crossed seeds)."""
+        """The coefficient of τ_f² in the expected sum of squares of seed factor f after the configurations
+        and the other seed factors (Henderson's method III): tr((P_full − P_without f) Z_f Z_f') =
+        ‖(I − P_[config, other seeds]) Z_f‖²_F. With one seed factor, or crossed seeds where every
+        configuration has every seed pair, it is Σ_l n_l − Σ_c n_lc² / n_c in closed form; otherwise (crossed
+        seeds with missing trials) the other seed factor is absorbed from Z_f's columns exactly."""
+        others = [g for g in self.seeds if g is not f]
+        if others and not self.balanced:
+            total = 0.0
+            for start in range(0, f.n_levels, HENDERSON_CHUNK):
+                levels = np.arange(start, min(start + HENDERSON_CHUNK, f.n_levels))
+                z = (f.codes[:, None] == levels[None, :]).astype("float64")
+                resid, _ = absorb(z, [self.config, *others])
+                total += float(np.sum(resid**2))
+            return total
         cells = np.zeros((f.n_levels, self.config.n_levels))
         np.add.at(cells, (f.codes, self.config.codes), 1.0)
         per_config = np.where(self.config.counts > 0, self.config.counts, 1)
@@ -136,6 +152,19 @@ def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, 
     rows.append(np.clip(ms_e, 0, None))
     names.append(("residual", "residual (seed × configuration noise)" if pure else "residual", "residual"))
     return np.vstack(rows), names, pure
+
+
+def noise_estimates(md: ModelData, y: np.ndarray) -> tuple[float, float, bool, tuple[float, ...]]:
+    """The point estimates other parts rest on: the residual variance of one trial (the pure error when some
+    configuration ran with several seeds, else the polynomial's residual), its degrees of freedom, whether it
+    is the pure error, and each seed factor's variance (in `md.seeds` order)."""
+    design = _Design(md)
+    values, names, pure = _components(design, np.asarray(y, dtype="float64").reshape(md.n, 1))
+    by_kind = [(k, float(v)) for (_, _, k), v in zip(names, values[:, 0], strict=True)]
+    residual = next(v for k, v in by_kind if k == "residual")
+    seeds = tuple(v for k, v in by_kind if k == "seed")
+    df = md.n - design.r_sat if pure else md.n - md.X.shape[1] - design.r_seeds + 1
+    return residual, float(max(df, 0)), pure, seeds
 
 
 def _shares(values: np.ndarray, names: list[tuple[str, str, str]]) -> np.ndarray:

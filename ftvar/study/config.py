@@ -145,6 +145,7 @@ class AnalysisConfig:
     seed_model: str = "auto"  # auto | blocks (seeds as fixed blocks) | mixed (random seed intercepts)
     factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
     expected_max_by: str | None = None  # the expected-max curves' axis; default: batch size, else a factor
+    near_degenerate: float = 0.95  # flag runs predicting one class for at least this share of the eval rows
 
 
 @dataclass(frozen=True)
@@ -540,6 +541,11 @@ def _validate_analysis(study: Study) -> None:
         raise StudyError(f"analysis.degree must be 1, 2 or 3, got {a.degree}")
     if a.bootstrap < 0:
         raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
+    if not 0.5 < a.near_degenerate <= 1:
+        raise StudyError(
+            f"analysis.near_degenerate = {a.near_degenerate:g}: give the share of eval rows predicted as one "
+            "class from which a run is flagged near-degenerate, above 0.5 and at most 1 (default 0.95)"
+        )
     if a.expected_max_by is not None and a.expected_max_by not in names:
         raise StudyError(
             f"analysis.expected_max_by = {a.expected_max_by!r} is not an axis of this study; axes: "
