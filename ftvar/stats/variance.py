@@ -26,7 +26,7 @@ import numpy as np
 
 from ftvar.stats.absorb import Factor, absorb, cross, rank_of_blocks
 from ftvar.stats.regression import balanced
-from ftvar.stats.resample import distinct_resamples, responses
+from ftvar.stats.resample import distinct_resamples, heteroscedastic, responses
 from ftvar.stats.terms import ModelData
 
 LEVEL = 0.95
@@ -72,6 +72,18 @@ def _ss_fit(gram: np.ndarray, xty: np.ndarray, idx: list[int]) -> tuple[np.ndarr
     return np.sum(z**2 / w[keep][:, None], axis=0), int(keep.sum())
 
 
+def _leverage(xa: np.ndarray, gram: np.ndarray, idx: list[int]) -> np.ndarray:
+    """The diagonal of the projection on the columns `idx` of `xa` (its Gram matrix `gram`)."""
+    if not idx:
+        return np.zeros(xa.shape[0])
+    g = gram[np.ix_(idx, idx)]
+    d = np.sqrt(np.diag(g))
+    d[d == 0] = 1.0
+    inv = np.linalg.pinv(g / np.outer(d, d)) / np.outer(d, d)
+    x = xa[:, idx]
+    return np.asarray(np.einsum("ij,jk,ik->i", x, inv, x))
+
+
 class _Design:
     """What every resample shares: the absorbed hyperparameter columns and the blocks."""
 
@@ -92,6 +104,27 @@ class _Design:
             others = [t for t in md.terms if t is not term and not t.contains(term)]
             rest = [c - 1 for t in others for c in md.term_columns[t.name]]
             self.type2.append((rest, [*rest, *(c - 1 for c in md.term_columns[term.name])]))
+        self._diagonals: np.ndarray | None = None
+
+    def diagonals(self) -> np.ndarray:
+        """Per component (in `_sums`' order, with pure error) and trial, the diagonal of the projection whose
+        sum of squares the component's estimate rests on: how much of each trial's noise that sum of squares
+        carries (exact for the hyperparameter terms; for lack of fit, seeds and residual the orthogonal-block
+        formulas, exact for balanced designs; scaled to the exact degrees of freedom where used)."""
+        if self._diagonals is not None:
+            return self._diagonals
+        md, n = self.md, self.md.n
+        h_hp = _leverage(self.xa, self.gram, list(range(self.xa.shape[1])))
+        rows = [h_hp]
+        for rest, with_term in self.type2:
+            rows.append(_leverage(self.xa, self.gram, with_term) - _leverage(self.xa, self.gram, rest))
+        inv_c = 1.0 / self.config.counts[md.config]
+        inv_seeds = [1.0 / f.counts[f.codes] for f in self.seeds]
+        rows.append(np.clip(inv_c - 1.0 / n - h_hp, 0, None))
+        rows += [inv - 1.0 / n for inv in inv_seeds]
+        rows.append(1.0 - (inv_c + sum(inv_seeds, np.zeros(n)) - len(self.seeds) / n))
+        self._diagonals = np.vstack(rows)
+        return self._diagonals
 
     def _henderson(self, f: Factor) -> float:
         """The coefficient of τ_f² in the expected sum of squares of seed factor f after the configurations
@@ -114,8 +147,51 @@ class _Design:
         return float(np.sum(f.counts - (cells**2 / per_config[None, :]).sum(axis=1)))
 
 
-def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str, str]], bool]:
-    """Variance of every component (rows) for every column of `y` (one data set per column)."""
+@dataclass
+class _Sums:
+    """One response's sums of squares behind every component, in `names` order: each component's variance is
+    (E[SS] − df·σ²) / divisor (the residual: σ² itself), E[SS] estimated by the observed SS. `central`:
+    whether SS is a scaled central χ² (a random seed factor) or noncentral (a fixed hyperparameter part)."""
+
+    ss: np.ndarray  # per component (the residual's entry: the residual SS)
+    df: np.ndarray
+    divisor: np.ndarray
+    central: np.ndarray  # bool
+    names: list[tuple[str, str, str]]
+    pure: bool
+    # where the configurations' noise differs: each configuration's residual SS, degrees of freedom and
+    # trials, and per component the share of each configuration's noise its SS carries (components × configs)
+    ss_c: np.ndarray | None = None
+    df_c: np.ndarray | None = None
+    n_c: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    @property
+    def heteroscedastic(self) -> bool:
+        return self.weights is not None
+
+    def variances(self, sigma2: np.ndarray, expected: np.ndarray) -> np.ndarray:
+        """Components (rows) from the noise (σ² per draw, or per configuration × draw where the
+        configurations' noise differs) and each component's E[SS] (rows × draws)."""
+        if self.weights is not None and self.n_c is not None:
+            noise = self.weights @ sigma2  # components × draws
+            mean_noise = (self.n_c @ sigma2) / self.n_c.sum()
+        else:
+            noise = self.df[:, None] * sigma2[None, :]
+            mean_noise = sigma2
+        out = np.clip((expected - noise) / self.divisor[:, None], 0, None)
+        out[-1] = np.clip(mean_noise, 0, None)
+        return np.asarray(out)
+
+    def noise(self) -> np.ndarray:
+        """The point estimate of the noise: σ² (one value), or each configuration's σ_c² (configs × 1)."""
+        if self.ss_c is not None and self.df_c is not None:
+            return np.asarray(self.ss_c / np.maximum(self.df_c, 1e-12))[:, None]
+        return np.array([self.ss[-1] / self.df[-1]])
+
+
+def _sums(d: _Design, y: np.ndarray) -> list[_Sums]:
+    """The sums of squares of every component for every column of `y` (one data set per column)."""
     md = d.md
     n = md.n
     ya, _ = absorb(y, d.seeds)
@@ -128,30 +204,106 @@ def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, 
     res_sat = np.sum(sat**2, axis=0)
     df_pe = n - d.r_sat
     pure = df_pe > 0
-    ms_e = res_sat / df_pe if pure else res_poly / max(1, n - r_hp - d.r_seeds)
-    rows: list[np.ndarray] = [np.clip((ss_hp - r_hp * ms_e) / n, 0, None)]
+    df_e = float(df_pe if pure else max(1, n - r_hp - d.r_seeds))
+    ss_e = res_sat if pure else res_poly
+    rows: list[tuple[np.ndarray, float, float, bool]] = [(ss_hp, r_hp, n, False)]
     names: list[tuple[str, str, str]] = [
         ("hyperparameters", "hyperparameters (all terms)", "hyperparameters")
     ]
     for term, (rest, with_term) in zip(md.terms, d.type2, strict=True):
         a, ra = _ss_fit(d.gram, xty, with_term)
         b, rb = _ss_fit(d.gram, xty, rest)
-        rows.append(np.clip((a - b - (ra - rb) * ms_e) / n, 0, None))
+        rows.append((a - b, ra - rb, n, False))
         names.append((term.name, term.label, "term"))
     if pure:
         df_lof = d.r_sat - r_hp - d.r_seeds
-        rows.append(np.clip((res_poly - res_sat - df_lof * ms_e) / n, 0, None))
+        rows.append((res_poly - res_sat, df_lof, n, False))
         names.append(("lack of fit", "lack of fit (configurations beyond the polynomial)", "lack_of_fit"))
     for f, (seed, coef) in enumerate(zip(md.seeds, d.henderson, strict=True)):
         others = [b for g, b in enumerate(d.seeds) if g != f]
         without, _ = absorb(y, [d.config, *others])
         ss = np.sum(without**2, axis=0) - res_sat
-        df = len(seed.levels) - 1
-        rows.append(np.clip((ss - df * ms_e) / coef, 0, None) if coef > 1e-12 else np.zeros(y.shape[1]))
+        rows.append((ss, len(seed.levels) - 1, coef if coef > 1e-12 else np.inf, True))
         names.append((seed.name, seed.label, "seed"))
-    rows.append(np.clip(ms_e, 0, None))
+    rows.append((ss_e, df_e, 1.0, True))
     names.append(("residual", "residual (seed × configuration noise)" if pure else "residual", "residual"))
-    return np.vstack(rows), names, pure
+    out = []
+    for j in range(y.shape[1]):
+        sums = _Sums(
+            np.array([float(np.atleast_1d(r[0])[j]) for r in rows]),
+            np.array([float(r[1]) for r in rows]),
+            np.array([float(r[2]) for r in rows]),
+            np.array([r[3] for r in rows]),
+            names,
+            pure,
+        )
+        if pure and (HETEROSCEDASTIC == "always" or (HETEROSCEDASTIC and heteroscedastic(md, sat[:, j]))):
+            _per_configuration(d, sums, sat[:, j])
+        out.append(sums)
+    return out
+
+
+def _per_configuration(d: _Design, sums: _Sums, resid: np.ndarray) -> None:
+    """Where the configurations' noise differs (Bartlett's test, ftvar.stats.resample.heteroscedastic): each
+    configuration's own noise variance from its trials' residuals, and per component the share of each
+    configuration's noise its sum of squares carries (the projection's diagonal summed over the
+    configuration's trials, scaled to the component's degrees of freedom). A noisy configuration at the edge
+    of the design, where the polynomial's leverage is high, then adds its own noise to the hyperparameter
+    terms' sums of squares, not the average noise: otherwise a configuration full of degenerate runs passes
+    for a hyperparameter effect."""
+    md = d.md
+    diag = d.diagonals()
+    per_config = np.stack([np.bincount(md.config, weights=row, minlength=md.n_configs) for row in diag])
+    totals = per_config.sum(axis=1)
+    scale = np.where(totals > 0, sums.df / np.where(totals > 0, totals, 1.0), 0.0)
+    sums.weights = per_config * scale[:, None]
+    sums.df_c = sums.weights[-1]
+    sums.ss_c = np.bincount(md.config, weights=resid**2, minlength=md.n_configs)
+    sums.n_c = np.bincount(md.config, minlength=md.n_configs).astype("float64")
+
+
+def _components(d: _Design, y: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str, str]], bool]:
+    """Variance of every component (rows) for every column of `y` (one data set per column)."""
+    sums = _sums(d, y)
+    cols = []
+    for s in sums:
+        cols.append(s.variances(s.noise(), s.ss[:, None])[:, 0])
+    return np.column_stack(cols), sums[0].names, sums[0].pure
+
+
+def generalized(s: _Sums, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Generalized pivotal quantities of every component (rows × draws; Weerahandi 1993; Burdick, Borror &
+    Montgomery 2005, ch. 5-6 for variance components): σ² = SS_e / U_e, a seed factor's E[SS] = df·SS/U
+    (U ~ χ²_df, its scaled central χ²), a hyperparameter part's E[SS] = ν·SS/U_ν with ν from Patnaik's
+    approximation of its noncentral χ² (λ estimated), each U drawn independently. A share's interval is the
+    percentiles of the draws' shares: a seed variance from 3 seeds has 2 degrees of freedom, and the draws
+    spread over the values those allow instead of around the one estimate (where a bootstrap of the seeds
+    sits, and undercovers)."""
+    if s.ss_c is not None and s.df_c is not None:
+        # each configuration's noise as its trials estimate it, all scaled by one pivot of the pooled noise
+        # with Satterthwaite's degrees of freedom for a sum of unequal variances (a configuration's own
+        # pivot, from 2 degrees of freedom with 3 seeds, has no finite mean)
+        keep = s.df_c > 0
+        denom = float(np.sum(s.ss_c[keep] ** 2 / s.df_c[keep]))
+        df_eff = min(float(s.df[-1]), float(s.ss_c[keep].sum() ** 2 / denom)) if denom > 0 else s.df[-1]
+        sigma2 = s.noise() * (df_eff / rng.chisquare(df_eff, draws))[None, :]
+    else:
+        sigma2 = s.ss[-1] / rng.chisquare(s.df[-1], draws)
+    expected = np.empty((len(s.ss), draws))
+    noise = s.ss[-1] / s.df[-1]
+    for i in range(len(s.ss) - 1):
+        df, ss = s.df[i], max(float(s.ss[i]), 0.0)
+        if df <= 0 or ss <= 0:
+            expected[i] = 0.0
+            continue
+        if s.central[i]:
+            expected[i] = df * ss / rng.chisquare(df, draws)
+            continue
+        lam = max(0.0, ss / noise - df) if noise > 0 else 0.0
+        nu = (df + lam) ** 2 / (df + 2 * lam)
+        expected[i] = nu * ss / rng.chisquare(nu, draws)
+    expected[-1] = 0.0
+    return s.variances(sigma2, expected)
 
 
 def noise_estimates(md: ModelData, y: np.ndarray) -> tuple[float, float, bool, tuple[float, ...]]:
@@ -200,20 +352,26 @@ def decompose(
     distinct = distinct_resamples(md) if md.seeds else 0
     out = []
     alpha = (1 - LEVEL) / 2
+    sums = _sums(design, y) if METHOD == "generalized" and bootstrap > 0 and md.seeds else []
     for j, metric in enumerate(metrics):
-        chunks = [
-            _shares(_components(design, ystar)[0], names)
-            for ystar in responses(md, y[:, j], bootstrap, seed + j)
-        ]
-        stack = np.concatenate(chunks, axis=1) if chunks else None  # (components, b)
+        if sums:
+            draws = generalized(sums[j], bootstrap, np.random.default_rng(seed + j))
+            stack: np.ndarray | None = _shares(draws, names)
+        else:
+            chunks = [
+                _shares(_components(design, ystar)[0], names)
+                for ystar in responses(md, y[:, j], bootstrap, seed + j)
+            ]
+            stack = np.concatenate(chunks, axis=1) if chunks else None  # (components, b)
         comps = []
         for i, (name, label, kind) in enumerate(names):
-            estimate = float(shares[i, j]) if kind == "seed" else None
+            estimate = float(shares[i, j]) if kind in BASIC_LOGIT and not sums else None
             lo, hi = _interval(stack[i] if stack is not None else None, alpha, estimate)
             comps.append(Component(name, label, kind, float(values[i, j]), float(shares[i, j]), lo, hi))
         luck_rows = [i for i, (_, _, k) in enumerate(names) if k in ("seed", "residual")]
         luck_share = float(shares[luck_rows, j].sum())
-        lo, hi = _interval(stack[luck_rows].sum(axis=0) if stack is not None else None, alpha, luck_share)
+        luck_estimate = luck_share if "luck" in BASIC_LOGIT and not sums else None
+        lo, hi = _interval(stack[luck_rows].sum(axis=0) if stack is not None else None, alpha, luck_estimate)
         luck = Component(
             "luck",
             "luck (seeds and residual)",
@@ -235,6 +393,11 @@ def decompose(
 
 
 LOGIT_EPS = 1e-4
+# the bootstrap's intervals (METHOD = "bootstrap"): which components get the basic interval on the logit
+# scale (the rest: percentile)
+BASIC_LOGIT = ("seed", "luck")
+METHOD = "generalized"  # the shares' intervals: generalized pivotal quantities, or "bootstrap" of the seeds
+HETEROSCEDASTIC: bool | str = True  # each configuration's own noise where its noise differs ("always")
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
