@@ -45,15 +45,17 @@ class Penalised:
     converged: bool
 
 
-def firth(x: np.ndarray, y: np.ndarray) -> Penalised:
+def firth(x: np.ndarray, y: np.ndarray, fixed: list[int] | None = None) -> Penalised:
     """Firth-penalised logistic regression of y (0/1) on x (intercept included): Newton steps on the modified
     score U*(β) = X'(y − π + h(½ − π)), h the hat values of W^½X, with step halving on the penalised
-    log-likelihood ℓ(β) + ½ log|X'WX|."""
+    log-likelihood ℓ(β) + ½ log|X'WX|. `fixed`: coefficients held at 0 while the penalty keeps the whole
+    design (the restricted fit of a penalised likelihood-ratio test, as R's logistf does)."""
     p = x.shape[1]
     norms = np.linalg.norm(x, axis=0)
     norms[norms == 0] = 1.0
     xs = x / norms  # columns on one scale (raw codings mix 1e-5 and 1e2)
     beta = np.zeros(p)
+    log_scale = 2.0 * float(np.sum(np.log(norms)))  # log|X'WX| = log|Xs'WXs| + 2 Σ log norms
 
     def state(b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         eta = xs @ b
@@ -62,16 +64,18 @@ def firth(x: np.ndarray, y: np.ndarray) -> Penalised:
         info = (xs * w[:, None]).T @ xs
         sign, logdet = np.linalg.slogdet(info)
         loglik = float(np.sum(y * eta - np.logaddexp(0, eta)))
-        pen = loglik + 0.5 * (logdet if sign > 0 else -np.inf)
+        pen = loglik + 0.5 * (logdet + log_scale if sign > 0 else -np.inf)
         return pen, pi, w, info
 
     pen, pi, w, info = state(beta)
     converged = False
+    free = np.setdiff1d(np.arange(p), np.asarray(fixed or [], dtype=int))
     for _ in range(MAX_ITER):
         inv = np.linalg.pinv(info)
         h = np.einsum("ij,jk,ik->i", xs, inv, xs) * w
         score = xs.T @ (y - pi + h * (0.5 - pi))
-        step = inv @ score
+        step = np.zeros(p)
+        step[free] = np.linalg.pinv(info[np.ix_(free, free)]) @ score[free]
         t = 1.0
         while True:
             cand = beta + t * step
@@ -98,6 +102,7 @@ class FailureTerm:
     lr_stat: float  # penalised likelihood ratio
     p: float
     p_holm: float = float("nan")
+    se: float | None = None  # the coefficient's standard error (Wald, from the penalised information)
 
     @property
     def significant(self) -> bool:
@@ -188,8 +193,7 @@ def model_failures(trials_all: pd.DataFrame, axes: tuple[Axis, ...], degree: int
     out.formula = md.formula("failed").replace("failed ~", "logit P(failed) ~")
     for term in md.terms:
         cols = md.term_columns[term.name]
-        keep = [j for j in range(x.shape[1]) if j not in cols]
-        reduced = firth(x[:, keep], y)
+        reduced = firth(x, y, fixed=cols)
         stat = max(0.0, 2 * (full.loglik - reduced.loglik))
         out.terms.append(
             FailureTerm(
@@ -199,6 +203,7 @@ def model_failures(trials_all: pd.DataFrame, axes: tuple[Axis, ...], degree: int
                 float(full.beta[cols[0]]) if len(cols) == 1 else None,
                 stat,
                 float(stats.chi2.sf(stat, len(cols))),
+                se=float(np.sqrt(max(full.cov[cols[0], cols[0]], 0.0))) if len(cols) == 1 else None,
             )
         )
     holm, _ = adjust([t.p for t in out.terms])

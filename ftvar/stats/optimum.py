@@ -41,6 +41,7 @@ MAX_POINTS = 3_000
 CHUNK = 250  # resamples evaluated at once (memory: points × CHUNK floats)
 LEVEL = 0.95
 DIGITS = 3  # significant digits of a recommended float setting
+LACK_OF_FIT_ALPHA = 0.05  # below: choose among a grid's configurations by their means, not by the fit
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Best:
     fit_value: float | None = None  # the fit's prediction at the recommended setting
     candidates: int = 0  # settings the recommendation was chosen among
     recommended: dict[str, Any] = field(default_factory=dict)  # axis → the setting to run
+    selected_by: str = "fit"  # "fit": the polynomial's prediction; "means": the configurations' own means
 
 
 def _round_sig(values: np.ndarray) -> np.ndarray:
@@ -154,6 +156,7 @@ class Noise:
     df: float
     pure: bool
     seeds: tuple[float, ...] = ()
+    lack_of_fit_p: float | None = None  # F-test of the polynomial's lack of fit against the pure error
 
 
 def _seed_mean_variance(md: ModelData, rows: np.ndarray, noise: Noise) -> list[tuple[float, float]]:
@@ -258,6 +261,22 @@ def _recommend(
     else:
         cands, fc, configs = points, f, None
     x = sign * (fc @ fit_.beta)
+    lof = noise.lack_of_fit_p if noise is not None else None
+    if (
+        configs is not None
+        and noise is not None
+        and noise.pure
+        and lof is not None
+        and lof < LACK_OF_FIT_ALPHA
+    ):
+        # the polynomial misses the configurations (lack of fit): choose by their own means instead
+        out.selected_by = "means"
+        counts = np.bincount(md.config, minlength=md.n_configs)
+        x = sign * np.bincount(md.config, weights=y, minlength=md.n_configs) / np.maximum(counts, 1)
+        out.notes.append(
+            f"the degree-{out.degree} polynomial misses the configurations (lack of fit, F-test p = "
+            f"{lof:.2g}): the configuration to run is the one with the best mean over its seeds"
+        )
     w = int(np.argmax(x))
     out.candidates = len(cands)
     out.recommended = {
@@ -279,7 +298,9 @@ def _recommend(
             )
         return
     cov_beta = noise.residual * fit_.xtx_inv
-    if out.value_from == "trials":
+    if out.selected_by == "means" and rows is not None:
+        cross_cov, parts = _means_cov(md, w, noise)
+    elif out.value_from == "trials":
         assert rows is not None
         cross_cov = fc @ (noise.residual * fit_.xtx_inv @ fit_.xa[rows].mean(axis=0))
         parts = [(noise.residual / len(rows), noise.df), *_seed_mean_variance(md, rows, noise)]
@@ -292,6 +313,22 @@ def _recommend(
     got = infer_winner(x, cross_cov, sign * out.predicted, float(var_y), w, 1 - LEVEL, df)
     lo, hi = sorted((sign * got.ci_low, sign * got.ci_high))
     out.ci_low, out.ci_high, out.corrected = lo, hi, sign * got.median_unbiased
+
+
+def _means_cov(md: ModelData, w: int, noise: Noise) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Covariance of every configuration's mean with configuration w's: its own noise (σ²/n_w) and the seed
+    effects the two share; and the parts of w's variance with their degrees of freedom."""
+    counts = np.bincount(md.config, minlength=md.n_configs).astype("float64")
+    cov = np.zeros(md.n_configs)
+    cov[w] = noise.residual / counts[w]
+    parts = [(noise.residual / counts[w], noise.df)]
+    for s, tau2 in zip(md.seeds, noise.seeds, strict=True):
+        shares = np.zeros((md.n_configs, len(s.levels)))
+        np.add.at(shares, (md.config, s.codes), 1.0)
+        shares /= np.maximum(counts[:, None], 1)
+        cov += tau2 * (shares @ shares[w])
+        parts.append((tau2 * float(shares[w] @ shares[w]), float(len(s.levels) - 1)))
+    return cov, parts
 
 
 def _plain(value: Any) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from ftvar.stats.absorb import Factor, absorb, cross, rank_of_blocks
 from ftvar.stats.regression import balanced
@@ -304,6 +305,20 @@ def generalized(s: _Sums, draws: int, rng: np.random.Generator) -> np.ndarray:
         expected[i] = nu * ss / rng.chisquare(nu, draws)
     expected[-1] = 0.0
     return s.variances(sigma2, expected)
+
+
+def lack_of_fit_p(md: ModelData, y: np.ndarray) -> float | None:
+    """The F-test of the polynomial's lack of fit against the pure error (None without pure error)."""
+    s = _sums(_Design(md), np.asarray(y, dtype="float64").reshape(md.n, 1))[0]
+    kinds = [k for _, _, k in s.names]
+    if "lack_of_fit" not in kinds:
+        return None
+    i = kinds.index("lack_of_fit")
+    df_lof, df_e = float(s.df[i]), float(s.df[-1])
+    if df_lof <= 0 or df_e <= 0 or s.ss[-1] <= 0:
+        return None
+    f = (max(float(s.ss[i]), 0.0) / df_lof) / (float(s.ss[-1]) / df_e)
+    return float(stats.f.sf(f, df_lof, df_e))
 
 
 def noise_estimates(md: ModelData, y: np.ndarray) -> tuple[float, float, bool, tuple[float, ...]]:
