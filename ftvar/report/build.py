@@ -180,7 +180,7 @@ def variance_sentence(d: Decomposition, short: bool = False) -> str:
             f"**{METRIC_LABELS[d.metric]}**: hyperparameters explain {pct(hp.share if hp else None)}"
             f"{_ci(hp.ci_low, hp.ci_high, pct) if hp else ''} of the variance across trials; the rest, "
             f"{pct(d.luck.share)}, is the residual of one run per configuration — seed noise and what the "
-            'polynomial misses together, which a single seed cannot tell apart (not "luck")'
+            'polynomial misses together, which a single seed cannot tell apart'
         )
     named = [f"{c.label} {pct(c.share)}{_ci(c.ci_low, c.ci_high, pct)}" for c in terms if c.share > 0]
     if named:
@@ -281,7 +281,7 @@ def expected_max_sentence(analysis: Analysis) -> str | None:
 
 
 def failure_sentence(f: FailureModel | None) -> str | None:
-    if f is None or not f.n_trials:
+    if f is None or not f.n_trials or not f.n_failed:
         return None
     head = (
         f"Failed runs: {f.n_failed} of {f.n_trials} ({pct(f.n_failed / f.n_trials)}) failed to learn "

@@ -37,7 +37,7 @@ from ftvar.stats.regression import fit as fit_metric
 from ftvar.stats.results import ALPHA, FIT_METRICS, HIGHER_IS_BETTER, METRIC_LABELS, Fit, jsonable
 from ftvar.stats.selection import Selection, select
 from ftvar.stats.terms import ModelData, build
-from ftvar.stats.variance import Decomposition, decompose, lack_of_fit_p, noise_estimates
+from ftvar.stats.variance import Decomposition, decompose, noise_estimates
 from ftvar.store.collect import CollectResult, SkippedRecordsError, collect, forks_safely
 from ftvar.store.predictions import TrialPredictions
 from ftvar.study.axes import Axis
@@ -366,8 +366,7 @@ def _noise(md: ModelData, y: np.ndarray) -> Noise | None:
     """The variances behind the best value's interval; none with a single seed (see ftvar.stats.optimum)."""
     if not md.seeds:
         return None
-    residual, df, pure, seeds = noise_estimates(md, y)
-    return Noise(residual, df, pure, seeds, lack_of_fit_p(md, y))
+    return Noise(*noise_estimates(md, y))
 
 
 _FORKED_JOB: _MetricJob | None = None  # the job a forked worker inherits

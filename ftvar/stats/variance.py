@@ -307,31 +307,28 @@ def generalized(s: _Sums, draws: int, rng: np.random.Generator) -> np.ndarray:
     return s.variances(sigma2, expected)
 
 
-def lack_of_fit_p(md: ModelData, y: np.ndarray) -> float | None:
-    """The F-test of the polynomial's lack of fit against the pure error (None without pure error)."""
-    s = _sums(_Design(md), np.asarray(y, dtype="float64").reshape(md.n, 1))[0]
-    kinds = [k for _, _, k in s.names]
-    if "lack_of_fit" not in kinds:
-        return None
-    i = kinds.index("lack_of_fit")
-    df_lof, df_e = float(s.df[i]), float(s.df[-1])
-    if df_lof <= 0 or df_e <= 0 or s.ss[-1] <= 0:
-        return None
-    f = (max(float(s.ss[i]), 0.0) / df_lof) / (float(s.ss[-1]) / df_e)
-    return float(stats.f.sf(f, df_lof, df_e))
-
-
-def noise_estimates(md: ModelData, y: np.ndarray) -> tuple[float, float, bool, tuple[float, ...]]:
+def noise_estimates(
+    md: ModelData, y: np.ndarray
+) -> tuple[float, float, bool, tuple[float, ...], float | None]:
     """The point estimates other parts rest on: the residual variance of one trial (the pure error when some
     configuration ran with several seeds, else the polynomial's residual), its degrees of freedom, whether it
-    is the pure error, and each seed factor's variance (in `md.seeds` order)."""
+    is the pure error, each seed factor's variance (in `md.seeds` order), and the F-test p of the
+    polynomial's lack of fit against the pure error (None without pure error)."""
     design = _Design(md)
-    values, names, pure = _components(design, np.asarray(y, dtype="float64").reshape(md.n, 1))
-    by_kind = [(k, float(v)) for (_, _, k), v in zip(names, values[:, 0], strict=True)]
-    residual = next(v for k, v in by_kind if k == "residual")
-    seeds = tuple(v for k, v in by_kind if k == "seed")
-    df = md.n - design.r_sat if pure else md.n - md.X.shape[1] - design.r_seeds + 1
-    return residual, float(max(df, 0)), pure, seeds
+    sums = _sums(design, np.asarray(y, dtype="float64").reshape(md.n, 1))[0]
+    values = sums.variances(sums.noise(), sums.ss[:, None])[:, 0]
+    kinds = [k for _, _, k in sums.names]
+    residual = float(values[-1])
+    seeds = tuple(float(v) for v, k in zip(values, kinds, strict=True) if k == "seed")
+    df = float(max(sums.df[-1], 0))
+    lof_p = None
+    if "lack_of_fit" in kinds:
+        i = kinds.index("lack_of_fit")
+        df_lof = float(sums.df[i])
+        if df_lof > 0 and df > 0 and sums.ss[-1] > 0:
+            f = (max(float(sums.ss[i]), 0.0) / df_lof) / (float(sums.ss[-1]) / df)
+            lof_p = float(stats.f.sf(f, df_lof, df))
+    return residual, df, sums.pure, seeds, lof_p
 
 
 def _shares(values: np.ndarray, names: list[tuple[str, str, str]]) -> np.ndarray:
