@@ -415,6 +415,19 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+PARTS = (
+    "coefficients",
+    "shares",
+    "degrees",
+    "optimum",
+    "best_value",
+    "holm",
+    "failure_slope",
+    "expected_max",
+    "henderson",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -422,21 +435,27 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=400)
     parser.add_argument("--bootstrap", type=int, default=400)
     parser.add_argument("--best-studies", type=int, default=1000)
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="parts to run (default: all): " + ", ".join(PARTS)
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(2024)
     t0 = time.perf_counter()
     rows = []
-    for part in (
-        lambda: coefficients(args.studies, rng),
-        lambda: shares(args.studies, args.bootstrap, rng),
-        lambda: degrees(args.studies, rng),
-        lambda: optimum(args.studies, args.bootstrap, rng),
-        lambda: best_value(args.best_studies, rng),
-        lambda: holm(args.studies, rng),
-        lambda: failure_slope(args.studies, rng),
-        lambda: expected_max_random(args.studies, rng),
-        lambda: henderson(args.studies, rng),
-    ):
+    parts = {
+        "coefficients": lambda: coefficients(args.studies, rng),
+        "shares": lambda: shares(args.studies, args.bootstrap, rng),
+        "degrees": lambda: degrees(args.studies, rng),
+        "optimum": lambda: optimum(args.studies, args.bootstrap, rng),
+        "best_value": lambda: best_value(args.best_studies, rng),
+        "holm": lambda: holm(args.studies, rng),
+        "failure_slope": lambda: failure_slope(args.studies, rng),
+        "expected_max": lambda: expected_max_random(args.studies, rng),
+        "henderson": lambda: henderson(args.studies, rng),
+    }
+    for name, part in parts.items():
+        if args.only and name not in args.only:
+            continue
         rows += part()
         print(f"… {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     table = pd.DataFrame(rows)

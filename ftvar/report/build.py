@@ -180,7 +180,7 @@ def variance_sentence(d: Decomposition, short: bool = False) -> str:
             f"**{METRIC_LABELS[d.metric]}**: hyperparameters explain {pct(hp.share if hp else None)}"
             f"{_ci(hp.ci_low, hp.ci_high, pct) if hp else ''} of the variance across trials; the rest, "
             f"{pct(d.luck.share)}, is the residual of one run per configuration — seed noise and what the "
-            'polynomial misses together, which a single seed cannot tell apart'
+            "polynomial misses together, which a single seed cannot tell apart"
         )
     named = [f"{c.label} {pct(c.share)}{_ci(c.ci_low, c.ci_high, pct)}" for c in terms if c.share > 0]
     if named:
@@ -264,7 +264,7 @@ def expected_max_sentence(analysis: Analysis) -> str | None:
         f"a random search of n trials (this random design's {curve.n_trials} draws from its priors)"
         if analysis.expected_max_random
         else f"n trials drawn at random from this design's {curve.n_trials} trials (random subsets of this "
-        "design's trials: not a random search, whose draws would come from a search distribution)"
+        "design's trials, not a random search)"
     )
     failed = (
         f" {curve.n_failed} failed or diverged trial(s) count as draws, at the worst {metric} any trial "
@@ -532,7 +532,8 @@ def _variance_table(d: Decomposition) -> Table:
         for c in [*d.components, d.luck]
     ]
     return (
-        f"Variance decomposition: {METRIC_LABELS[d.metric]} (n = {d.n}, {d.bootstrap} bootstrap resamples)",
+        f"Variance decomposition: {METRIC_LABELS[d.metric]} (n = {d.n}; 95% intervals from {d.bootstrap} "
+        "generalized pivotal draws)",
         header,
         rows,
     )

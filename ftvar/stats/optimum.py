@@ -157,6 +157,15 @@ class Noise:
     pure: bool
     seeds: tuple[float, ...] = ()
     lack_of_fit_p: float | None = None  # F-test of the polynomial's lack of fit against the pure error
+    # where the configurations' noise differs: each configuration's own noise variance and its df
+    own: tuple[float, ...] = ()
+    own_df: tuple[float, ...] = ()
+
+    def of(self, config: int) -> tuple[float, float]:
+        """The noise variance of one configuration's trials and its degrees of freedom."""
+        if self.own and 0 <= config < len(self.own):
+            return self.own[config], self.own_df[config]
+        return self.residual, self.df
 
 
 def _seed_mean_variance(md: ModelData, rows: np.ndarray, noise: Noise) -> list[tuple[float, float]]:
@@ -297,13 +306,19 @@ def _recommend(
                 "interval"
             )
         return
-    cov_beta = noise.residual * fit_.xtx_inv
+    per_row = np.array([noise.of(int(c))[0] for c in md.config]) if noise.own else None
+    if per_row is not None:  # the configurations' noise differs: a sandwich of each trial's own
+        meat = cross(fit_.xa * per_row[:, None], fit_.xa)
+        cov_beta = fit_.xtx_inv @ meat @ fit_.xtx_inv
+    else:
+        cov_beta = noise.residual * fit_.xtx_inv
     if out.selected_by == "means" and rows is not None:
         cross_cov, parts = _means_cov(md, w, noise)
     elif out.value_from == "trials":
-        assert rows is not None
-        cross_cov = fc @ (noise.residual * fit_.xtx_inv @ fit_.xa[rows].mean(axis=0))
-        parts = [(noise.residual / len(rows), noise.df), *_seed_mean_variance(md, rows, noise)]
+        assert rows is not None and configs is not None
+        sigma2, df_w = noise.of(int(configs[w]))
+        cross_cov = fc @ (sigma2 * fit_.xtx_inv @ fit_.xa[rows].mean(axis=0))
+        parts = [(sigma2 / len(rows), df_w), *_seed_mean_variance(md, rows, noise)]
     else:
         d = fc[w] - xbar
         cross_cov = fc @ (cov_beta @ d)
@@ -320,8 +335,9 @@ def _means_cov(md: ModelData, w: int, noise: Noise) -> tuple[np.ndarray, list[tu
     effects the two share; and the parts of w's variance with their degrees of freedom."""
     counts = np.bincount(md.config, minlength=md.n_configs).astype("float64")
     cov = np.zeros(md.n_configs)
-    cov[w] = noise.residual / counts[w]
-    parts = [(noise.residual / counts[w], noise.df)]
+    sigma2, df = noise.of(w)
+    cov[w] = sigma2 / counts[w]
+    parts = [(sigma2 / counts[w], df)]
     for s, tau2 in zip(md.seeds, noise.seeds, strict=True):
         shares = np.zeros((md.n_configs, len(s.levels)))
         np.add.at(shares, (md.config, s.codes), 1.0)

@@ -1,5 +1,5 @@
 """Variance decomposition of a metric: how much each hyperparameter term moves it, how much is seed luck, and
-bootstrap intervals that resample the seeds.
+95% intervals of every share.
 
 The model is `metric = μ(configuration) + a(init seed) + b(order seed) + ε`. The components are estimated by
 the method of moments from sums of squares (ANOVA; Henderson's method III for the seeds: each seed factor's
@@ -16,6 +16,15 @@ no effect has an expected variance of 0 (an ω²-type estimate, truncated at 0):
 
 Shares divide each by their sum (with "hyperparameters" counted once, all terms together). The terms of a
 non-orthogonal design overlap, so the per-term shares need not add up to the hyperparameters' share exactly.
+
+Where the configurations' noise differs (Bartlett's test), each configuration's own noise is subtracted from
+the sums of squares as much as each carries of it (the projections' diagonals), instead of the pooled noise.
+
+The intervals come from generalized pivotal quantities (`generalized`): every expected sum of squares is
+drawn from its observed value and a χ² pivot, and each draw's shares computed. A bootstrap of the seeds
+(ftvar.stats.resample) put its draws around the one estimate of a seed variance that rests on 2 degrees of
+freedom with 3 seeds and covered 0.82; these cover 0.93–0.97 at 3, 5 and 10 seeds, crossed seeds and unequal
+noise included (bench/bench_analysis.py, docs/report-format.md).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ftvar.stats.resample import distinct_resamples, heteroscedastic, responses
 from ftvar.stats.terms import ModelData
 
 LEVEL = 0.95
+FEW_SEEDS = 5  # below this many seed levels the report says the seed shares' intervals are wide
 HENDERSON_CHUNK = 256  # seed levels whose indicator columns are absorbed at once (memory: n × chunk)
 
 
@@ -309,11 +319,12 @@ def generalized(s: _Sums, draws: int, rng: np.random.Generator) -> np.ndarray:
 
 def noise_estimates(
     md: ModelData, y: np.ndarray
-) -> tuple[float, float, bool, tuple[float, ...], float | None]:
+) -> tuple[float, float, bool, tuple[float, ...], float | None, tuple[float, ...], tuple[float, ...]]:
     """The point estimates other parts rest on: the residual variance of one trial (the pure error when some
     configuration ran with several seeds, else the polynomial's residual), its degrees of freedom, whether it
-    is the pure error, each seed factor's variance (in `md.seeds` order), and the F-test p of the
-    polynomial's lack of fit against the pure error (None without pure error)."""
+    is the pure error, each seed factor's variance (in `md.seeds` order), the F-test p of the polynomial's
+    lack of fit against the pure error (None without pure error), and, where the configurations' noise
+    differs, each configuration's own noise variance and its degrees of freedom (else empty)."""
     design = _Design(md)
     sums = _sums(design, np.asarray(y, dtype="float64").reshape(md.n, 1))[0]
     values = sums.variances(sums.noise(), sums.ss[:, None])[:, 0]
@@ -328,7 +339,12 @@ def noise_estimates(
         if df_lof > 0 and df > 0 and sums.ss[-1] > 0:
             f = (max(float(sums.ss[i]), 0.0) / df_lof) / (float(sums.ss[-1]) / df)
             lof_p = float(stats.f.sf(f, df_lof, df))
-    return residual, df, sums.pure, seeds, lof_p
+    own: tuple[float, ...] = ()
+    own_df: tuple[float, ...] = ()
+    if sums.ss_c is not None and sums.df_c is not None:
+        own = tuple(float(v) for v in sums.noise()[:, 0])
+        own_df = tuple(float(v) for v in sums.df_c)
+    return residual, df, sums.pure, seeds, lof_p, own, own_df
 
 
 def _shares(values: np.ndarray, names: list[tuple[str, str, str]]) -> np.ndarray:
@@ -343,8 +359,9 @@ def _shares(values: np.ndarray, names: list[tuple[str, str, str]]) -> np.ndarray
 def decompose(
     md: ModelData, y: np.ndarray, metrics: list[str], bootstrap: int, seed: int = 0
 ) -> list[Decomposition]:
-    """The decomposition of each metric (columns of `y`, one row per row of `md`), with `bootstrap` seeded
-    resamples of the seeds (ftvar.stats.resample) for percentile intervals of the shares."""
+    """The decomposition of each metric (columns of `y`, one row per row of `md`), with 95% intervals of the
+    shares from `bootstrap` seeded draws of generalized pivotal quantities (`METHOD = "bootstrap"`: seed
+    resamples, ftvar.stats.resample, as before)."""
     y = np.asarray(y, dtype="float64").reshape(md.n, -1)
     levels = [len(s.levels) for s in md.seeds]
     design = _Design(md)
@@ -395,11 +412,12 @@ def decompose(
         )
         b = 0 if stack is None else stack.shape[1]
         out.append(Decomposition(metric, md.n, comps, luck, b, distinct, list(notes)))
-    if md.seeds and distinct < 100 and bootstrap > 0:
+    if md.seeds and min(levels) < FEW_SEEDS and bootstrap > 0:
         for d in out:
             d.notes.append(
-                f"with {' × '.join(map(str, levels))} seed level(s) the seed effects can be drawn in only "
-                f"{distinct} distinct ways: the intervals are rough (more seeds make them trustworthy)"
+                f"with {' × '.join(map(str, levels))} seed level(s) a seed's variance rests on "
+                f"{min(levels) - 1} degree(s) of freedom: the seed and luck shares' intervals are wide (they "
+                "cover at their level, measured; more seeds narrow them)"
             )
     return out
 
