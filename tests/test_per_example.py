@@ -178,3 +178,24 @@ def test_the_held_out_split_is_read_for_the_chosen_configuration_only() -> None:
     table["test_accuracy"], table["n_test"] = table["accuracy"], 400
     from_records = pe.held_out(table, ["learning_rate"], {"learning_rate": 1e-4}, {}, "accuracy", None)
     assert from_records is not None and "t interval" in from_records.interval
+
+
+def test_the_crossed_rows_by_seeds_variance_is_unbiased_and_the_test_keeps_its_level() -> None:
+    """d = row effect + seed effect + interaction: the crossed model's standard error matches the spread of
+    the mean over simulated studies, and a comparison of two alike configurations rejects at most at its
+    level (with 3 seeds the seed term has 2 degrees of freedom: the test is cautious)."""
+    rng = np.random.default_rng(6)
+    means, ses = [], []
+    for _ in range(300):
+        d = rng.normal(0, 0.3, (3, 1)) + rng.normal(0, 0.5, (1, 200)) + rng.normal(0, 1.0, (3, 200))
+        mean, se, df = pe.crossed_mean(d)
+        means.append(mean)
+        ses.append(se)
+        assert 1.5 <= df <= 200
+    assert np.sqrt(np.mean(np.square(ses))) == pytest.approx(np.std(means), rel=0.2)
+    rejects = 0
+    for r in range(60):
+        table, found = _trials({1e-5: [0.85] * 3, 1e-4: [0.85] * 3}, 300, np.random.default_rng(100 + r))
+        got = pe.analyse(table, ["learning_rate"], found, {}, "accuracy", None, b=50, seed=r)
+        rejects += got is not None and got.comparisons[0].p < 0.05
+    assert rejects <= 6  # 60 × 0.05 = 3 expected at most

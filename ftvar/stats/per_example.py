@@ -8,10 +8,13 @@ Every trial's sidecar (ftvar.store.predictions) holds each eval row's gold and p
   rows, the seeds kept, so it says how much another sample of sentences of the same kind would move the score
   (a 95% half-width of about 2 points of accuracy on SST-2's 872 validation sentences at 90% accuracy; seed
   noise is the variance decomposition's business).
-- **Paired comparisons** of the best configuration with the next ones: the difference of their scores under a
-  bootstrap that resamples the eval rows (the same rows for both: paired) and the seeds (the same seed values
-  for both where they share them), a two-sided bootstrap p-value, Holm-adjusted over the comparisons. The
-  configurations were ranked on these same rows, so the p-values describe, they do not confirm.
+- **Paired comparisons** of the chosen configuration with the next ones: for accuracy, the difference of the
+  two configurations' rows × seeds matrices of correct answers (paired by row, and by seed value where they
+  share seeds) under the crossed random-effects model, rows and seeds both sampled — its standard error from
+  the two-way ANOVA's mean squares, a t-test with Satterthwaite's degrees of freedom (with one seed, a paired
+  test over rows, McNemar's large-sample twin); for other metrics a bootstrap over rows and seeds, which errs
+  wide. Holm-adjusted over the comparisons. The configurations were ranked on these same rows, so the p-values
+  describe, they do not confirm.
 - **Prediction churn** (Summers & Dinneen 2021; D'Amour et al. 2020): per configuration, the share of eval
   rows two of its seeds predict differently (averaged over pairs of seeds), and the share whose prediction is
   not the same under every seed; the rows that flip most, with their text and how often each class was
@@ -261,24 +264,71 @@ def _pvalue(diffs: np.ndarray) -> float:
     return float(min(1.0, 2 * min(low, high)))
 
 
+def crossed_mean(d: np.ndarray) -> tuple[float, float, float]:
+    """The mean of a seeds × rows matrix of differences and its standard error and degrees of freedom under
+    the crossed random-effects model d_sr = μ + a_s + b_r + e_sr (seeds and rows both sampled): Var(mean) =
+    (MS_rows + MS_seeds − MS_interaction) / (S n) from the two-way ANOVA's mean squares, with Satterthwaite's
+    degrees of freedom. One seed: the rows alone (a paired t-test over rows, McNemar's large-sample twin)."""
+    s, n = d.shape
+    grand = float(d.mean())
+    row_means, seed_means = d.mean(axis=0), d.mean(axis=1)
+    ms_r = s * float(np.sum((row_means - grand) ** 2)) / max(n - 1, 1)
+    if s < 2:
+        return grand, float(np.sqrt(ms_r / n)), float(max(n - 1, 1))
+    ms_s = n * float(np.sum((seed_means - grand) ** 2)) / (s - 1)
+    inter = d - row_means[None, :] - seed_means[:, None] + grand
+    ms_rs = float(np.sum(inter**2)) / ((n - 1) * (s - 1))
+    parts = [(ms_r, n - 1.0), (ms_s, s - 1.0), (-ms_rs, (n - 1.0) * (s - 1))]
+    total = sum(v for v, _ in parts)
+    if total <= 0:  # the seeds' and rows' mean squares below the interaction's: its own, conservatively
+        parts, total = [(max(ms_r, ms_s, ms_rs), min(n - 1.0, s - 1.0))], max(ms_r, ms_s, ms_rs)
+    df = total**2 / sum(v * v / f for v, f in parts if f > 0)
+    return grand, float(np.sqrt(total / (s * n))), float(df)
+
+
 def compare(a: Rows, b: Rows, metric: str, k: int, w: np.ndarray, rng: np.random.Generator) -> Comparison:
-    """The best configuration `a` against `b`: rows resampled alike for both; seeds too, the shared seed
-    values together (a pair of runs with the same seeds differs by the configuration alone)."""
+    """The best configuration `a` against `b`. For accuracy, a mean over rows: the difference's standard
+    error from the crossed seeds × rows model (crossed_mean; trials paired by their shared seed values, else
+    by position), a t-test. For other metrics: a bootstrap that resamples the rows alike for both and the
+    seeds (shared seed values together), which counts the rows × seeds interaction twice and so errs wide."""
     shared = [s for s in dict.fromkeys(a.seeds) if s in b.seeds]
+    observed = float(score(a, metric, k)[0] - score(b, metric, k)[0])
+    paired = len(shared) >= 2
+    if metric == "accuracy":
+        if paired:
+            ia, ib = [a.seeds.index(s) for s in shared], [b.seeds.index(s) for s in shared]
+        else:
+            m = min(len(a.seeds), len(b.seeds))
+            ia, ib = list(range(m)), list(range(m))
+        right_a = (a.predicted[ia] == a.labels[None, :]).astype("float64")
+        right_b = (b.predicted[ib] == b.labels[None, :]).astype("float64")
+        _, se, df = crossed_mean(right_a - right_b)
+        if se > 0:
+            t = observed / se
+            half = float(stats.t.ppf((1 + LEVEL) / 2, df)) * se
+            p = float(2 * stats.t.sf(abs(t), df))
+            return Comparison(
+                a.key,
+                b.key,
+                observed,
+                observed - half,
+                observed + half,
+                p,
+                paired_seeds=len(shared) if paired else 0,
+            )
     reps = w.shape[0]
     per_a = FROM_CONFUSION[metric](_confusions(a.labels, a.predicted, w, k))  # resamples × trials
     per_b = FROM_CONFUSION[metric](_confusions(b.labels, b.predicted, w, k))
-    if len(shared) >= 2:
-        ia = np.array([a.seeds.index(s) for s in shared])
-        ib = np.array([b.seeds.index(s) for s in shared])
+    if paired:
+        ia_ = np.array([a.seeds.index(s) for s in shared])
+        ib_ = np.array([b.seeds.index(s) for s in shared])
         draw = rng.integers(0, len(shared), size=(reps, len(shared)))
-        da = np.take_along_axis(per_a[:, ia], draw, axis=1).mean(axis=1)
-        db = np.take_along_axis(per_b[:, ib], draw, axis=1).mean(axis=1)
+        da = np.take_along_axis(per_a[:, ia_], draw, axis=1).mean(axis=1)
+        db = np.take_along_axis(per_b[:, ib_], draw, axis=1).mean(axis=1)
     else:
         da = np.take_along_axis(per_a, rng.integers(0, per_a.shape[1], size=per_a.shape), axis=1).mean(1)
         db = np.take_along_axis(per_b, rng.integers(0, per_b.shape[1], size=per_b.shape), axis=1).mean(1)
     diffs = da - db
-    observed = float(score(a, metric, k)[0] - score(b, metric, k)[0])
     lo, hi = _interval(diffs)
     return Comparison(
         a.key,
@@ -287,7 +337,7 @@ def compare(a: Rows, b: Rows, metric: str, k: int, w: np.ndarray, rng: np.random
         lo if lo is not None else observed,
         hi if hi is not None else observed,
         _pvalue(diffs),
-        paired_seeds=len(shared) if len(shared) >= 2 else 0,
+        paired_seeds=len(shared) if paired else 0,
     )
 
 
