@@ -659,8 +659,9 @@ def _per_example_blocks(analysis: Analysis) -> list[Block]:
         out.append(
             (
                 f"The chosen configuration against the next ones ({metric}; rows and seeds both sampled: "
-                "for accuracy a t-test under the crossed rows × seeds model, paired by row and by shared seed; "
-                "Holm over these comparisons; ranked on the same rows, so read the p-values as descriptive)",
+                "for accuracy a t-test under the crossed rows × seeds model, paired by row and by shared "
+                "seed; Holm over these comparisons; ranked on the same rows, so read the p-values as "
+                "descriptive)",
                 ["configuration", f"difference in {metric}", "95% interval", "p", "Holm p", "paired seeds"],
                 [
                     [
