@@ -372,7 +372,8 @@ def write_predictions(
     trial sees the same gold labels; each row is predicted right with probability the trial's accuracy (rows
     differ in difficulty, so that seeds agree more on easy rows); a test split of `test_rows` rows likewise.
     With `texts`, the data cache's texts.json for them."""
-    from ftvar.store.predictions import sidecar, write_predictions as write_sidecar
+    from ftvar.store.predictions import sidecar
+    from ftvar.store.predictions import write_predictions as write_sidecar
 
     rng = rng or np.random.default_rng(0)
     paths = StudyPaths.of(out, study.name)

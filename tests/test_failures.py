@@ -1,5 +1,6 @@
 """The failure model (ftvar.stats.failures): Firth's penalised logistic regression against a brute-force
-optimiser, finite under separation, and the model on a study whose failure rate rises with the learning rate."""
+optimiser, finite under separation, and the model on a study whose failure rate rises with the learning
+rate."""
 
 from __future__ import annotations
 

@@ -314,7 +314,11 @@ def generalized(s: _Sums, draws: int, rng: np.random.Generator) -> np.ndarray:
         nu = (df + lam) ** 2 / (df + 2 * lam)
         expected[i] = nu * ss / rng.chisquare(nu, draws)
     expected[-1] = 0.0
-    return s.variances(sigma2, expected)
+    out = s.variances(sigma2, expected)
+    terms = [i for i, (_, _, kind) in enumerate(s.names) if kind == "term"]
+    if terms:  # drawn apart from the total, a term could exceed it: no term is more than all of them
+        out[terms] = np.minimum(out[terms], out[0][None, :])
+    return out
 
 
 def noise_estimates(

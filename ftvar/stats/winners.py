@@ -53,6 +53,11 @@ def _truncation(
     tol = 1e-12 * max(1.0, float(np.max(np.abs(c))))
     pos, neg = d > tol, d < -tol
     pos[winner] = neg[winner] = False
+    # an exact tie (a balanced design can make two candidates' predictions equal to the last bit) leaves the
+    # choice between them to the order of the list, not to the data: their constraint says nothing about Y
+    tied = np.abs(x - x[winner]) <= 1e-9 * (float(np.max(np.abs(x))) + np.sqrt(var_y))
+    pos &= ~tied
+    neg &= ~tied
     if pos.any():
         lower = float(np.max(bound[pos]))
     if neg.any():
