@@ -7,7 +7,7 @@ decimals, in the split's row order (schema: `predictions.schema.json`, shipped b
 written atomically before the trial's record, so a record's predictions are complete whenever the record
 exists; `records/*.json` never matches it. The report reads it with orjson and numpy only (no torch, never a
 pickle), and the texts of the rows from the data cache's `texts.json` (written by `ftvar.data.prepare`).
-About 15 kB per trial for SST-2's 872 validation rows.
+About 18 kB per trial for 872 rows (SST-2's validation split).
 """
 
 from __future__ import annotations
