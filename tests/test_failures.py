@@ -69,3 +69,16 @@ def test_no_failure_or_only_failures_is_said_not_fitted() -> None:
     )
     every = simulate(study, lambda r: np.full(len(r), 0.85), degenerate=1.0, rng=np.random.default_rng(0))
     assert "every run failed" in str(model_failures(every[every["kind"] == "trial"], study.axes, 1).message)
+
+
+def test_weighted_rows_give_the_fit_of_the_trials_one_by_one() -> None:
+    rng = np.random.default_rng(2)
+    groups = np.column_stack([np.ones(6), np.arange(6) - 2.5])
+    counts = np.array([5, 9, 3, 7, 4, 8])
+    x = np.repeat(groups, counts, axis=0)
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-x[:, 1]))).astype(float)
+    one = firth(x, y)
+    codes = np.repeat(np.arange(6), counts)
+    share = np.bincount(codes, weights=y) / counts
+    weighted = firth(groups, share, weights=counts)
+    assert np.allclose(one.beta, weighted.beta, atol=1e-7) and one.loglik == pytest.approx(weighted.loglik)

@@ -37,6 +37,7 @@ from ftvar.study.config import Study
 
 REPORT_FORMAT = "ftvar-report/3"
 BEST_N = 10  # configurations shown in the "best configurations" table
+MAX_SIDECARS = 5_000  # ok trials whose per-example prediction files the report reads
 BUDGETS = (1, 5, 10, 20, 50)  # expected-max budgets named in the text
 TOP_TERMS = 3  # terms named in the variance sentence
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows), rendered as Markdown, HTML and rich
@@ -885,6 +886,11 @@ def read_examples(study: Study, out: Path, table: Any) -> Examples:
     """The ok trials' per-example predictions and the rows' texts (ftvar.store.predictions)."""
     paths = StudyPaths.of(out, study.name)
     ok = table.loc[(table["kind"] == "trial") & (table["status"] == "ok"), "trial_id"].astype(str).tolist()
+    if len(ok) > MAX_SIDECARS:  # 18 kB each: reading 100,000 would take the report minutes
+        return Examples(
+            note=f"per-example tables left out: {len(ok)} ok trials, more than the {MAX_SIDECARS} whose "
+            "prediction files the report reads"
+        )
     found, skipped = load_predictions(paths, ok, study.hash)
     texts = load_texts(paths, next(iter(found.values())).data_key) if found else {}
     return Examples(found, texts, skipped)

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,7 +30,7 @@ from ftvar.stats.expected_max import Curve, curves
 from ftvar.stats.failures import FailureModel, model_failures
 from ftvar.stats.findings import findings
 from ftvar.stats.optimum import Best, Noise, Space, best
-from ftvar.stats.paper import PAPER_TERMS, PaperComparison, compare
+from ftvar.stats.paper import PAPER_TERMS, PaperComparison, comparable, compare
 from ftvar.stats.per_example import HeldOut, PerExample, held_out
 from ftvar.stats.per_example import analyse as analyse_examples
 from ftvar.stats.regression import adjust, resolve_seed_model
@@ -307,9 +308,10 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         else:
             md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
             part.fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
-    part.paper_fits = _guard(
-        notes, "the paper comparison's fits", [], partial(_paper_fits, job, rows, y, base, metric)
-    )
+    if comparable(study)[0]:  # its own fits, only when the comparison is shown (they cost a fit each)
+        part.paper_fits = _guard(
+            notes, "the paper comparison's fits", [], partial(_paper_fits, job, rows, y, base, metric)
+        )
     part.variance = _guard(
         notes,
         f"the variance decomposition of {METRIC_LABELS[metric]}",
@@ -404,6 +406,7 @@ class Examples:
     found: dict[str, TrialPredictions] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    note: str | None = None  # why none were read
 
 
 def lead_metric(study: Study) -> str:
@@ -501,6 +504,13 @@ def analyze(
     chosen_key = (
         {k: v for k, v in chosen.recommended.items() if k in config_cols} if chosen is not None else None
     )
+    if examples is not None and examples.note:
+        notes.append(examples.note)
+    if examples is not None and examples.skipped:
+        notes.append(
+            f"{len(examples.skipped)} per-example prediction file(s) skipped: "
+            + "; ".join(f"{Path(p).name}: {why}" for p, why in examples.skipped[:3])
+        )
     if examples is not None and examples.found:
         per_example = _guard(
             notes,

@@ -61,6 +61,7 @@ def expected_max(values: np.ndarray, budgets: np.ndarray) -> tuple[np.ndarray, n
 
 
 BAND_CELLS = 200_000_000  # resamples × trials × budgets the band may cost per curve
+BAND_MAX_TRIALS = 20_000  # above, no band (its resamples would cost seconds; the curve's sd is tiny there)
 LEVEL = 0.95
 BAND_SHARE = 0.25  # the band stops at budgets of a quarter of the trials: beyond, the bootstrap of a
 # near-maximum is too narrow (95% bands covered the closed form in 45% of studies at n = N/2; measured in
@@ -72,7 +73,7 @@ def _band(
 ) -> tuple[list[float], list[float], int] | None:
     """Percentile band of E[max] per budget over `b` resamples of the seed groups (of the trials, with one
     group)."""
-    if b <= 0 or len(values) < 2:
+    if b <= 0 or len(values) < 2 or len(values) > BAND_MAX_TRIALS:
         return None
     budgets = budgets[budgets <= max(1, int(BAND_SHARE * len(values)))]
     b = int(min(b, max(20, BAND_CELLS // max(1, len(values) * len(budgets)))))

@@ -35,6 +35,7 @@ MAX_ITER = 100
 TOL = 1e-8
 MAX_SEED_LEVELS = 50  # seed blocks as dummy columns up to this many levels together
 FEW = 10  # fewer failures (or successes) than this: the estimates are rough
+AGGREGATE_MIN = 5_000  # from this many trials, identical design rows are fitted as one weighted row
 
 
 @dataclass
@@ -45,11 +46,16 @@ class Penalised:
     converged: bool
 
 
-def firth(x: np.ndarray, y: np.ndarray, fixed: list[int] | None = None) -> Penalised:
+def firth(
+    x: np.ndarray, y: np.ndarray, fixed: list[int] | None = None, weights: np.ndarray | None = None
+) -> Penalised:
     """Firth-penalised logistic regression of y (0/1) on x (intercept included): Newton steps on the modified
     score U*(β) = X'(y − π + h(½ − π)), h the hat values of W^½X, with step halving on the penalised
     log-likelihood ℓ(β) + ½ log|X'WX|. `fixed`: coefficients held at 0 while the penalty keeps the whole
-    design (the restricted fit of a penalised likelihood-ratio test, as R's logistf does)."""
+    design (the restricted fit of a penalised likelihood-ratio test, as R's logistf does). `weights`: rows
+    that stand for that many trials each (`y` their share of failures), the same fit as the trials one by
+    one."""
+    n_rows = np.ones(len(y)) if weights is None else np.asarray(weights, dtype="float64")
     p = x.shape[1]
     norms = np.linalg.norm(x, axis=0)
     norms[norms == 0] = 1.0
@@ -60,10 +66,10 @@ def firth(x: np.ndarray, y: np.ndarray, fixed: list[int] | None = None) -> Penal
     def state(b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         eta = xs @ b
         pi = special.expit(eta)
-        w = np.clip(pi * (1 - pi), 1e-12, None)
+        w = n_rows * np.clip(pi * (1 - pi), 1e-12, None)
         info = (xs * w[:, None]).T @ xs
         sign, logdet = np.linalg.slogdet(info)
-        loglik = float(np.sum(y * eta - np.logaddexp(0, eta)))
+        loglik = float(np.sum(n_rows * (y * eta - np.logaddexp(0, eta))))
         pen = loglik + 0.5 * (logdet + log_scale if sign > 0 else -np.inf)
         return pen, pi, w, info
 
@@ -73,7 +79,7 @@ def firth(x: np.ndarray, y: np.ndarray, fixed: list[int] | None = None) -> Penal
     for _ in range(MAX_ITER):
         inv = np.linalg.pinv(info)
         h = np.einsum("ij,jk,ik->i", xs, inv, xs) * w
-        score = xs.T @ (y - pi + h * (0.5 - pi))
+        score = xs.T @ (n_rows * (y - pi) + h * (0.5 - pi))
         step = np.zeros(p)
         step[free] = np.linalg.pinv(info[np.ix_(free, free)]) @ score[free]
         t = 1.0
@@ -187,13 +193,17 @@ def model_failures(trials_all: pd.DataFrame, axes: tuple[Axis, ...], degree: int
     if x.shape[1] >= md.n:
         out.message = f"{md.n} trials for {x.shape[1]} parameters: too few to model"
         return out
-    full = firth(x, y)
+    fit_x, fit_y, counts = x, y, None
+    if md.n > AGGREGATE_MIN:  # trials with the same design row as one weighted row: the same fit, faster
+        fit_x, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+        fit_y = np.bincount(inverse.ravel(), weights=y) / counts
+    full = firth(fit_x, fit_y, weights=counts)
     out.converged = full.converged
     out.status = "ok"
     out.formula = md.formula("failed").replace("failed ~", "logit P(failed) ~")
     for term in md.terms:
         cols = md.term_columns[term.name]
-        reduced = firth(x, y, fixed=cols)
+        reduced = firth(fit_x, fit_y, fixed=cols, weights=counts)
         stat = max(0.0, 2 * (full.loglik - reduced.loglik))
         out.terms.append(
             FailureTerm(

@@ -114,8 +114,8 @@ def detectable(se: float, df: float, m: int) -> float:
 
 
 def compare(study: Study, fits: list[Fit], relative_is_affine: bool) -> PaperComparison:
-    """The five rows from the fits of the paper's terms (`fits`: absolute and relative per metric; computed
-    even when the comparison is not shown, so that report.json always has them)."""
+    """The five rows from the fits of the paper's terms (`fits`: absolute and relative per metric). When the
+    comparison is not shown its fits are not made (each costs a fit): the rows say so, with no verdict."""
     shown, reason = comparable(study)
     rows = []
     for effect, term, metric, kind, paper_p, paper_dir in PAPER:
@@ -150,7 +150,9 @@ def compare(study: Study, fits: list[Fit], relative_is_affine: bool) -> PaperCom
             "note": note,
         }
         t = fit.term(term) if fit is not None and fit.ok else None
-        if t is None or t.coef is None:
+        if not shown:
+            row["note"] = "not fitted: the comparison is left out"
+        elif t is None or t.coef is None:
             row["note"] = (
                 (fit.message if fit is not None and not fit.ok else None)
                 or f"this study has no {term} term ({' or '.join(term.split(':'))} is not a varying numeric "
