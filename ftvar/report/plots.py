@@ -102,12 +102,12 @@ def expected_max_plot(analysis: Analysis, path: Path) -> None:
     for curve in analysis.expected_max:
         n, mean, sd = np.array(curve.n), np.array(curve.mean), np.array(curve.sd)
         style = {"linewidth": 2.5, "color": "black"} if curve.group == "all trials" else {"linewidth": 1.2}
-        ax.plot(n, mean, label=f"{curve.group} (N = {curve.n_trials})", **style)
+        (line,) = ax.plot(n, mean, label=f"{curve.group} (N = {curve.n_trials})", **style)
         if curve.band_low is not None and curve.band_high is not None:
             k = len(curve.band_low)
-            ax.fill_between(n[:k], curve.band_low, curve.band_high, alpha=0.15, color=style.get("color"))
+            ax.fill_between(n[:k], curve.band_low, curve.band_high, alpha=0.15, color=line.get_color())
         else:
-            ax.fill_between(n, mean - sd, mean + sd, alpha=0.15, color=style.get("color"))
+            ax.fill_between(n, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
     ax.set_xscale("log")
     top = max((max(c.n) for c in analysis.expected_max), default=1)
     ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if t <= top]
@@ -123,8 +123,8 @@ def expected_max_plot(analysis: Analysis, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     banded = any(c.band_low is not None for c in analysis.expected_max)
-    spread = "95% band over seed resamples" if banded else "± 1 sd"
-    ax.set_title(f"expected best {metric} vs budget (Dodge et al. 2019), {spread}", fontsize=10)
+    spread = "shaded: 95% band over seed resamples (up to N/4 trials)" if banded else "shaded: ± 1 sd"
+    ax.set_title(f"expected best {metric} vs budget (Dodge et al. 2019)\n{spread}", fontsize=9)
     _save(fig, path)
 
 
