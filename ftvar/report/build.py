@@ -1,9 +1,12 @@
 """`ftvar report`: collect, analyse, write report.json, report.md, a self-contained report.html and PNG plots.
 
 The report leads with what matters (the share of variance each hyperparameter term and each seed axis
-explains, the predicted best configuration, the expected best accuracy against the number of trials,
-degenerate trials), then the findings, the fits and the paper comparison. The shape of report.json is
-documented in docs/report-format.md (`"format": "ftvar-report/2"`).
+explains, the configuration to run with its selection-corrected value, its score on the held-out test split,
+the expected best score against the number of trials, degenerate and failed runs), then the findings, the
+per-example tables, the fits and the paper comparison. The metric it leads with is the analysis' lead metric
+(`ftvar.stats.analysis.lead_metric`). The shape of report.json is documented in docs/report-format.md
+(`"format": "ftvar-report/3"`). Per-example predictions are read here (ftvar.store.predictions) and handed
+to the analysis.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A collected study → everything the report shows: seed-blocked fits (absolute, relative to the baseline of
 the same init seed; with and without degenerate trials), the variance decomposition, the degree by
-cross-validation, the best configuration, the expected-max curves, degenerate trials, findings and the paper
+cross-validation, the best configuration, the expected-max curves, degenerate trials and the failure model,
+the per-example tables and the held-out test split, findings (one Holm family over all metrics) and the paper
 comparison.
 
 Works from the results table alone (ftvar.store.collect): one column per axis of the study, the seeds, the
