@@ -342,16 +342,16 @@ def _paper_fits(
 ) -> list[Fit]:
     """The fits of the terms the paper names, in raw units and not centred (ftvar.stats.paper): absolute, and
     relative to the baseline when that is not the absolute fit scaled."""
-    study, a = job.study, job.study.analysis
+    study = job.study
     md = build(rows, study.axes, 1, terms_only=PAPER_TERMS, raw=True)
-    out = [fit_metric(md, y, metric, "absolute", "all", a.seed_model)]
+    out = [fit_metric(md, y, metric, "absolute", "all", "blocks")]  # seeds as blocks: no mixed-model fits
     if job.baselines.n and not job.baselines.shared:
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (y - base) / base * 100.0
         ok = np.isfinite(rel)
         if ok.any():
             md_rel = md if ok.all() else build(rows.loc[ok], study.axes, 1, terms_only=PAPER_TERMS, raw=True)
-            out.append(fit_metric(md_rel, rel[ok], metric, "relative", "all", a.seed_model))
+            out.append(fit_metric(md_rel, rel[ok], metric, "relative", "all", "blocks"))
     return out
 
 

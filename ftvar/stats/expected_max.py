@@ -123,8 +123,11 @@ def curves(
     if "_failed" not in scored:
         scored["_failed"] = False
     scored["_failed"] = scored["_failed"].fillna(False).astype(bool)
-    seeds = [c for c in ("init_seed", "order_seed") if c in scored.columns]
-    keys = scored[seeds].astype(str).agg("/".join, axis=1) if seeds else pd.Series("0", index=scored.index)
+    keys = pd.Series("0", index=scored.index)
+    if bootstrap > 0 and len(scored) <= BAND_MAX_TRIALS:  # the seed groups the band resamples
+        for c in ("init_seed", "order_seed"):
+            if c in scored.columns:
+                keys = keys + "/" + scored[c].astype(str)
     rng = np.random.default_rng(seed)
     out = []
     groups: list[tuple[str, pd.DataFrame]] = [("all trials", scored)]

@@ -441,7 +441,12 @@ def held_out(
     score."""
     mask = np.ones(len(trials), dtype=bool)
     for name, value in key.items():
-        mask &= np.array([_same_key({name: v}, {name: value}) for v in trials[name]], dtype=bool)
+        column = trials[name]
+        numeric = pd.to_numeric(column, errors="coerce")
+        if isinstance(value, int | float) and not isinstance(value, bool) and numeric.notna().all():
+            mask &= np.isclose(numeric.to_numpy(dtype="float64"), float(value), rtol=1e-9, atol=0)
+        else:
+            mask &= (column.astype(str) == str(value)).to_numpy()
     part = trials.loc[mask]
     column = f"test_{metric}"
     if part.empty:
