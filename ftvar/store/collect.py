@@ -32,6 +32,7 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Trial, expand
 
 BEFORE_AXES = ("trial_id", "kind", "status")
+TEST_METRICS = ("accuracy", "f1", "mcc", "eval_loss")  # the held-out split's metrics: columns test_<metric>
 # the axis columns (one per axis of the study, named like it, then init_seed and order_seed) come here
 AFTER_AXES = (
     "accuracy",
@@ -62,6 +63,9 @@ AFTER_AXES = (
     "error",
     "started_at",
     "finished_at",
+    "top_class_share",
+    "n_test",
+    *(f"test_{m}" for m in TEST_METRICS),
 )
 _DTYPES = {
     "batch_size": "Int64",
@@ -75,8 +79,19 @@ _DTYPES = {
     "requeues": "int64",
     "replicate": "int64",
     "degenerate": "boolean",
+    "n_test": "Int64",
 }
-FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "mcc", "eval_loss", "train_loss", "majority_share")
+FLOAT_COLUMNS = (
+    "learning_rate",
+    "accuracy",
+    "f1",
+    "mcc",
+    "eval_loss",
+    "train_loss",
+    "majority_share",
+    "top_class_share",
+    *(f"test_{m}" for m in TEST_METRICS),
+)
 
 
 def axis_columns(study: Study) -> tuple[str, ...]:
@@ -151,6 +166,8 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
     """One validated record as a table row, in `columns` order (without in_grid and file)."""
     p, m, t, tp, env = r["params"], r["metrics"], r["timings"], r["throughput"], r["environment"]
     ev, engine, ran = r.get("eval") or {}, r.get("engine") or {}, r.get("ran") or {}
+    test = r.get("test") or {}
+    test_metrics = test.get("metrics") or {}
     return (
         r["trial_id"],
         r["kind"],
@@ -185,8 +202,18 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
         r["error"],
         r["started_at"],
         r["finished_at"],
+        _top_share(ev.get("pred_counts")),
+        test.get("n"),
+        *(test_metrics.get(m) for m in TEST_METRICS),
         path,
     )
+
+
+def _top_share(counts: Any) -> float | None:
+    """The share of the eval rows predicted as the most predicted class (near-degenerate runs: ≥ 0.95)."""
+    if not isinstance(counts, list) or not counts or sum(counts) <= 0:
+        return None
+    return float(max(counts) / sum(counts))
 
 
 def _read_chunk(

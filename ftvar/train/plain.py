@@ -94,7 +94,10 @@ class PlainEngine:
             return result
         t1 = time.perf_counter()
         evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
-        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        test = None
+        if job.test is not None:
+            test = evaluate(model, job.test, s.eval_batch_size, job.device, job.num_labels, dtype)
+        return evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1, test)
 
     def _train(
         self,

@@ -1,4 +1,5 @@
-"""Run one trial: load the study's cache, build the model, fit with the engine, write the JSON record."""
+"""Run one trial: load the study's cache, build the model, fit with the engine, write its per-example
+predictions (a sidecar) and then the JSON record."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ftvar.store.attempts import AttemptLog, RunningLock
 from ftvar.store.environment import environment
 from ftvar.store.files import tell, write_failed
 from ftvar.store.paths import StudyPaths
+from ftvar.store.predictions import sidecar, write_predictions
 from ftvar.store.record import finite_or_none, utc_now, write_record
 from ftvar.store.schema import SCHEMA_VERSION
 from ftvar.study.config import Study
@@ -237,6 +239,14 @@ def _record(
     }
     if result and result.eval_counts:
         record["eval"] = result.eval_counts
+    test = result.evaluated.get("test") if result else None
+    if test is not None:  # the held-out split's metrics: the report reads them for the chosen configuration
+        record["test"] = {
+            "n": sum(test.label_counts),
+            "metrics": {k: finite_or_none(v) for k, v in test.metrics.items()},
+            "label_counts": test.label_counts,
+            "pred_counts": test.pred_counts,
+        }
     if result and result.engine:
         record["engine"] = result.engine
     if result and trial.is_baseline and "head" in result.engine:
@@ -267,11 +277,16 @@ def _fit(
             model.to(device)
             split = for_model(prepared.eval, model)
             evaluated = evaluate(model, split, s.train.eval_batch_size, device, num_labels, dtype)
+            test = None
+            if prepared.test is not None:
+                held_out = for_model(prepared.test, model)
+                test = evaluate(model, held_out, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
             metrics={**evaluated.metrics, "train_loss": None},
             eval_time=time.perf_counter() - t0,
             eval_counts=evaluated.counts(),
             engine={"name": "eval", "cuda_graphs": None, "fallback": None, "head": head},
+            evaluated={"eval": evaluated, **({"test": test} if test is not None else {})},
         )
     else:
         engine = registry.make(s.train.engine, device)
@@ -315,6 +330,7 @@ def fit_job(
         pad_id=prepared.pad_token_id,
         num_labels=len(prepared.label_names),
         after_step=after_step,
+        test=for_model(prepared.test, model) if prepared.test is not None else None,
     )
     if resumable is not None:
         job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
@@ -488,6 +504,8 @@ def finish(
         run.attempts.update(status, error, step, save=False)
         record.update(status=status, error=error, attempts=run.attempts.attempts)
         try:
+            if status == "ok" and result is not None:  # first: a record's predictions are complete
+                write_trial_predictions(study, run, result)
             record = write_record(run.record_path, record)
         except OSError as exc:
             failure = write_failed(run.record_path, exc)
@@ -510,6 +528,28 @@ def _end_attempt(run: TrialRun, state: str, reason: str | None, step: int | None
         run.attempts.update(state, reason, step)
     except OSError as exc:
         log.error("%s: attempt not recorded (%s): %s", run.trial.trial_id, state, exc)
+
+
+def write_trial_predictions(study: Study, run: TrialRun, result: FitResult) -> None:
+    """The trial's per-example predictions (ftvar.store.predictions), when its evaluation kept them."""
+    splits = {}
+    for name, evaluated in result.evaluated.items():
+        if evaluated.labels is None or evaluated.predicted is None or evaluated.probabilities is None:
+            return
+        if not np.isfinite(evaluated.probabilities).all():
+            return  # a model whose outputs are not finite has no probabilities to keep
+        splits[name] = (evaluated.labels, evaluated.predicted, evaluated.probabilities)
+    if "eval" not in splits:
+        return
+    paths = StudyPaths(run.record_path.parents[1])  # <out>/<study>/records/<id>.json
+    data = sidecar(
+        run.trial.trial_id,
+        {"name": study.name, "hash": study.hash},
+        run.prepared.folder.name,
+        run.prepared.label_names,
+        splits,
+    )
+    write_predictions(paths.prediction(run.trial.trial_id), data)
 
 
 def run_trial(

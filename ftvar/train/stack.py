@@ -356,8 +356,13 @@ class StackEngine:
             evaluated = evaluate_fast(
                 job.model, job.eval, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
             )
+            test = None
+            if job.test is not None:
+                test = evaluate_fast(
+                    job.model, job.test, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
+                )
             job.model.to("cpu")
-            evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+            evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1, test)
         return results
 
 
