@@ -322,6 +322,6 @@ def test_a_random_design_draws_independent_points_from_the_priors(tmp_path: Path
             )
         )
     )
-    repeats = [p.replicate for p in small.points]
+    repeats = [p.repeat for p in small.points]
     assert max(repeats) > 0  # a point drawn again is run again, with its own seeds: every draw a trial
     assert len({t.trial_id for t in expand(small) if not t.is_baseline}) == 400
