@@ -4,6 +4,9 @@ way a user would (`ftvar launch` again, or nothing), and print what it cost (not
     bash slurm/dev-cluster.sh                      # as root, once
     PYTHONPATH=$PWD python bench/faults.py         # about 10 minutes on 2 cores
     FTVAR_TEST_IMAGE=localhost/ftvar:test PYTHONPATH=$PWD python bench/faults.py   # + the podman row
+    PYTHONPATH=$PWD python bench/faults.py --only=full_disk,split_arrays              # some scenarios only
+
+As root it also mounts a 3 MB tmpfs (a full disk) and a read-only bind mount (a read-only records folder).
 
 For each fault: trials submitted, finished (an ok or diverged record), lost (neither, at the end), the wall
 time from the fault to the last record (time to recover), and the training time done twice (since the last
@@ -12,15 +15,17 @@ checkpoint). The target is zero lost trials, zero lost checkpoints, zero hangs, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -393,6 +398,332 @@ def container_hf_cache(root: Path, image: str) -> Row:
     )
 
 
+# --------------------------------------------------------------------------- issue 21: the second fault run
+
+LOCAL = ["--executor", "local", "--max-parallel", "2"]
+
+
+def start_local(s: Scenario, *extra: str, output: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`ftvar launch` with the local executor, as a shell starts it: in a process group of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftvar", "launch", "smoke", *LOCAL, *extra, *s.args()],
+        stdout=output,
+        stderr=output,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"},
+        start_new_session=True,
+    )
+
+
+def local(s: Scenario, *extra: str) -> subprocess.CompletedProcess[str]:
+    return ftvar("launch", "smoke", *LOCAL, *extra, *s.args(), check=False)
+
+
+def workers(s: Scenario) -> list[int]:
+    """The processes of the study's local jobs (their command lines name its submitit folder)."""
+    out = subprocess.run(["pgrep", "-f", str(s.paths.submitit)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def attempts_of(s: Scenario, tid: str) -> list[dict[str, Any]]:
+    """A trial's attempts: its record's list, else its attempt log."""
+    for path in (s.paths.record(tid), s.paths.ckpt / tid / "attempts.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        listed = data.get("attempts") if isinstance(data, dict) else data
+        if isinstance(listed, list):
+            return listed
+    return []
+
+
+def twice_at_once(s: Scenario) -> int:
+    """Trials that two attempts trained at the same time (their intervals overlap; a running one is open)."""
+    found = 0
+    for tid in s.trials:
+        spans = [
+            (a["started_at"], a["finished_at"] or "9999") for a in attempts_of(s, tid) if a.get("started_at")
+        ]
+        found += any(a0 < b1 and b0 < a1 for i, (a0, a1) in enumerate(spans) for b0, b1 in spans[i + 1 :])
+    return found
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temp files of failed writes and empty files (the running locks are empty by design)."""
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and (p.name.endswith(".part") or (p.stat().st_size == 0 and p.name != "running.lock"))
+    ]
+
+
+def one_line(out: subprocess.CompletedProcess[str]) -> bool:
+    lines = out.stderr.strip().splitlines()
+    return out.returncode == 2 and len(lines) == 1 and lines[0].startswith("ftvar: error: ")
+
+
+def tracebacks(*outs: subprocess.CompletedProcess[str] | str) -> int:
+    return sum("Traceback" in (o if isinstance(o, str) else o.stdout + o.stderr) for o in outs)
+
+
+def ctrl_c_local(root: Path) -> Row:
+    """Ctrl-C of a local launch (SIGINT to its process group, as a terminal sends it), then launch again."""
+    s = Scenario(root, "ctrlc", ["grid.epochs=[6]", "grid.seed=[0,1,2]", "train.checkpoint_minutes=0.02"])
+    p = start_local(s)
+    wait(
+        lambda: sum(checkpoint_info(s.paths.ckpt / t) is not None for t in s.trials) >= 2, 300, "checkpoints"
+    )
+    os.killpg(p.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = p.communicate(timeout=300)
+    left = workers(s)
+    ended = [attempts_of(s, t)[-1] for t in s.trials if attempts_of(s, t)]
+    interrupted = [a for a in ended if a["state"] == "interrupted"]
+    entry = s.launches()[-1] if s.launches() else {}
+    # a checkpoint cut short (a disk error, a kill during the save): status must not promise a resume from it
+    bad = next(t for t in s.trials if checkpoint_info(s.paths.ckpt / t) is not None)
+    state = s.paths.ckpt / bad / "state.pt"
+    with state.open("r+b") as fh:
+        fh.truncate(state.stat().st_size // 2)
+    status = ftvar("status", "smoke", *s.args(), check=False)
+    promised = "resumable from step" in " ".join(status.stdout.split()).split(bad, 1)[-1][:400]
+    again = local(s)
+    row = s.row("Ctrl-C of a local launch (SIGINT to its group), then launch again", t0, redone_s=0)
+    row.tracebacks = tracebacks(err, again)
+    row.notes += [
+        f"exit {p.returncode}, stderr {err.strip().splitlines()[-1:]}, {len(left)} worker process(es) left",
+        f"{len(interrupted)} trial(s) in flight ended interrupted at steps "
+        f"{sorted(int(a['step'] or 0) for a in interrupted)}; "
+        f"ledger line written: {entry.get('interrupted')}",
+        f"status with one checkpoint cut in half promises a resume from it: {promised}",
+        f"trials trained twice at once: {twice_at_once(s)}",
+    ]
+    return row
+
+
+def killed_launch(root: Path) -> Row:
+    """SIGKILL of a local launch (nothing can be caught: its workers run on), then launch again at once."""
+    s = Scenario(root, "orphans", ["grid.epochs=[6]", "grid.seed=[0,1,2,3]", "train.checkpoint_minutes=0.02"])
+    # its output to nowhere: the workers it leaves keep the launch's stdout and stderr open
+    p = start_local(s, output=subprocess.DEVNULL)
+    running = [s.paths.ckpt / t / "attempts.json" for t in s.trials]
+    wait(lambda: sum(f.exists() for f in running) >= 2, 300, "2 trials to start")
+    p.kill()
+    p.wait()
+    t0 = time.monotonic()
+    orphans = len(workers(s))
+    again = local(s)
+    wait(lambda: not workers(s), 600, "the orphaned workers to end")
+    if s.finished() < len(s.trials):
+        again = local(s)
+    skipped = re.search(r"(\d+) trial\(s\) are running right now in another process", again.stdout)
+    row = s.row("SIGKILL of a local launch, then launch again while its workers run", t0)
+    row.submitted, row.lost = (
+        len(s.trials),
+        len(s.trials) - row.finished,
+    )  # the killed launch has no ledger line
+    row.tracebacks = tracebacks(again)
+    row.notes += [
+        f"{orphans} worker process(es) ran on after the kill",
+        f"the relaunch left {skipped.group(1) if skipped else 0} trial(s) to them (running right now)",
+        f"trials trained twice at once: {twice_at_once(s)}",
+    ]
+    return row
+
+
+@contextlib.contextmanager
+def mounted(*command: str, target: Path) -> Iterator[None]:
+    subprocess.run([*command, str(target)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill `folder`'s file system to its last block; delete the file returned to free the space."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as fh:
+        for chunk in (1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"x" * chunk)
+    return filler
+
+
+def full_disk(root: Path) -> Row:
+    """--out on a 3 MB tmpfs that fills while the trials train; a relaunch while full; one once freed."""
+    mnt = root / "tmpfs"
+    mnt.mkdir()
+    with mounted("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", target=mnt):
+        s = Scenario(
+            mnt, "full", ["grid.epochs=[2]", "grid.seed=[0,1,2,3,4,5]", "train.checkpoint_minutes=0.01"]
+        )
+        p = start_local(s)
+        wait(
+            lambda: any(s.paths.record(t).exists() for t in s.trials) or p.poll() is not None, 600, "a record"
+        )
+        filler = fill(mnt)
+        t0 = time.monotonic()
+        out, err = p.communicate(timeout=600)
+        first = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        records_first = s.finished()
+        failed = [
+            a for t in s.trials for a in attempts_of(s, t)[-1:] if "no space left" in str(a.get("reason"))
+        ]
+        logs = "".join(f.read_text(errors="replace") for f in s.paths.submitit.rglob("*.err"))
+        status = ftvar("status", "smoke", *s.args(), check=False)
+        blamed = "killed, or its launch was interrupted" in status.stdout
+        while_full = local(s)
+        junk = leftovers(s.out)
+        filler.unlink()
+        again = local(s)
+        row = s.row("--out on a 3 MB tmpfs that fills during training, relaunch full, relaunch freed", t0)
+        row.submitted, row.lost = (
+            len(s.trials),
+            len(s.trials) - row.finished,
+        )  # the full disk took no ledger line
+        row.tracebacks = tracebacks(first, while_full, again)
+        states = {t: [a["state"] for a in attempts_of(s, t)] for t in s.trials}
+        row.notes += [
+            f"first launch exit {p.returncode}: {records_first} ok record(s); "
+            f"{len(failed)} attempt(s) failed with 'no space left' in their reason; "
+            f"status blames a kill: {blamed}",
+            f"relaunch while full: one line, exit 2: {one_line(while_full)} "
+            f"({while_full.stderr.strip()[:160]})",
+            f"submitit's own traceback (its job result on the full disk) in "
+            f"{logs.count('Traceback')} job log(s)",
+            f"0-byte or part files left: {len(junk)}; attempts after the freed relaunch: "
+            f"{sorted(set(map(tuple, states.values())))}; trials trained twice at once: {twice_at_once(s)}",
+        ]
+    return row
+
+
+def read_only_records(root: Path) -> Row:
+    """The records folder read-only (a bind mount): refused at launch; made read-only under a running pack."""
+    s = Scenario(root, "rofs", ["grid.epochs=[2]", "grid.seed=[0,1,2,3]"])
+    s.paths.records.mkdir(parents=True)
+    with mounted("mount", "--bind", str(s.paths.records), target=s.paths.records):
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(s.paths.records)], check=True)
+        refused = local(s)
+    p = start_local(s, "--max-parallel", "1")
+    wait(
+        lambda: any((s.paths.ckpt / t / "attempts.json").exists() for t in s.trials), 300, "a trial to start"
+    )
+    with mounted("mount", "--bind", str(s.paths.records), target=s.paths.records):
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(s.paths.records)], check=True)
+        t0 = time.monotonic()
+        out, err = p.communicate(timeout=600)
+    stopped = re.search(r"job \d+ stopped: (.*?); (\d+) trial\(s\) left", " ".join(out.split()))
+    reasons = [a["reason"] for t in s.trials for a in attempts_of(s, t) if a["state"] == "failed"]
+    again = local(s)
+    row = s.row("records folder read-only (bind mount): at launch, then under a running pack", t0)
+    row.tracebacks = tracebacks(refused, again, err)
+    oks = max(sum(a["state"] == "ok" for a in attempts_of(s, t)) for t in s.trials)
+    row.notes += [
+        f"launch on a read-only folder: one line, exit 2: {one_line(refused)} "
+        f"({refused.stderr.strip()[14:140]})",
+        f"under the pack: {stopped.group(0) if stopped else 'no stop line'}",
+        f"failed attempts say: {sorted({r.rsplit(': ', 1)[-1] for r in reasons})}; "
+        f"most ok attempts of a trial: {oks}",
+    ]
+    return row
+
+
+def split_arrays(root: Path) -> Row:
+    """More tasks than MaxArraySize: the dry run, --array-parallelism across arrays, status after scancel."""
+    from rich.console import Console
+
+    from ftvar.run import launch, slurm
+
+    big = Scenario(root, "split", ["grid.epochs=[1]", f"grid.seed={list(range(1170))}"])
+    dry = ftvar("launch", "smoke", *SLURM, "--array-parallelism", "1", "--dry-run", *big.args())
+    scripts = dry.stdout.split("# ---- array ")[1:]
+    accepted = 0
+    for script in scripts:
+        body = re.sub(r"#SBATCH --dependency=\S+\n", "", script.split("\n", 1)[1])
+        test = subprocess.run(
+            ["sbatch", "--test-only"], input=body, capture_output=True, text=True, check=False
+        )
+        accepted += test.returncode == 0
+    t0 = time.monotonic()
+    big.launch("--array-parallelism", "1", "--slurm-arg", "begin=now+3600")
+    arrays = [str(e["array_id"]) for e in big.launches()]
+    submitted_s = time.monotonic() - t0
+    subprocess.run(["scancel", *arrays], check=True)
+    wait(lambda: all(big.state(f"{a}_0") not in ACTIVE for a in arrays), 120, "the cancel")
+    t1 = time.monotonic()
+    status = ftvar("status", "smoke", *big.args(), check=False)
+    status_s, status_lines = time.monotonic() - t1, len(status.stdout.splitlines())
+
+    # two arrays of two tasks each under --array-parallelism 1: how many tasks ever ran at once
+    real = slurm.max_array_size
+    slurm.max_array_size = lambda: 2  # type: ignore[assignment]
+    try:
+        s = Scenario(root, "chain", ["grid.epochs=[1]", "grid.seed=[0,1]", "grid.batch_size=[16,64]"])
+        options = slurm.merge_options(
+            s.study.cluster, {"partition": "gpu", "cpus_per_task": 1, "array_parallelism": 1}
+        )
+        launch.prepare_study(s.study, s.paths, Console(quiet=True))
+        chained = slurm.run_slurm(s.study, s.paths, expand(s.study), options, False, Console(quiet=True))
+    finally:
+        slurm.max_array_size = real  # type: ignore[assignment]
+    s.watch()
+    spans = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(chained)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    times = [line.split("|")[1:] for line in spans if line.count("|") == 2 and "Unknown" not in line]
+    most = max((sum(a <= t < b for a, b in times) for t, _ in times), default=0)
+    row = s.row("more tasks than MaxArraySize (1,170), --array-parallelism 1", t0)
+    row.submitted, row.finished, row.lost = len(s.trials), s.finished(), len(s.trials) - s.finished()
+    row.notes += [
+        f"--dry-run: {len(scripts)} script(s), {accepted} accepted by sbatch --test-only",
+        f"1,170 tasks submitted as {len(arrays)} arrays in {submitted_s:.0f} s, all cancelled: "
+        f"status printed {status_lines} lines in {status_s:.1f} s",
+        f"{len(s.trials)} tasks in {len(chained)} chained arrays of 2: at most {most} running at once",
+    ]
+    return row
+
+
+def smaller(root: Path) -> Row:
+    """A study name too long for a folder; a report with baselines only; the controller not answering
+    (sbatch and sinfo stand-ins: the dev cluster's controller is shared and stays up)."""
+    name = ftvar("launch", "smoke", "--set", "name=" + "a" * 300, "--out", str(root / "long"), check=False)
+    s = Scenario(root, "baselines", ["grid.epochs=[1]", "grid.seed=[0]", "analysis.baseline=pretrained"])
+    for tid in (t.trial_id for t in expand(s.study) if t.is_baseline):
+        ftvar("run-trial", "smoke", "--trial", tid, *s.args())
+    report = ftvar("report", "smoke", *s.args(), check=False)
+    bin_dir = root / "down-bin"
+    bin_dir.mkdir()
+    for tool, text in (
+        (
+            "sbatch",
+            "sbatch: error: Batch job submission failed: "
+            "Unable to contact slurm controller (connect failure)",
+        ),
+        ("sinfo", "slurm_load_partitions: Unable to contact slurm controller (connect failure)"),
+    ):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho '{text}' >&2\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    down = ftvar(
+        "launch", "smoke", *SLURM, *s.args(), env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, check=False
+    )
+    row = Row(
+        "smaller: a 300-character name, baselines-only report, controller down",
+        tracebacks=tracebacks(name, report, down),
+    )
+    row.notes += [
+        f"name: one line {one_line(name)}, --out left behind: {(root / 'long').exists()}",
+        f"report: {report.stderr.strip()[14:130]}…",
+        f"controller down: {down.stderr.strip()[14:120]}…",
+    ]
+    return row
+
+
 def main() -> None:
     if (
         shutil.which("sinfo") is None
@@ -400,6 +731,7 @@ def main() -> None:
     ):
         sys.exit("no SLURM cluster: run `bash slurm/dev-cluster.sh` as root first")
     image = os.environ.get("FTVAR_TEST_IMAGE")
+    only = sys.argv[1].removeprefix("--only=").split(",") if len(sys.argv) > 1 else None  # --only=a,b
     t_all = time.monotonic()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ftvar-faults-") as tmp:
@@ -415,10 +747,20 @@ def main() -> None:
             lambda: changed_study(root),
             lambda: bad_options(root, image),
             lambda: junk_records(root),
+            lambda: ctrl_c_local(root),
+            lambda: killed_launch(root),
+            lambda: split_arrays(root),
+            lambda: smaller(root),
         ]
+        if os.geteuid() == 0:  # mounts: a small tmpfs, a read-only bind
+            steps += [lambda: full_disk(root), lambda: read_only_records(root)]
+        else:
+            print("not root: the full-disk and read-only rows need mounts and are left out", file=sys.stderr)
         if image and shutil.which("podman"):
             steps.append(lambda: container_hf_cache(root, image))
         for step in steps:
+            if only is not None and not set(only) & set(step.__code__.co_names):
+                continue  # --only=NAME,…: the scenarios of those function names
             t = time.monotonic()
             row = step()
             rows.append(row)

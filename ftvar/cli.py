@@ -61,6 +61,12 @@ def handle_errors(func: F) -> F:
             message = " ".join(str(exc).split())
             print(f"ftvar: error: {message}", file=sys.stderr)
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except OSError as exc:  # the file system refused something no check foresaw: its path and cause
+            from ftvar.store.files import cause
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"ftvar: error: {where}{cause(exc)}", file=sys.stderr)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             print("ftvar: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -311,6 +317,13 @@ def status(
     ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch (≥ 0.5).")] = 10.0,
     lines: Annotated[int, typer.Option(help="Log lines shown per failed trial.")] = 8,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Every failed trial in full (by default, past 10: counts by reason and the first 10).",
+        ),
+    ] = False,
 ) -> None:
     """Show each array's pending / running / ok / failed / diverged trials (records plus sacct).
 
@@ -328,7 +341,7 @@ def status(
     s = _load(study, set_)
     paths = StudyPaths.of(out, s.name)
     states = S.watch(s, paths, console, interval) if watch else S.trial_states(s, paths)
-    console.print(S.render(s, paths, states, lines))
+    console.print(S.render(s, paths, states, lines, show_all))
     if any(st.state != "ok" for st in states):
         raise typer.Exit(1)
 

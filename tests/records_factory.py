@@ -357,3 +357,45 @@ def write_table(out: Path, study: Study, table: pd.DataFrame) -> None:
             }
         validate(rec)
         write(records, rec)
+
+
+def write_predictions(
+    out: Path,
+    study: Study,
+    table: pd.DataFrame,
+    n_rows: int = 200,
+    rng: np.random.Generator | None = None,
+    test_rows: int = 0,
+    texts: bool = True,
+) -> None:
+    """Per-example prediction sidecars (ftvar.store.predictions) for the ok rows of a simulated table: every
+    trial sees the same gold labels; each row is predicted right with probability the trial's accuracy (rows
+    differ in difficulty, so that seeds agree more on easy rows); a test split of `test_rows` rows likewise.
+    With `texts`, the data cache's texts.json for them."""
+    from ftvar.store.predictions import sidecar
+    from ftvar.store.predictions import write_predictions as write_sidecar
+
+    rng = rng or np.random.default_rng(0)
+    paths = StudyPaths.of(out, study.name)
+    key = "0123456789ab"
+    sizes = {"eval": n_rows, **({"test": test_rows} if test_rows else {})}
+    gold = {split: np.arange(n) % 2 for split, n in sizes.items()}
+    ease = {split: rng.normal(0, 1.5, n) for split, n in sizes.items()}
+    for row in table.to_dict(orient="records"):
+        if row["status"] != "ok" or row["kind"] != "trial":
+            continue
+        splits = {}
+        for split, n in sizes.items():
+            acc = float(row["accuracy"] if split == "eval" else row.get("test_accuracy", row["accuracy"]))
+            shift = np.quantile(ease[split], 1 - min(max(acc, 0.0), 1.0))
+            right = ease[split] + rng.normal(0, 0.7, n) > shift
+            predicted = np.where(right, gold[split], 1 - gold[split])
+            p1 = np.clip(np.where(predicted == 1, 0.7, 0.3) + rng.normal(0, 0.1, n), 0.01, 0.99)
+            splits[split] = (gold[split], predicted, np.column_stack([1 - p1, p1]))
+        data = sidecar(row["trial_id"], {"name": study.name, "hash": study.hash}, key, ["neg", "pos"], splits)
+        write_sidecar(paths.prediction(row["trial_id"]), data)
+    if texts:
+        paths.texts(key).parent.mkdir(parents=True, exist_ok=True)
+        paths.texts(key).write_text(
+            json.dumps({split: [f"{split} sentence {i}" for i in range(n)] for split, n in sizes.items()})
+        )

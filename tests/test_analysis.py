@@ -11,6 +11,7 @@ import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from records_factory import make_study, simulate, study_with, write_table
+from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from ftvar.stats import regression
@@ -484,3 +485,60 @@ def test_a_killed_analysis_worker_leaves_the_serial_analysis(monkeypatch: pytest
     rescued = analyze(study, table, parallel=True)
     assert [f.coefs for f in rescued.fits] == [f.coefs for f in serial.fits]
     assert [d.components for d in rescued.variance] == [d.components for d in serial.variance]
+
+
+def test_findings_adjust_over_every_metrics_terms_together() -> None:
+    """One family for the findings: Holm over the terms of all three metrics' fits of all trials, so a term
+    is a finding only if it survives 3 × 9 = 27 tests, not 9 (the term tables keep Holm per fit)."""
+    study = make_study(bootstrap=0)
+    result = analyze(study, simulate(study, quadratic(study), noise=0.01, rng=np.random.default_rng(4)))
+    family = [t for f in result.fits if f.kind == "absolute" and f.subset == "all" for t in f.tests]
+    assert result.family == len(family) == 27
+    p = np.array([t.p for t in family])
+    holm_all = multipletests(p, method="holm")[1]
+    assert np.allclose([t.p_family for t in family], holm_all)
+    assert all(t.p_family >= t.p_holm - 1e-12 for t in family)  # type: ignore[operator]
+    for x in result.findings:
+        if x["term"]:
+            assert x["p_holm"] < 0.05 and any(
+                t.term == x["term"] and t.p_family == x["p_holm"] for t in family
+            )
+
+
+def test_the_mixed_model_tests_with_containment_degrees_of_freedom() -> None:
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 32], ep=[1, 2], seeds=list(range(6)))
+    rows = trials(simulate(study, quadratic(study), init_sd=0.02, rng=np.random.default_rng(0)))
+    rows = rows.drop(index=rows.index[rows["init_seed"].eq(0) & rows["learning_rate"].eq(1e-4)])
+    md = build(rows, study.axes, 2)
+    f = fit(md, rows["accuracy"].to_numpy(), "accuracy", "absolute", "all", "mixed")
+    assert f.seed_model == "mixed" and any("containment degrees of freedom" in n for n in f.notes)
+    df = md.n - md.X.shape[1] - 5  # n − p − (seed levels − 1)
+    assert f.df_resid == df
+    lr = f.coef("lr")
+    assert lr is not None
+    assert lr.p == pytest.approx(2 * stats.t.sf(abs(lr.t), df))  # a t-test, not a z-test
+    assert lr.ci_high - lr.coef == pytest.approx(stats.t.ppf(0.975, df) * lr.se)
+
+
+def test_dropped_trials_are_counted_and_near_degenerate_runs_flagged() -> None:
+    study = make_study(lr=[1e-5, 1e-4], bs=[16, 32], ep=[1], seeds=[0, 1, 2], bootstrap=0)
+    table = simulate(study, lambda r: np.full(len(r), 0.8), rng=np.random.default_rng(0))
+    t = table.index[table["kind"] == "trial"]
+    table.loc[t[0], ["status", "accuracy", "f1", "eval_loss"]] = ["failed", np.nan, np.nan, np.nan]
+    table.loc[t[1], ["status", "accuracy", "f1", "eval_loss"]] = ["diverged", np.nan, np.nan, np.nan]
+    table["top_class_share"] = 0.5
+    table.loc[t[2], "top_class_share"] = 0.97  # predicts one class for 97% of the rows: near-degenerate
+    table.loc[t[3], "top_class_share"] = 0.94
+    base = table.index[table["kind"] == "baseline"]
+    table.loc[base[0], "f1"] = 0.0  # a head that predicts one class: F1 0, no relative F1
+    result = analyze(study, table)
+    assert any("1 failed and 1 diverged trial(s) have no metric" in n for n in result.notes)
+    assert any("relative F1: 3 trial(s) whose baseline is 0" in n for n in result.notes)
+    assert result.degenerate.n_near == 1 and result.degenerate.threshold == 0.95
+    strict = analyze(
+        type(study)(
+            name=study.name, grid=study.grid, analysis=type(study.analysis)(bootstrap=0, near_degenerate=0.9)
+        ),
+        table,
+    )
+    assert strict.degenerate.n_near == 2

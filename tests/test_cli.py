@@ -73,6 +73,32 @@ def _bad_files(tmp_path: Path) -> Path:
             "the eval split has labels the train split lacks: neutral",
         ),
         (
+            [
+                "launch",
+                "FILES",
+                "--set",
+                "data.eval=train.tsv",
+                "--set",
+                "data.test=eval.tsv",
+                "--executor",
+                "local",
+            ],
+            "the test split has labels the train split lacks: neutral",
+        ),
+        (
+            [
+                "launch",
+                "FILES",
+                "--set",
+                "data.eval=train.tsv",
+                "--set",
+                "data.test_fraction=0.1",
+                "--executor",
+                "local",
+            ],
+            "data.test_fraction = 0.1 of 2 eval rows leaves no test row",
+        ),
+        (
             ["launch", "FILES", "--set", "data.label_column=y", "--executor", "local"],
             "data.label_column = 'y' is not a column of the train split; columns: sentence, label",
         ),

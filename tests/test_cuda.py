@@ -7,12 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from ftvar.data.cache import load_prepared
 from ftvar.store import record
 from ftvar.store.paths import StudyPaths
+from ftvar.store.predictions import read_predictions
 from ftvar.study.config import Study, load_study
 from ftvar.study.trial import Trial, expand, settings
 from ftvar.train import fast, noise
@@ -115,6 +117,12 @@ def test_a_trial_runs_in_cuda_graphs_with_bf16(tmp_path: Path) -> None:
     assert engine["name"] == "fast" and engine["cuda_graphs"] is True and engine["fallback"] is None
     assert engine["graph_steps"] > engine["eager_steps"] and engine["peak_gpu_memory_mb"] > 0
     assert rec["metrics"]["accuracy"] is not None
+    # the device-side evaluation's per-row outputs come back in row order (rows are sorted by length there)
+    rows = read_predictions(paths.prediction(trial.trial_id)).splits["eval"]
+    assert np.mean(rows.predicted == rows.labels) == pytest.approx(rec["metrics"]["accuracy"])
+    assert np.allclose(rows.probabilities.sum(axis=1), 1.0, atol=2e-4)
+    clear = np.abs(rows.probabilities[:, 1] - rows.probabilities[:, 0]) > 2e-4  # not tied after rounding
+    assert np.array_equal(rows.probabilities.argmax(axis=1)[clear], rows.predicted[clear])
 
 
 def test_a_failed_capture_falls_back_to_eager_and_says_why(

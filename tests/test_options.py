@@ -253,3 +253,56 @@ def test_the_test_only_submission_is_split_like_the_real_one(
             9,
         )
     assert not (tmp_path / "smoke").exists()
+
+
+def test_a_controller_that_does_not_answer_is_said_so_not_blamed_on_the_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21, item 5: with slurmctld down, sbatch --test-only fails too: that is the controller, not the
+    options."""
+    down = (
+        "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n"
+    )
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", down)
+
+    monkeypatch.setattr(slurm, "partitions", lambda: None)  # sinfo fails as well
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 1001)
+    monkeypatch.setattr(slurm.subprocess, "run", fake_run)
+    study = load_study("smoke")
+    c = slurm.merge_options(study.cluster, {"partition": "gpu"})
+    with pytest.raises(FtvarError) as caught:
+        slurm.check_cluster(c, study, StudyPaths.of(tmp_path, "smoke"), 9)
+    assert str(caught.value) == (
+        "the SLURM controller does not answer (sbatch --test-only: Batch job submission failed: Unable to "
+        "contact slurm controller (connect failure)); nothing was submitted. Is slurmctld up (`scontrol "
+        "ping`, `sinfo`)? Launch again once it is"
+    )
+
+
+def test_a_dry_run_shows_each_array_as_it_would_be_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21, item 4: more tasks than MaxArraySize print one script per array, each with its own --array
+    (never one that sbatch refuses); with --array-parallelism each array after the first waits for the one
+    before, so that the limit holds for the whole launch."""
+    from rich.console import Console
+
+    from ftvar.run.launch import launch_study
+
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 4)
+    study = load_study("smoke")  # 8 trials and a baseline: arrays of 4, 4 and 1 task(s)
+    for throttle in (None, 1):
+        cli = {"partition": "gpu", "array_parallelism": throttle}
+        assert launch_study(study, tmp_path, "slurm", None, cli, True, False, Console(quiet=True)) == 0
+        scripts = capsys.readouterr().out.split("# ---- array ")[1:]
+        assert [s.split(":")[0] for s in scripts] == ["1 of 3", "2 of 3", "3 of 3"]
+        limit = "%4" if throttle is None else "%1"  # submitit caps it at the array size by default
+        assert f"#SBATCH --array=0-3{limit}\n" in scripts[0] and f"#SBATCH --array=0-3{limit}\n" in scripts[1]
+        assert "#SBATCH --array" not in scripts[2]  # one task: a plain job
+        waits = ["--dependency" in s for s in scripts]
+        assert waits == ([False] * 3 if throttle is None else [False, True, True])
+        if throttle:
+            assert "#SBATCH --dependency=afterany:JOBID_OF_ARRAY_2\n" in scripts[2]
+    assert not (tmp_path / "smoke").exists()

@@ -1,4 +1,5 @@
-"""The paper comparison: every verdict, when it is shown, what it compares and the detectable effect."""
+"""The paper comparison: every verdict, when it is shown, what it compares (the paper's terms in raw units)
+and the detectable effect."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from records_factory import make_study, simulate
 from scipy import stats
 
 from ftvar.stats.analysis import analyze
-from ftvar.stats.paper import PAPER, PAPER_MODEL, comparable, compare, detectable, verdict
+from ftvar.stats.paper import MODEL, PAPER, PAPER_MODEL, VERDICTS, comparable, compare, detectable, verdict
 from ftvar.stats.results import Fit, TermTest
 from ftvar.study.config import DataConfig, ModelConfig, TinyModel
 
@@ -18,7 +19,7 @@ from ftvar.study.config import DataConfig, ModelConfig, TinyModel
     ("significant", "direction", "paper_p", "paper_direction", "expected"),
     [
         (True, -1, 0.027, -1, "consistent"),  # both significant, same direction
-        (True, 1, 0.028, 0, "consistent"),  # the paper states no direction
+        (True, 1, 0.028, 0, "both significant"),  # the paper states no direction: none compared
         (True, 1, 0.027, -1, "contradicts"),  # both significant, opposite directions
         (True, -1, 0.17, 0, "inconclusive"),  # significant here only: a null in the paper is not evidence
         (False, -1, 0.027, -1, "inconclusive"),  # not significant here
@@ -102,35 +103,21 @@ def test_rows_name_terms_codings_and_never_agree_on_two_nulls() -> None:
     # one fit per metric: eval loss also has bs, F1 also has bs:ep
     fits[0].tests.append(TermTest("bs", "bs", 1, 0.1, 0.9, 0.9, 0.9, coef=0.001, se=0.01))
     fits[2].tests.append(_fit("f1", "bs:ep", -0.02, 0.01).tests[0])
-    out = compare(
-        study,
-        fits,
-        {
-            "lr": "learning rate, log10, centred",
-            "bs": "batch size, log2, centred",
-            "ep": "epochs, as given, centred",
-        },
-        True,
-    )
+    out = compare(study, fits, True)
     rows = {(r["effect"], r["metric"]): r for r in out.rows}
     lr = rows[("learning rate", "eval_loss")]
     assert (
         lr["verdict"] == "consistent" and lr["fit"] == "absolute" and "scaled by one constant" in lr["note"]
     )
-    assert lr["coding"] == "learning rate, log10, centred"
+    assert lr["coding"] == "raw settings, not centred"
     acc = rows[("batch size", "accuracy")]
     assert acc["verdict"] == "inconclusive" and acc["detectable"] is not None and "80% power" in acc["note"]
-    assert rows[("batch size", "f1")]["verdict"] == "consistent"
+    assert rows[("batch size", "f1")]["verdict"] == "both significant"  # the paper gives no direction
     loss = rows[("batch size", "eval_loss")]
     assert loss["verdict"] == "inconclusive"  # not significant here, not in the paper: never "agrees"
     inter = rows[("epochs × batch size", "f1")]
-    assert (
-        inter["verdict"] == "consistent"
-        and inter["coding"] == "batch size, log2, centred × epochs, as given, centred"
-    )
-    assert len(out.rows) == len(PAPER) and all(
-        r["verdict"] in ("consistent", "contradicts", "inconclusive") for r in out.rows
-    )
+    assert inter["verdict"] == "both significant"
+    assert len(out.rows) == len(PAPER) and all(r["verdict"] in VERDICTS for r in out.rows)
 
 
 def test_a_study_without_a_paper_axis_says_the_term_is_missing() -> None:
@@ -142,5 +129,26 @@ def test_a_study_without_a_paper_axis_says_the_term_is_missing() -> None:
     row = next(r for r in result.paper.rows if r["effect"] == "epochs × batch size")
     assert row["verdict"] == "inconclusive" and "no bs:ep term" in row["note"]
     bs = next(r for r in result.paper.rows if r["effect"] == "batch size" and r["metric"] == "accuracy")
-    assert bs["verdict"] == "consistent" and bs["direction"] == 1
+    assert bs["verdict"] == "both significant" and bs["direction"] == 1
     assert isinstance(pd.DataFrame(result.paper.rows), pd.DataFrame)
+
+
+def test_the_comparison_fits_the_papers_terms_in_raw_units_not_the_reports_model() -> None:
+    """With an epochs × batch size interaction, the batch-size main effect of the raw, uncentred model is the
+    slope at 0 epochs — another number (and possibly another verdict) than the report's centred log-coded
+    slope. The comparison's fits are `metric ~ lr + bs + ep + bs:ep` in the settings' own units."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16, 32], ep=[1, 2, 3], seeds=[0, 1], bootstrap=0)
+
+    def mean(rows: pd.DataFrame) -> np.ndarray:
+        bs, ep = rows["batch_size"].to_numpy(dtype=float), rows["epochs"].to_numpy(dtype=float)
+        return np.asarray(0.8 - 0.002 * bs * (ep - 2) + 0.001 * ep)
+
+    result = analyze(study, simulate(study, mean, noise=0.002, rng=np.random.default_rng(0)))
+    paper_fit = next(f for f in result.paper_fits if f.metric == "accuracy" and f.kind == "absolute")
+    assert paper_fit.formula == "accuracy ~ lr + bs + ep + bs:ep + C(seed)"
+    raw = paper_fit.coef("bs")
+    assert raw is not None and raw.ci_low <= 0.004 <= raw.ci_high  # −0.002 × (0 − 2): the slope at ep = 0
+    centred = result.fit("accuracy")
+    assert centred is not None and centred.coef("bs") is not None
+    assert abs(centred.coef("bs").coef) < 0.01 * 0.5  # type: ignore[union-attr]  # ≈ 0 at the centre (ep = 2)
+    assert "not published" in MODEL

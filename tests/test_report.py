@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from records_factory import make_record, make_study, simulate, study_with, write, write_table
+from records_factory import (
+    make_record,
+    make_study,
+    simulate,
+    study_with,
+    write,
+    write_predictions,
+    write_table,
+)
 from rich.console import Console
 
 from ftvar.errors import FtvarError
@@ -28,13 +36,19 @@ TOP_LEVEL = {
     "collect",
     "analysis",
     "notes",
+    "ran",
+    "replicates",
     "variance",
     "best",
+    "held_out",
     "expected_max",
+    "failures",
+    "per_example",
     "degenerate",
     "selection",
     "fits",
     "findings",
+    "findings_family",
     "paper_comparison",
     "configurations",
     "plots",
@@ -77,13 +91,21 @@ def test_report_writes_every_file_leads_with_what_matters_and_embeds_its_plots(t
     assert all(p.read_bytes().startswith(PNG) for p in pngs)
 
     data = strict_json(result.json.read_text())
-    assert set(data) == TOP_LEVEL and data["format"] == REPORT_FORMAT == "ftvar-report/2"
+    assert set(data) == TOP_LEVEL and data["format"] == REPORT_FORMAT == "ftvar-report/3"
     assert {p["file"] for p in data["plots"]} == names  # type: ignore[attr-defined]
     assert data["analysis"]["seed_model"] == "blocks"  # type: ignore[index]
     shares = {c["name"]: c for c in data["variance"][0]["components"]}  # type: ignore[index]
     assert {"hyperparameters", "lr", "bs", "seed", "residual"} <= set(shares)
     assert all(c["ci_low"] is not None for c in shares.values())
-    assert data["best"][0]["metric"] == "accuracy" and data["best"][0]["bootstrap"] == 50  # type: ignore[index]
+    best = data["best"][0]  # type: ignore[index]
+    assert best["metric"] == "accuracy" and best["bootstrap"] == 50 and best["value_from"] == "trials"
+    assert best["ci_low"] < best["corrected"] < best["ci_high"] and set(best["recommended"]) == {
+        "learning_rate",
+        "batch_size",
+        "epochs",
+    }
+    assert isinstance(best["recommended"]["batch_size"], int)
+    assert data["per_example"] is None and data["held_out"] is None  # none in these records
     assert data["expected_max"]["by"] == "batch_size"  # type: ignore[index]
     assert len(data["expected_max"]["curves"]) == 4  # type: ignore[index]
     tests = data["fits"][0]["tests"]  # type: ignore[index]
@@ -94,8 +116,12 @@ def test_report_writes_every_file_leads_with_what_matters_and_embeds_its_plots(t
     headings = re.findall(r"^## (.+)$", md, flags=re.M)
     assert headings[:3] == ["What matters", "Findings", "Study and design"]
     lead = md.split("## Findings")[0]
-    assert "hyperparameters explain" in lead and "luck" in lead and "predicted highest at" in lead
-    assert "Expected best accuracy" in lead and "Degenerate trials: none of 54" in lead
+    assert (
+        "hyperparameters explain" in lead and "luck" in lead and "**accuracy**: run learning rate = " in lead
+    )
+    assert "corrected for having been chosen as the best of 27" in lead
+    assert "Expected best accuracy" in lead and "random subsets of this design's trials" in lead
+    assert "Degenerate trials: none of 54" in lead and "Failed runs" not in lead
     assert "![share of variance" in lead and "![expected best accuracy" in lead
     assert "Holm" in md and "± —" not in md
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
@@ -122,7 +148,9 @@ def test_one_seed_says_so_and_renders_the_smoke_shape(tmp_path: Path) -> None:
     data = strict_json(result.json.read_text())
     assert data["analysis"]["seed_model"] == "none"  # type: ignore[index]
     assert any("single seed" in n for n in data["variance"][0]["notes"])  # type: ignore[index]
-    assert data["best"][0]["ci_low"] is None  # one seed: nothing to resample  # type: ignore[index]
+    assert data["best"][0]["ci_low"] is None  # one seed: its effect cannot be estimated  # type: ignore[index]
+    lead = md.split("## Findings")[0]
+    assert ", luck " not in lead and "a single seed cannot tell apart" in lead
     assert any("square cannot be identified" in n for n in data["notes"])  # type: ignore[attr-defined]
     assert (result.folder / "accuracy_heatmaps.png").is_file()
 
@@ -222,3 +250,37 @@ def test_odd_records_give_a_report(tmp_path: Path, odd: str) -> None:
     result = build_report(study, tmp_path)
     strict_json(result.json.read_text())
     assert result.markdown.read_text().startswith("# ftvar report")
+
+
+def test_predictions_a_test_split_and_failed_runs_reach_the_report(tmp_path: Path) -> None:
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16], ep=[1, 2], seeds=[0, 1, 2], bootstrap=50)
+    table = simulate(
+        study,
+        mean,
+        init_sd=0.01,
+        degenerate=lambda r: np.where(r["learning_rate"] == 1e-4, 0.5, 0.0),
+        rng=np.random.default_rng(3),
+    )
+    trials = table.index[table["kind"] == "trial"]
+    table.loc[trials[-1], ["status", "accuracy", "f1", "eval_loss"]] = ["diverged", np.nan, np.nan, np.nan]
+    write_table(tmp_path, study, table)
+    write_predictions(tmp_path, study, table, n_rows=120, test_rows=60, rng=np.random.default_rng(4))
+    result = build_report(study, tmp_path)
+    data = strict_json(result.json.read_text())
+    md = result.markdown.read_text()
+    lead = md.split("## Findings")[0]
+    assert "**Held-out test split** (60 rows; never used for selection" in lead
+    held = data["held_out"]
+    assert held["n_trials"] >= 2 and held["ci_low"] <= held["value"] <= held["ci_high"]  # type: ignore[index]
+    assert held["key"] == {k: data["best"][0]["recommended"][k] for k in held["key"]}  # type: ignore[index]
+    assert "1 failed or diverged trial(s) count as draws" in lead and "Failed runs: " in lead
+    per = data["per_example"]
+    assert per["n_rows"] == 120 and per["configurations"][0]["ci_low"] is not None  # type: ignore[index]
+    assert per["comparisons"] and per["flips_all"]  # type: ignore[index]
+    section = md.split("## Per-example predictions")[1].split("\n## ")[0]
+    assert "95% eval-sampling interval" in section and "eval sentence" in section and "churn" in section
+    failed = md.split("## Failed runs")[1].split("\n## ")[0]
+    assert "Firth-penalised logistic regression" in failed and "predicted failure rate" in failed
+    assert data["failures"]["n_diverged"] == 1  # type: ignore[index]
+    assert any("have no metric and are not in the fits" in n for n in data["notes"])  # type: ignore[attr-defined]
+    assert data["findings_family"]["tests"] > 0  # type: ignore[index]

@@ -18,7 +18,7 @@ from ftvar.stats.expected_max import curves, expected_max
 from ftvar.stats.optimum import best
 from ftvar.stats.selection import cv_scores, select
 from ftvar.stats.terms import build
-from ftvar.stats.variance import decompose
+from ftvar.stats.variance import _Design, decompose
 from ftvar.study.config import Study
 
 
@@ -38,24 +38,44 @@ def _trials(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["kind"] == "trial"].reset_index(drop=True)
 
 
-def test_variance_components_are_unbiased_and_their_intervals_cover_the_truth() -> None:
-    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16, 32], ep=[1, 2], seeds=list(range(10)))
-    mean = _mean(study)
-    seed_sd, noise = 0.01, 0.01
-    rng = np.random.default_rng(7)
-    runs, hits, estimates = 30, {"hyperparameters": 0, "seed": 0, "residual": 0, "luck": 0}, []
-    for r in range(runs):
-        rows = _trials(simulate(study, mean, init_sd=seed_sd, noise=noise, rng=rng))
-        md = build(rows, study.axes, 2)
-        truth_hp = float(np.var(mean(rows)))
-        total = truth_hp + seed_sd**2 + noise**2
-        truth = {
-            "hyperparameters": truth_hp / total,
-            "seed": seed_sd**2 / total,
-            "residual": noise**2 / total,
-            "luck": (seed_sd**2 + noise**2) / total,
-        }
-        d = decompose(md, rows[["accuracy"]].to_numpy(), ["accuracy"], 200, seed=r)[0]
+def _studies(
+    study: Study, runs: int, seed_sd: float, noise: float, rng: np.random.Generator, loud: float = 1.0
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The trials of one design and `runs` simulated metrics for them (columns): the mean, seed effects and
+    noise drawn afresh per study; the noise sd is `loud` times larger at learning rate 1e-4. Returns the rows,
+    the metrics and the true mean."""
+    rows = _trials(simulate(study, _mean(study), rng=rng))
+    truth = _mean(study)(rows)
+    codes = rows["init_seed"].astype(int).to_numpy()
+    sd = np.where(rows["learning_rate"].to_numpy() == 1e-4, noise * loud, noise)
+    seeds = rng.normal(0, seed_sd, (codes.max() + 1, runs))[codes]
+    return rows, truth[:, None] + seeds + rng.normal(0, 1, (len(rows), runs)) * sd[:, None], truth
+
+
+@pytest.mark.parametrize("n_seeds", [3, 10])
+def test_variance_components_are_unbiased_and_their_intervals_cover_the_truth(n_seeds: int) -> None:
+    """The shares' 95% intervals (generalized pivotal quantities) cover the true shares: bench/
+    bench_analysis.py measures 0.93–0.96 at 3 seeds and 0.95–0.96 at 10 over 400 studies. 300 studies
+    (Monte Carlo SE 0.013): every share must lie in [0.90, 0.99] — 4 SE below nominal, so a correct method
+    does not fail by chance, while the seed bootstrap these intervals replaced (0.82 for the seed share and
+    0.86 for luck at 3 seeds, 0.88 for the hyperparameters) fails it; the upper bound catches intervals that
+    are uselessly wide."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16, 32], ep=[1, 2], seeds=list(range(n_seeds)))
+    seed_sd, noise, runs = 0.01, 0.01, 300
+    rows, y, mean = _studies(study, runs, seed_sd, noise, np.random.default_rng(7))
+    md = build(rows, study.axes, 2)
+    truth_hp = float(np.var(mean))
+    total = truth_hp + seed_sd**2 + noise**2
+    truth = {
+        "hyperparameters": truth_hp / total,
+        "seed": seed_sd**2 / total,
+        "residual": noise**2 / total,
+        "luck": (seed_sd**2 + noise**2) / total,
+    }
+    out = decompose(md, y, [f"run {r}" for r in range(runs)], 400, seed=1)
+    hits = dict.fromkeys(truth, 0)
+    estimates = []
+    for d in out:
         comps = {c.name: c for c in d.components} | {"luck": d.luck}
         for name in hits:
             c = comps[name]
@@ -64,16 +84,70 @@ def test_variance_components_are_unbiased_and_their_intervals_cover_the_truth() 
         estimates.append(
             {n: comps[n].variance for n in ("hyperparameters", "seed", "residual", "lack of fit")}
         )
-        estimates[-1]["truth_hp"] = truth_hp
     est = pd.DataFrame(estimates).mean()
-    assert est["hyperparameters"] == pytest.approx(est["truth_hp"], rel=0.1)
+    assert est["hyperparameters"] == pytest.approx(truth_hp, rel=0.1)
     assert est["seed"] == pytest.approx(seed_sd**2, rel=0.3)
     assert est["residual"] == pytest.approx(noise**2, rel=0.1)
     assert est["lack of fit"] < 0.05 * noise**2  # the polynomial is the truth
     rates = {k: v / runs for k, v in hits.items()}
-    # nominal 0.95; bench/bench_analysis.py measures 0.9–0.93 for these with 10 seeds over 200 studies
-    assert rates["hyperparameters"] >= 0.75 and rates["residual"] >= 0.75 and rates["luck"] >= 0.75, rates
-    assert rates["seed"] >= 0.75, rates
+    assert all(0.90 <= v <= 0.99 for v in rates.values()), rates
+
+
+def test_unequal_noise_across_configurations_keeps_the_shares_calibrated() -> None:
+    """A third of the configurations with three times the noise sd (a configuration full of degenerate runs
+    is the extreme of this): each configuration's own noise enters the shares where Bartlett's test says it
+    differs. bench/bench_analysis.py measures 0.94–0.99 at 3–10 seeds; pooling the noise gave 0.41 for the
+    hyperparameter share at 10 seeds. 200 studies at 10 seeds (Monte Carlo SE 0.015): bound 0.90."""
+    study = make_study(lr=[1e-5, 3e-5, 1e-4], bs=[8, 16, 32], ep=[1, 2], seeds=list(range(10)))
+    runs = 200
+    rows, y, mean = _studies(study, runs, 0.01, 0.01, np.random.default_rng(8), loud=3.0)
+    hp, noise2 = float(np.var(mean)), 0.01**2 * (1 + 8 / 3)
+    total = hp + 0.01**2 + noise2
+    truth = {"hyperparameters": hp / total, "residual": noise2 / total, "luck": (0.01**2 + noise2) / total}
+    hits = dict.fromkeys(truth, 0)
+    for d in decompose(build(rows, study.axes, 2), y, [f"run {r}" for r in range(runs)], 400, seed=2):
+        comps = {c.name: c for c in d.components} | {"luck": d.luck}
+        for name in hits:
+            hits[name] += comps[name].ci_low <= truth[name] <= comps[name].ci_high  # type: ignore[operator]
+    rates = {k: v / runs for k, v in hits.items()}
+    assert all(v >= 0.90 for v in rates.values()), rates
+
+
+def test_henderson_iii_is_exact_for_unbalanced_crossed_seeds() -> None:
+    """The coefficient of each seed variance in its sum of squares, tr((P_full − P_without f) Z_f Z_f'),
+    against dense projections on a crossed 4 × 4 seed design with 40% of the trials missing (the closed form
+    for balanced designs gave 41.2 for 40.0 on such a design)."""
+    study = study_with(
+        {
+            "learning_rate": [1e-5, 1e-4],
+            "batch_size": [16, 32],
+            "epochs": [1],
+            "init_seed": list(range(4)),
+            "order_seed": list(range(4)),
+        },
+        bootstrap=0,
+    )
+    rng = np.random.default_rng(0)
+    rows = _trials(simulate(study, lambda r: np.full(len(r), 0.8), init_sd=0.02, noise=0.01, rng=rng))
+    rows = rows[rng.random(len(rows)) > 0.4].reset_index(drop=True)
+    md = build(rows, study.axes, 1)
+    design = _Design(md)
+    assert not design.balanced and len(md.seeds) == 2
+
+    def projection(a: np.ndarray) -> np.ndarray:
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        u = u[:, s > 1e-9 * s.max()]
+        return u @ u.T
+
+    def onehot(codes: np.ndarray, k: int) -> np.ndarray:
+        return (codes[:, None] == np.arange(k)[None, :]).astype(float)
+
+    c = onehot(md.config, md.n_configs)
+    z = [onehot(s.codes, len(s.levels)) for s in md.seeds]
+    full = projection(np.column_stack([c, *z]))
+    for f in range(2):
+        without = projection(np.column_stack([c, z[1 - f]]))
+        assert design.henderson[f] == pytest.approx(np.trace((full - without) @ z[f] @ z[f].T), rel=1e-9)
 
 
 def test_crossed_seeds_separate_init_from_order_variance() -> None:
@@ -133,14 +207,15 @@ def test_best_configuration_interval_covers_the_true_optimum() -> None:
         return np.asarray(0.85 - 0.05 * (x - vertex) ** 2)
 
     rng = np.random.default_rng(3)
-    hits, runs = 0, 25
+    hits, runs = 0, 40
     for r in range(runs):
         rows = _trials(simulate(study, mean, init_sd=0.01, noise=0.01, rng=rng))
         b = best(build(rows, study.axes, 2), rows["accuracy"].to_numpy(), "accuracy", True, 2, 200, seed=r)
         lr = b.axes[0]
         assert lr.ci_low is not None and lr.ci_high is not None and not lr.at_edge
         hits += lr.ci_low <= 10**vertex <= lr.ci_high
-    assert hits / runs >= 0.75
+    # bench/bench_analysis.py measures 0.95–0.98; 40 studies (Monte Carlo SE 0.034): bound 0.85, 3 SE below
+    assert hits / runs >= 0.85, hits / runs
 
 
 def test_expected_max_matches_exhaustive_and_monte_carlo_resampling() -> None:
@@ -192,3 +267,37 @@ def test_fast_leave_one_configuration_out_equals_refitting(drop: bool) -> None:
         beta, *_ = np.linalg.lstsq(x[~out], y[~out], rcond=None)
         press += float(((y[out] - x[out] @ beta) ** 2).sum())
     assert cv == pytest.approx(1 - press / float(((y - y.mean()) ** 2).sum()), rel=1e-6)
+
+
+def test_expected_max_on_a_random_design_matches_its_closed_form() -> None:
+    """Random search's expected best of n draws (learning rate log-uniform, a peaked accuracy, normal noise)
+    against the integral of t d(F(t)ⁿ) over the exact score distribution: the estimator from 60 draws is
+    unbiased to within 0.002 over 60 studies (bench/bench_analysis.py: the band covers it at n ≤ N/4)."""
+    from scipy import stats
+
+    u = np.linspace(-5, -3, 2001)
+    g = 0.85 - 0.05 * (u + 4) ** 2
+    t = np.linspace(g.min() - 0.08, g.max() + 0.08, 2001)
+    cdf = stats.norm.cdf((t[:, None] - g[None, :]) / 0.01).mean(axis=1)
+    rng = np.random.default_rng(9)
+    for n in (1, 10):
+        truth = float(np.sum(t[1:] * np.diff(cdf**n)) + t[0] * cdf[0] ** n)
+        means = []
+        for _ in range(60):
+            lr = rng.uniform(-5, -3, 60)
+            acc = 0.85 - 0.05 * (lr + 4) ** 2 + rng.normal(0, 0.01, 60)
+            means.append(curves(pd.DataFrame({"accuracy": acc}), "accuracy", None, None)[0].mean[n - 1])
+        assert np.mean(means) == pytest.approx(truth, abs=0.002)
+
+
+def test_failed_draws_count_at_the_worst_score_and_the_band_comes_from_the_seeds() -> None:
+    ok = pd.DataFrame(
+        {"accuracy": [0.6, 0.7, 0.8, 0.9], "init_seed": [0, 0, 1, 1], "order_seed": [0, 0, 1, 1]}
+    )
+    failed = pd.DataFrame({"accuracy": [np.nan, np.nan], "init_seed": [0, 1], "order_seed": [0, 1]})
+    (curve,) = curves(ok, "accuracy", None, None, failed=failed, bootstrap=200)
+    assert curve.n_trials == 6 and curve.n_failed == 2 and curve.worst == 0.6
+    assert curve.mean[0] == pytest.approx((0.6 * 3 + 0.7 + 0.8 + 0.9) / 6)
+    assert curve.band_low is not None and len(curve.band_low) == 1  # budgets up to a quarter of the trials
+    (loss,) = curves(ok.assign(accuracy=1 - ok["accuracy"]), "accuracy", None, None, maximise=False)
+    assert loss.mean[1] < loss.mean[0]  # the expected lowest loss falls with the budget

@@ -143,3 +143,67 @@ def test_on_a_terminal_the_cursor_comes_back_when_interrupted(
     text = output.decode(errors="replace")
     assert SHOW in text[text.rindex(HIDE) :], text[-500:]
     assert proc.returncode == 130 and "ftvar: interrupted" in text
+
+
+def test_a_checkpoint_that_cannot_be_read_is_never_promised_as_a_resume(tmp_path: Path) -> None:
+    """status reads no torch: a checkpoint is resumable when it is a whole zip archive (torch.save's format)
+    of the size its sidecar recorded; a truncated one is said to be unreadable, with no step promised."""
+    import zipfile
+
+    from ftvar.run import status
+
+    study = load_study("smoke", ["analysis.baseline=none", "grid.learning_rate=[3e-4]", "grid.epochs=[1]"])
+    paths = StudyPaths.of(tmp_path, study.name)
+    good, bad = (t.trial_id for t in expand(study))
+    for tid in (good, bad):
+        folder = paths.ckpt / tid
+        folder.mkdir(parents=True)
+        with zipfile.ZipFile(folder / "state.pt", "w") as archive:
+            archive.writestr("archive/data.pkl", os.urandom(4096))
+        size = (folder / "state.pt").stat().st_size
+        (folder / "state.json").write_text(json.dumps({"step": 253, "saved_at": "x", "bytes": size}))
+        attempt = {"state": "interrupted", "reason": "SIGTERM: checkpoint at step 253", "step": 253}
+        (folder / "attempts.json").write_text(json.dumps([attempt]))
+    with (paths.ckpt / bad / "state.pt").open("r+b") as fh:
+        fh.truncate(size // 2)
+    states = {s.trial.trial_id: s for s in status.trial_states(study, paths)}
+    assert states[good].resumable_from == 253
+    assert status.why(paths, states[good]) == (
+        "interrupted: SIGTERM: checkpoint at step 253; resumable from step 253 (`ftvar launch` resumes it)"
+    )
+    assert states[bad].resumable_from is None
+    assert status.why(paths, states[bad]) == (
+        f"interrupted: SIGTERM: checkpoint at step 253; its checkpoint {paths.ckpt / bad / 'state.pt'} is "
+        f"damaged ({size // 2} of {size} bytes): the next launch starts it over"
+    )
+
+
+def test_thousands_of_failures_are_counted_by_reason_and_the_first_few_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled array of 1,200 tasks: status prints the counts by reason and the first 10 failures in
+    full (a few dozen lines, not one table row per trial); --all prints every one."""
+    from rich.console import Console
+
+    from ftvar.run import status
+
+    study = load_study("smoke", ["analysis.baseline=none", f"grid.seed={list(range(150))}"])
+    paths = StudyPaths.of(tmp_path, study.name)
+    paths.root.mkdir(parents=True)
+    trials = [t.trial_id for t in expand(study)]
+    entry = {"executor": "slurm", "hash": study.hash, "array_id": "777", "trials": trials}
+    paths.launches.write_text(json.dumps(entry) + "\n")
+    monkeypatch.setattr(status, "slurm_states", lambda ids: {f"777_{i}": "CANCELLED" for i in range(1200)})
+    states = status.trial_states(study, paths)
+    assert len(states) == 1200
+    console = Console(record=True, width=120)
+    console.print(status.render(study, paths, states, lines=2))
+    text = console.export_text()
+    assert len(text.splitlines()) < 80
+    assert "1200 failed trials by reason" in text and "the first 10 failed trials" in text
+    assert "│   1200 │ failed │ task 777_0 ended CANCELLED without a record │" in text
+    assert "1190 more failed trial(s): `ftvar status smoke --all` shows every one in full" in text
+    console = Console(record=True, width=120)
+    console.print(status.render(study, paths, states, lines=0, show_all=True))
+    text = console.export_text()
+    assert all(tid in text for tid in trials) and "by reason" not in text

@@ -1,9 +1,10 @@
 """A study's tokenized data as arrays, read straight from the Arrow cache (pyarrow and numpy; no datasets).
 
 `ftvar.data.prepare` builds `<out>/<study>/cache/<key>/` once per distinct tokenization (tokenizer,
-max_length, train_limit). A trial only reads it: each split's token ids padded into one [rows × longest] int32
-array, the row lengths and the labels (and a sentence pair's token type ids, padded alike, where its tokenizer
-makes them). Reading memory-maps the Arrow files; padding is one vectorised copy.
+max_length, train_limit). A trial only reads it: each split's (train, eval, and test when the study holds one
+out) token ids padded into one [rows × longest] int32 array, the row lengths and the labels (and a sentence
+pair's token type ids, padded alike, where its tokenizer makes them). Reading memory-maps the Arrow files;
+padding is one vectorised copy.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.trial import Settings, Trial, data_key, expand, settings
 
-# 3: one folder per data key; 2: deterministic trained WordPiece vocabulary. A sentence pair's cache adds a
-# `token_type_ids` column without a new version: a single text's cache is as before, and a pair study's data
-# key (its text columns) is new, so no older cache can be taken for one.
-CACHE_VERSION = 3
+# 4: texts.json (the eval and test texts), a held-out test split; 3: one folder per data key; 2: deterministic
+# trained WordPiece vocabulary. A sentence pair's cache adds a `token_type_ids` column without a new version:
+# a single text's cache is as before, and a pair study's data key (its text columns) is new.
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Prepared:
     pad_token_id: int
     train: Split
     eval: Split
+    test: Split | None = None  # the held-out test split, when the study has one
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -149,4 +151,5 @@ def load_prepared(study: Study, paths: StudyPaths, trial: Trial) -> Prepared:
         pad_token_id=pad,
         train=read_split(folder / "train", pad),
         eval=read_split(folder / "eval", pad),
+        test=read_split(folder / "test", pad) if int(meta.get("n_test") or 0) else None,
     )

@@ -1,6 +1,6 @@
-"""A study's raw data: the train and eval splits loaded (Hub, local files or synthetic) with datasets, as a
-`text` column (and `text_pair` for a sentence pair) and a `label` column, subsampled, and the labels mapped to
-ids."""
+"""A study's raw data: the train and eval splits (and a held-out test split when the study has one) loaded
+(Hub, local files or synthetic) with datasets, as a `text` column (and `text_pair` for a sentence pair) and a
+`label` column, subsampled, and the labels mapped to ids."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import Dataset, DatasetDict
 
 from ftvar.data.hub import hf_home
@@ -34,7 +35,9 @@ def not_loadable(study: Study, what: str, exc: Exception) -> FtvarError:
     return FtvarError(f"cannot load {what}: {exc}")
 
 
-def _load_files(d: DataConfig, train: str, evaluation: str, cache_dir: Path) -> DatasetDict:
+def _load_files(
+    d: DataConfig, train: str, evaluation: str, cache_dir: Path, test: str | None = None
+) -> DatasetDict:
     fmt = d.file_format(train)
     kwargs: dict[str, Any] = {}
     if fmt in ("tsv", "csv"):
@@ -46,12 +49,11 @@ def _load_files(d: DataConfig, train: str, evaluation: str, cache_dir: Path) -> 
             kwargs["header"] = None
     else:
         builder = {"jsonl": "json", "parquet": "parquet"}[fmt]
+    files = {"train": train, "eval": evaluation, **({"test": test} if test is not None else {})}
     try:
-        loaded = datasets.load_dataset(
-            builder, data_files={"train": train, "eval": evaluation}, cache_dir=str(cache_dir), **kwargs
-        )
+        loaded = datasets.load_dataset(builder, data_files=files, cache_dir=str(cache_dir), **kwargs)
     except Exception as exc:  # a parser error from pandas/pyarrow: report it with the file name
-        raise FtvarError(f"cannot read {train} / {evaluation} as {fmt}: {exc}") from None
+        raise FtvarError(f"cannot read {' / '.join(files.values())} as {fmt}: {exc}") from None
     assert isinstance(loaded, DatasetDict)
     return loaded
 
@@ -62,7 +64,11 @@ def load_hub(study: Study) -> DatasetDict:
     try:
         parts = {
             split: datasets.load_dataset(name, config, split=hub_split)
-            for split, hub_split in (("train", d.train_split), ("eval", d.eval_split))
+            for split, hub_split in (
+                ("train", d.train_split),
+                ("eval", d.eval_split),
+                *((("test", d.test_split),) if d.test_split is not None else ()),
+            )
         }
     except (ConnectionError, FileNotFoundError, OSError, ValueError) as exc:
         raise not_loadable(study, f"dataset {d.hub}", exc) from None
@@ -80,7 +86,7 @@ def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDi
         raw = _load_files(DataConfig(format="tsv"), str(train), str(evaluation), work / "hf")
     elif d.source == "files":
         assert d.train is not None and d.eval is not None
-        raw = _load_files(d, d.train, d.eval, work / "hf")
+        raw = _load_files(d, d.train, d.eval, work / "hf", d.test)
     else:
         raw = load_hub(study)
     text_cols, label_col = [str(c) for c in d.text_columns], str(d.label_column)
@@ -89,7 +95,7 @@ def load_raw(study: Study, work: Path, d: DataConfig | None = None) -> DatasetDi
     if label_col in text_cols:
         raise FtvarError(f"data.text_column and data.label_column are both {label_col!r}")
     names = dict(zip(text_cols, TEXT_NAMES, strict=False)) | {label_col: "label"}
-    for split in ("train", "eval"):
+    for split in raw:
         columns = raw[split].column_names
         for col in names:
             key = "label_column" if col == label_col else "text_column"
@@ -132,14 +138,32 @@ def limit(ds: Dataset, limit: int, seed: int) -> Dataset:
     return ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
 
 
+def split_test(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """The eval rows split into (eval, test): a seeded `fraction` of them held out as the test split, each
+    part in the rows' original order. Both parts must keep a row."""
+    n_test = round(fraction * len(ds))
+    if not 0 < n_test < len(ds):
+        raise FtvarError(
+            f"data.test_fraction = {fraction:g} of {len(ds)} eval rows leaves "
+            f"{'no test row' if n_test <= 0 else 'no eval row'}: choose a fraction that keeps rows in both"
+        )
+    order = np.random.default_rng(seed).permutation(len(ds))
+    test_rows = np.sort(order[:n_test])
+    eval_rows = np.sort(order[n_test:])
+    return ds.select(eval_rows.tolist()).flatten_indices(), ds.select(test_rows.tolist()).flatten_indices()
+
+
 def map_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
-    """Labels → ids 0..K-1 in sorted order of the train split's values; eval labels must all be known."""
+    """Labels → ids 0..K-1 in sorted order of the train split's values; eval (and test) labels must all be
+    known."""
     train_values = set(raw["train"].unique("label"))
-    eval_values = set(raw["eval"].unique("label"))
-    unknown = eval_values - train_values
-    if unknown:
-        shown = ", ".join(sorted(map(str, unknown))[:5])
-        raise FtvarError(f"the eval split has labels the train split lacks: {shown}")
+    for split in ("eval", "test"):
+        if split not in raw:
+            continue
+        unknown = set(raw[split].unique("label")) - train_values
+        if unknown:
+            shown = ", ".join(sorted(map(str, unknown))[:5])
+            raise FtvarError(f"the {split} split has labels the train split lacks: {shown}")
     if len(train_values) < 2:
         raise FtvarError(f"the train split has {len(train_values)} label value(s); a classifier needs ≥ 2")
     ordered = sorted(train_values, key=lambda v: (isinstance(v, str), v))

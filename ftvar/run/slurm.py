@@ -27,7 +27,9 @@ from rich.console import Console
 from ftvar.data.hub import hf_home
 from ftvar.errors import FtvarError
 from ftvar.run.jobs import PackTask, report_main
+from ftvar.run.local import submission_files
 from ftvar.run.sacct import active_trials
+from ftvar.store.files import WriteFailed
 from ftvar.store.launches import append_launch
 from ftvar.store.paths import StudyPaths
 from ftvar.store.redact import REDACTED, SECRET_NAME_RE
@@ -210,7 +212,29 @@ def check_cluster(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: in
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FtvarError(f"sbatch --test-only failed: {exc}; is the SLURM controller up (`sinfo`)?") from None
     if proc.returncode:
-        raise FtvarError(f"sbatch refuses these options: {_sbatch_error(proc.stderr or proc.stdout)}")
+        message = _sbatch_error(proc.stderr or proc.stdout)
+        if controller_down(message):
+            raise FtvarError(controller_message("sbatch --test-only", message))
+        raise FtvarError(f"sbatch refuses these options: {message}")
+
+
+CONTROLLER_DOWN = re.compile(
+    r"unable to contact slurm controller|slurm_receive_msg|socket timed out|connection refused|"
+    r"zero bytes were transmitted|slurmctld.*not responding",
+    re.IGNORECASE,
+)
+
+
+def controller_down(message: str) -> bool:
+    """Whether an sbatch error says the controller did not answer (not that it refused the job)."""
+    return bool(CONTROLLER_DOWN.search(message))
+
+
+def controller_message(what: str, message: str) -> str:
+    return (
+        f"the SLURM controller does not answer ({what}: {message}); nothing was submitted. Is slurmctld "
+        "up (`scontrol ping`, `sinfo`)? Launch again once it is"
+    )
 
 
 def _sbatch_error(text: str) -> str:
@@ -299,8 +323,11 @@ def make_executor(c: ClusterConfig, study: Study, paths: StudyPaths) -> submitit
     return executor
 
 
-def dry_run_script(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: int) -> str:
-    """The sbatch script submitit would submit for an array of n tasks (nothing is submitted)."""
+def dry_run_script(
+    c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: int, after: str | None = None
+) -> str:
+    """The sbatch script submitit would submit for an array of n tasks (nothing is submitted); `after`: the
+    job it would depend on (afterany)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     executor = submitit.SlurmExecutor(
@@ -308,9 +335,40 @@ def dry_run_script(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: i
     )
     executor.update_parameters(**executor_parameters(c, study))
     params = dict(executor.parameters)
+    if after is not None:
+        params["additional_parameters"] = chained(params.get("additional_parameters", {}), after)
     if n_tasks > 1:
         params["map_count"] = n_tasks
     return str(_make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **params))
+
+
+def dry_run(c: ClusterConfig, study: Study, paths: StudyPaths, n_tasks: int, limit: int) -> str:
+    """`launch --dry-run`: the sbatch script of each array the launch would submit (one per `limit` tasks,
+    MaxArraySize), each under a line that says which it is; with --array-parallelism every array after the
+    first waits for the one before (see `submit_arrays`)."""
+    sizes = [min(limit, n_tasks - start) for start in range(0, n_tasks, limit)] or [0]
+    if len(sizes) == 1:
+        return dry_run_script(c, study, paths, sizes[0])
+    parts = []
+    for i, size in enumerate(sizes):
+        after = f"JOBID_OF_ARRAY_{i}" if i and c.array_parallelism else None  # known once submitted
+        waits = (
+            f", after array {i} ends (--array-parallelism {c.array_parallelism} for the launch)"
+            if after
+            else ""
+        )
+        parts.append(
+            f"# ---- array {i + 1} of {len(sizes)}: {size} task(s) (MaxArraySize {limit}){waits} ----\n"
+            + dry_run_script(c, study, paths, size, after)
+        )
+    return "\n".join(parts)
+
+
+def chained(additional: dict[str, Any], after: str) -> dict[str, Any]:
+    """sbatch's additional parameters with `--dependency=afterany:<after>` added (and to a user's own
+    dependency: "," is AND)."""
+    own = additional.get("dependency")
+    return {**additional, "dependency": f"{own},afterany:{after}" if own else f"afterany:{after}"}
 
 
 def max_array_size() -> int:
@@ -343,19 +401,19 @@ def task_study(study: Study) -> Study:
 
 @contextlib.contextmanager
 def sbatch_errors(paths: StudyPaths, what: str) -> Iterator[None]:
-    """submitit's sbatch failure (FailedJobError, which also prints sbatch's stderr) as one FtvarError line;
-    the temp files of the failed submission are removed."""
-    before = set(paths.submitit.iterdir()) if paths.submitit.is_dir() else set()
+    """submitit's sbatch failure (FailedJobError, which also prints sbatch's stderr) as one FtvarError line,
+    and a file system's refusal to take the submission's files as one line naming the cause; the files of
+    the failed submission are removed (`submission_files`)."""
     captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            yield
-    except (submitit.core.utils.FailedJobError, OSError) as exc:
-        for path in (set(paths.submitit.iterdir()) if paths.submitit.is_dir() else set()) - before:
-            if path.is_file() and (path.suffix == ".pkl" or path.name.startswith(".submission_file_")):
-                path.unlink(missing_ok=True)
-        message = _sbatch_error(str(exc) or captured.getvalue())
-        raise FtvarError(f"sbatch failed to submit {what}: {message}") from None
+    with submission_files(paths, what):
+        try:
+            with contextlib.redirect_stderr(captured):
+                yield
+        except submitit.core.utils.FailedJobError as exc:
+            message = _sbatch_error(str(exc) or captured.getvalue())
+            if controller_down(message):
+                raise FtvarError(controller_message(f"sbatch of {what}", message)) from None
+            raise FtvarError(f"sbatch failed to submit {what}: {message}") from None
 
 
 def submit_arrays(
@@ -366,16 +424,22 @@ def submit_arrays(
     limit: int,
     per_task: int = 1,
     stack: bool = False,
+    chain: bool = False,
 ) -> list[tuple[str, list[Trial]]]:
     """Submit the trials as arrays of at most `limit` tasks, `per_task` trials packed into each task (trained
-    as stacks with `stack`), each array recorded in `launches.jsonl` as soon as it is submitted. Returns
-    (array job id, its trials in task order) per array."""
+    as stacks with `stack`), each array recorded in `launches.jsonl` as soon as it is submitted. With
+    `chain` (--array-parallelism N), every array after the first depends on the one before (afterany), so
+    that N tasks at most run at once for the whole launch, not N per array. Returns (array job id, its
+    trials in task order) per array."""
     packs = chunks(trials, max(1, per_task))
-    arrays = []
+    arrays: list[tuple[str, list[Trial]]] = []
     sent = task_study(study)
+    own = dict(executor.parameters.get("additional_parameters", {}))
     for start in range(0, len(packs), limit):
         group = packs[start : start + limit]
         members = [t for pack in group for t in pack]
+        if chain and arrays:  # --array-parallelism holds for the launch: one array runs after the other
+            executor.update_parameters(additional_parameters=chained(own, arrays[-1][0]))
         with sbatch_errors(paths, f"an array of {len(group)} task(s)"), executor.batch():
             jobs = [executor.submit(PackTask(), sent, pack, paths, per_task, stack) for pack in group]
         array_id = str(jobs[0].job_id).split("_")[0]
@@ -386,7 +450,13 @@ def submit_arrays(
         }
         if per_task > 1:
             entry["trials_per_task"] = per_task
-        append_launch(paths, study.hash, entry)
+        try:
+            append_launch(paths, study.hash, entry)
+        except WriteFailed as exc:  # an array the ledger does not hold could not be followed: cancel it
+            subprocess.run(["scancel", array_id], capture_output=True, timeout=60, check=False)
+            raise FtvarError(
+                f"{exc}; array {array_id} was cancelled, since the launch could not record it"
+            ) from None
         arrays.append((array_id, members))
     return arrays
 
@@ -432,11 +502,13 @@ def run_slurm(
     executor = make_executor(cluster, study, paths)
     per_task = cluster.trials_per_task or 1
     stack = cluster.pack == "stack" and per_task > 1
-    arrays = submit_arrays(executor, study, paths, submit, max_array_size(), per_task, stack)
-    for array_id, group in arrays:
+    chain = cluster.array_parallelism is not None
+    arrays = submit_arrays(executor, study, paths, submit, max_array_size(), per_task, stack, chain)
+    for i, (array_id, group) in enumerate(arrays):
         n_tasks = -(-len(group) // per_task)
         packed = f" ({per_task} trials per task{', stacked' if stack else ''})" if per_task > 1 else ""
-        console.print(f"submitted array job {array_id}: {n_tasks} task(s){packed}")
+        after = f", after array {arrays[i - 1][0]}" if chain and i else ""
+        console.print(f"submitted array job {array_id}: {n_tasks} task(s){packed}{after}")
     if report_after:
         job_id = submit_report(cluster, study, paths, [a for a, _ in arrays])
         console.print(f"submitted report job {job_id} (runs after arrays {', '.join(a for a, _ in arrays)})")

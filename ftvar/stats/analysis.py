@@ -1,6 +1,7 @@
 """A collected study → everything the report shows: seed-blocked fits (absolute, relative to the baseline of
 the same init seed; with and without degenerate trials), the variance decomposition, the degree by
-cross-validation, the best configuration, the expected-max curves, degenerate trials, findings and the paper
+cross-validation, the best configuration, the expected-max curves, degenerate trials and the failure model,
+the per-example tables and the held-out test split, findings (one Holm family over all metrics) and the paper
 comparison.
 
 Works from the results table alone (ftvar.store.collect): one column per axis of the study, the seeds, the
@@ -17,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,13 +27,16 @@ from threadpoolctl import threadpool_limits
 
 from ftvar.errors import FtvarError
 from ftvar.stats.conditions import Condition, Replicates, collapse, differing, spread
-from ftvar.stats.degenerate import DegenerateSummary, flags, summarise
+from ftvar.stats.degenerate import DegenerateSummary, flags, near_flags, summarise
 from ftvar.stats.expected_max import Curve, curves
+from ftvar.stats.failures import FailureModel, model_failures
 from ftvar.stats.findings import findings
-from ftvar.stats.optimum import Best, best
-from ftvar.stats.paper import PaperComparison, compare
+from ftvar.stats.optimum import Best, Noise, Space, best
+from ftvar.stats.paper import PAPER_TERMS, PaperComparison, comparable, compare
+from ftvar.stats.per_example import HeldOut, PerExample, held_out
+from ftvar.stats.per_example import analyse as analyse_examples
+from ftvar.stats.regression import adjust, resolve_seed_model
 from ftvar.stats.regression import fit as fit_metric
-from ftvar.stats.regression import resolve_seed_model
 from ftvar.stats.results import (
     ALPHA,
     FIT_METRICS,
@@ -43,11 +48,13 @@ from ftvar.stats.results import (
     jsonable,
 )
 from ftvar.stats.selection import Selection, select
-from ftvar.stats.terms import CODING_WORDS, ModelData, build
-from ftvar.stats.variance import Decomposition, decompose
+from ftvar.stats.terms import ModelData, build
+from ftvar.stats.variance import Decomposition, decompose, noise_estimates
 from ftvar.store.collect import CollectResult, SkippedRecordsError, collect, forks_safely
+from ftvar.store.predictions import TrialPredictions
 from ftvar.study.axes import Axis
-from ftvar.study.config import Study
+from ftvar.study.config import SWEEPABLE, Study
+from ftvar.study.design import Range
 
 __all__ = [
     "ALPHA",
@@ -67,6 +74,7 @@ BOOTSTRAP_CELLS = 10_000_000  # trials × resamples the bootstrap may cost per m
 BOOTSTRAP_MIN = 100
 BASELINE_MATCH_SKIP = ("learning_rate", "batch_size", "epochs", "order_seed")
 PARALLEL_MIN_TRIALS = 20_000  # below, forking workers costs more than the metrics' analyses in parallel save
+EXPECTED_MAX_BOOTSTRAP = 200  # seed resamples behind the expected-max band
 
 
 @dataclass
@@ -105,6 +113,17 @@ class Analysis:
     metric: str = "accuracy"  # the study's primary metric: what the report leads with
     metrics: tuple[str, ...] = FIT_METRICS  # the metrics fitted, the primary first
     f1_average: str | None = None  # binary (two classes) | macro (more) | None (not known)
+    family: int = 0  # tests in the findings family (Holm over all of them: TermTest.p_family)
+    failures: FailureModel | None = None
+    per_example: PerExample | None = None
+    held_out: HeldOut | None = None  # the chosen configuration on the test split
+    paper_fits: list[Fit] = field(default_factory=list)
+    expected_max_random: bool = False  # the design is random search: the estimator's assumption holds
+
+    @property
+    def lead(self) -> str:
+        """The metric the report leads with (the primary metric)."""
+        return self.metric
 
     def fit(self, metric: str, kind: str = "absolute", subset: str = "all") -> Fit | None:
         return next((f for f in self.fits if (f.metric, f.kind, f.subset) == (metric, kind, subset)), None)
@@ -260,6 +279,7 @@ class _MetricPart:
     seed_model: str = ""  # how its fits treat the seeds ("" when not fitted)
     seed_model_why: str = ""
     model_notes: list[str] = field(default_factory=list)  # about the model matrix (said once, by the first)
+    paper_fits: list[Fit] = field(default_factory=list)  # the paper's terms, raw (ftvar.stats.paper)
 
 
 def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
@@ -297,6 +317,12 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (y - base) / base * 100.0
         ok_rel = np.isfinite(rel)
+        if not ok_rel.all():
+            notes.append(
+                f"relative {METRIC_LABELS[metric]}: {int((~ok_rel).sum())} trial(s) whose baseline is 0 or "
+                "missing (e.g. the F1 of a head that predicts one class) have no relative value and are left "
+                "out of the relative fit"
+            )
         if ok_rel.any():
             md_rel = (
                 md if ok_rel.all() else build(rows.loc[ok_rel], study.axes, a.degree, a.factor_interactions)
@@ -309,6 +335,10 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
         else:
             md_nd = build(rows.loc[keep], study.axes, a.degree, a.factor_interactions)
             part.fits.append(fit_metric(md_nd, y[keep], metric, "absolute", "non-degenerate", a.seed_model))
+    if comparable(study)[0]:  # its own fits, only when the comparison is shown (they cost a fit each)
+        part.paper_fits = _guard(
+            notes, "the paper comparison's fits", [], partial(_paper_fits, job, rows, y, base, metric)
+        )
     part.variance = _guard(
         notes,
         f"the variance decomposition of {METRIC_LABELS[metric]}",
@@ -325,9 +355,47 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
     md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
     if md_best.predictors and md_best.n > md_best.X.shape[1]:
         maximise = HIGHER_IS_BETTER[metric]
-        compute = partial(best, md_best, y, metric, maximise, degree, job.resamples, 100 + seed)
+        noise = _guard(notes, "the noise estimates", None, partial(_noise, md_best, y))
+        compute = partial(
+            best, md_best, y, metric, maximise, degree, job.resamples, 100 + seed, search_space(study), noise
+        )
         part.best = _guard(notes, f"the best configuration for {METRIC_LABELS[metric]}", None, compute)
     return part
+
+
+def _paper_fits(
+    job: _MetricJob, rows: pd.DataFrame, y: np.ndarray, base: np.ndarray, metric: str
+) -> list[Fit]:
+    """The fits of the terms the paper names, in raw units and not centred (ftvar.stats.paper): absolute, and
+    relative to the baseline when that is not the absolute fit scaled."""
+    study = job.study
+    md = build(rows, study.axes, 1, terms_only=PAPER_TERMS, raw=True)
+    out = [fit_metric(md, y, metric, "absolute", "all", "blocks")]  # seeds as blocks: no mixed-model fits
+    if job.baselines.n and not job.baselines.shared:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (y - base) / base * 100.0
+        ok = np.isfinite(rel)
+        if ok.any():
+            md_rel = md if ok.all() else build(rows.loc[ok], study.axes, 1, terms_only=PAPER_TERMS, raw=True)
+            out.append(fit_metric(md_rel, rel[ok], metric, "relative", "all", "blocks"))
+    return out
+
+
+def search_space(study: Study) -> Space:
+    """What a user can set on each axis (ftvar.stats.optimum): ranges with their rounding, integer settings,
+    and whether the design is a full grid."""
+    return Space(
+        ranges={name: spec for name, spec in study.grid.axes if isinstance(spec, Range)},
+        integer=frozenset(name for name, _ in study.grid.axes if SWEEPABLE.get(name) is int),
+        grid=study.design.kind == "grid",
+    )
+
+
+def _noise(md: ModelData, y: np.ndarray) -> Noise | None:
+    """The variances behind the best value's interval; none with a single seed (see ftvar.stats.optimum)."""
+    if not md.seeds:
+        return None
+    return Noise(*noise_estimates(md, y))
 
 
 _FORKED_JOB: _MetricJob | None = None  # the job a forked worker inherits
@@ -357,9 +425,49 @@ def _run_metrics(job: _MetricJob, parallel: bool) -> list[_MetricPart]:
         _FORKED_JOB = None
 
 
-def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> Analysis:
+@dataclass
+class Examples:
+    """What the per-example part reads (ftvar.store.predictions): trial id → its sidecar, the texts of the
+    eval and test rows, and the sidecars that were skipped (file, why)."""
+
+    found: dict[str, TrialPredictions] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    note: str | None = None  # why none were read
+
+
+def lead_metric(study: Study) -> str:
+    """The metric the report leads with: the study's primary metric (analysis.metric, or its default)."""
+    return study.metric
+
+
+def _family(fits: list[Fit]) -> int:
+    """Holm over the findings family, the hyperparameter terms of every metric's fit of all trials together
+    (absolute): each test's p_family. Returns the family's size."""
+    family = [t for f in fits if f.ok and f.kind == "absolute" and f.subset == "all" for t in f.tests]
+    adjusted, _ = adjust([t.p for t in family])
+    for t, p in zip(family, adjusted, strict=True):
+        t.p_family = p
+    return len(family)
+
+
+def _dropped(trials_all: pd.DataFrame, notes: list[str]) -> None:
+    """Say how many trials of the design are not in the fits because they have no metric."""
+    statuses = trials_all["status"].value_counts()
+    parts = [f"{int(statuses[s])} {s}" for s in ("failed", "diverged") if statuses.get(s, 0)]
+    if parts:
+        notes.append(
+            f"{' and '.join(parts)} trial(s) have no metric and are not in the fits; the failure model and "
+            "expected max count them"
+        )
+
+
+def analyze(
+    study: Study, table: pd.DataFrame, parallel: bool | None = None, examples: Examples | None = None
+) -> Analysis:
     """Every part of the report on a collected table (ok trials of the current design). The metrics are
-    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way)."""
+    analysed in parallel processes from PARALLEL_MIN_TRIALS trials on (`parallel` forces either way).
+    `examples`: the trials' per-example predictions, for the per-example tables and the test split."""
     a = study.analysis
     notes: list[str] = []
     primary, metrics = study.metric, fitted_metrics(study.metric)
@@ -367,6 +475,7 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     if missing:  # a table of an older ftvar's collector
         table = table.assign(**missing)
     trials_all = table[(table["kind"] == "trial") & table["in_grid"].astype(bool)]
+    _dropped(trials_all, notes)
     trials = _usable(table, study, notes)
     ran = differing(trials)
     cell = [a.name for a in study.axes if a.name in trials.columns]
@@ -379,9 +488,11 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         )
     flagged, from_acc = flags(trials)
     trials["degenerate_flag"] = flagged.to_numpy()
+    near = near_flags(trials, a.near_degenerate)
+    trials["near_degenerate_flag"] = near.to_numpy()
     hp_axes = hyperparameter_axes(study)
     config_cols = [x.name for x in hp_axes if x.name in trials.columns and trials[x.name].nunique() > 1]
-    degenerate = summarise(trials, flagged, config_cols, from_acc)
+    degenerate = summarise(trials, flagged, config_cols, from_acc, near, a.near_degenerate)
     baseline, baselines = _baseline_of(table, trials, study)
 
     resamples = a.bootstrap
@@ -395,28 +506,84 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
     job = _MetricJob(study, trials, baseline, baselines, resamples, metrics)
     parts = _run_metrics(job, len(trials) >= PARALLEL_MIN_TRIALS if parallel is None else parallel)
     fits = [f for part in parts for f in part.fits]
+    family = _family(fits)
     models = {part.metric: part.model for part in parts if part.model is not None}
     variance = [d for part in parts for d in part.variance]
     selection = [part.selection for part in parts if part.selection is not None]
     bests = [part.best for part in parts if part.best is not None]
     relative_note = next((part.relative_note for part in parts if part.relative_note), None)
-    lead = next((part for part in parts if part.seed_model), None)  # the first metric that was fitted
-    seed_model, seed_model_why = (lead.seed_model, lead.seed_model_why) if lead else ("none", "")
-    notes += [note for part in parts for note in [*(part.model_notes if part is lead else []), *part.notes]]
+    fitted = next((part for part in parts if part.seed_model), None)  # the first metric that was fitted
+    seed_model, seed_model_why = (fitted.seed_model, fitted.seed_model_why) if fitted else ("none", "")
+    notes += [note for part in parts for note in [*(part.model_notes if part is fitted else []), *part.notes]]
     by = _expected_max_axis(hp_axes, trials, a.expected_max_by)
+    failed_draws = trials_all.loc[trials_all["status"].isin(["failed", "diverged"])]
     em: list[Curve] = _guard(
         notes,
         "the expected-max curves",
         [],
-        partial(curves, trials, primary, by.name if by else None, by.label if by else None),
+        partial(
+            curves,
+            trials,
+            primary,
+            by.name if by else None,
+            by.label if by else None,
+            failed=failed_draws,
+            maximise=HIGHER_IS_BETTER.get(primary, True),
+            bootstrap=min(resamples, EXPECTED_MAX_BOOTSTRAP),
+        ),
     )
-    codings = {}
-    if "accuracy" in models:
-        codings = {
-            p.name: f"{p.label}, {CODING_WORDS.get(p.transform, p.transform)}"
-            for p in models["accuracy"].predictors
-        }
-    paper = compare(study, fits, codings, baselines.shared)
+    paper_fits = [f for part in parts for f in part.paper_fits]
+    paper = compare(study, paper_fits, baselines.shared)
+    failures = _guard(
+        notes, "the failure model", None, partial(model_failures, trials_all, study.axes, a.degree)
+    )
+    per_example, held = None, None
+    chosen = next((b for b in bests if b.metric == primary), None)
+    chosen_key = (
+        {k: v for k, v in chosen.recommended.items() if k in config_cols} if chosen is not None else None
+    )
+    if examples is not None and examples.note:
+        notes.append(examples.note)
+    if examples is not None and examples.skipped:
+        notes.append(
+            f"{len(examples.skipped)} per-example prediction file(s) skipped: "
+            + "; ".join(f"{Path(p).name}: {why}" for p, why in examples.skipped[:3])
+        )
+    if examples is not None and examples.found:
+        per_example = _guard(
+            notes,
+            "the per-example tables",
+            None,
+            partial(
+                analyse_examples,
+                trials,
+                config_cols,
+                examples.found,
+                examples.texts,
+                primary,
+                chosen_key,
+                resamples,
+            ),
+        )
+    if chosen is not None and chosen_key is not None and chosen.value_from == "trials":
+        eval_value = chosen.predicted
+        held = _guard(
+            notes,
+            "the test split's score",
+            None,
+            partial(
+                held_out,
+                trials,
+                config_cols,
+                chosen_key,
+                examples.found if examples else {},
+                primary,
+                eval_value,
+                resamples,
+            ),
+        )
+    if per_example is not None:
+        per_example.held_out = held
     first = models.get(primary) or next(iter(models.values()), None)
     return Analysis(
         study=study.name,
@@ -446,6 +613,12 @@ def analyze(study: Study, table: pd.DataFrame, parallel: bool | None = None) -> 
         metric=primary,
         metrics=metrics,
         f1_average=f1_average(trials),
+        family=family,
+        failures=failures,
+        per_example=per_example,
+        held_out=held,
+        paper_fits=paper_fits,
+        expected_max_random=study.design.kind == "random",
     )
 
 

@@ -1,6 +1,8 @@
 """Plain-language findings from the seed-blocked fits: the few terms that matter, by Holm-adjusted p-value.
 
-A finding is a hyperparameter term whose Holm-adjusted p is below 0.05 in the fit of all ok trials, at most
+A finding is a hyperparameter term whose Holm-adjusted p is below 0.05 in the fit of all ok trials, Holm's
+adjustment running over the findings family — every term of every metric's fit of all trials together
+(`TermTest.p_family`), so that three metrics do not triple the chance of a false finding — at most
 `PER_METRIC` per metric, strongest first. Curvature is described as a peak (or a trough) only when the
 quadratic's vertex lies inside the range the study ran; otherwise the finding says that it does not.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftvar.stats.optimum import vertex
-from ftvar.stats.results import FIT_METRICS, METRIC_LABELS, Fit, TermTest
+from ftvar.stats.results import ALPHA, FIT_METRICS, METRIC_LABELS, Fit, TermTest
 from ftvar.stats.terms import ModelData, Predictor
 
 PER_METRIC = 4
@@ -22,7 +24,16 @@ def _show(value: float) -> str:
 
 
 def _p(t: TermTest) -> str:
-    return f"Holm p = {t.p_holm:.2g}"
+    return f"Holm p = {_family_p(t):.2g}"
+
+
+def _family_p(t: TermTest) -> float:
+    """The test's Holm p over the findings family (over its own fit where no family was formed)."""
+    return t.p_family if t.p_family is not None else t.p_holm
+
+
+def _finding(t: TermTest) -> bool:
+    return bool(_family_p(t) < ALPHA)
 
 
 def describe(fit: Fit, t: TermTest, md: ModelData) -> str:
@@ -95,7 +106,7 @@ def findings(
         md = models.get(metric)
         if fit is None or not fit.ok or md is None:
             continue
-        terms = sorted((t for t in fit.tests if t.significant), key=lambda t: t.p_holm)
+        terms = sorted((t for t in fit.tests if _finding(t)), key=_family_p)
         if out or seen:
             new = [t for t in terms if t.term not in seen]
             if not new and terms:
@@ -109,7 +120,7 @@ def findings(
                     "term": t.term,
                     "coef": t.coef,
                     "p": t.p,
-                    "p_holm": t.p_holm,
+                    "p_holm": _family_p(t),
                     "p_bh": t.p_bh,
                     "text": describe(fit, t, md),
                 }

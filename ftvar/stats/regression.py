@@ -147,7 +147,8 @@ def fit(md: ModelData, y: np.ndarray, metric: str, kind: str, subset: str, seed_
     return out
 
 
-Estimates = tuple[np.ndarray, np.ndarray, float]  # hyperparameter coefficients, their covariance, residual df
+# hyperparameter coefficients, their covariance, residual df (one, or per coefficient)
+Estimates = tuple[np.ndarray, np.ndarray, float | np.ndarray]
 
 
 @dataclass
@@ -270,6 +271,16 @@ def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
     if _troubled(caught):
         out.notes.append("the mixed model reported convergence problems; read its estimates with care")
     p = md.X.shape[1]
+    # containment degrees of freedom (SAS's DDFM=CONTAIN): the hyperparameter terms vary within seeds, so
+    # their tests get the residual df of the seed-blocked fit, n − p − Σ(levels − 1), not z-tests; the
+    # intercept, which the seeds' levels estimate, gets the fewest levels − 1
+    slopes = float(md.n - p - sum(len(s.levels) - 1 for s in md.seeds))
+    dfs = np.full(p, max(slopes, 1.0))
+    dfs[0] = float(max(1, min(len(s.levels) for s in md.seeds) - 1))
+    out.notes.append(
+        f"mixed-model tests: t and F with containment degrees of freedom ({max(slopes, 1.0):g} for the "
+        f"hyperparameter terms, {dfs[0]:g} for the intercept), not z-tests"
+    )
     params = np.asarray(res.fe_params)
     cov = np.asarray(res.cov_params())[:p, :p]
     if not np.isfinite(cov).all():
@@ -278,10 +289,10 @@ def _mixed(out: Fit, md: ModelData, y: np.ndarray) -> Estimates:
     ss_res = float(((y - fitted) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     out.r2 = 1 - ss_res / ss_tot if ss_tot > 0 else None
-    out.df_resid = float(md.n - p)
+    out.df_resid = float(dfs[1]) if p > 1 else float(dfs[0])
     out.sigma = float(np.sqrt(res.scale))
     out.fitted, out.observed = fitted, y
-    return params, cov, float("inf")
+    return params, cov, dfs
 
 
 def _wald(params: np.ndarray, cov: np.ndarray, cols: list[int], df: float) -> tuple[float, float]:
@@ -295,11 +306,13 @@ def _wald(params: np.ndarray, cov: np.ndarray, cols: list[int], df: float) -> tu
     return stat, float(stats.f.sf(stat, len(cols), df))
 
 
-def _tests(out: Fit, md: ModelData, params: np.ndarray, cov: np.ndarray, df: float) -> None:
+def _tests(out: Fit, md: ModelData, params: np.ndarray, cov: np.ndarray, df_all: float | np.ndarray) -> None:
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    crit = stats.norm.ppf(1 - ALPHA / 2) if np.isinf(df) else stats.t.ppf(1 - ALPHA / 2, df)
+    dfs = np.broadcast_to(np.asarray(df_all, dtype="float64"), (len(md.columns),))
     owner = {c: name for name, cols in md.term_columns.items() for c in cols}
     for j, name in enumerate(md.columns):
+        df = float(dfs[j])
+        crit = stats.norm.ppf(1 - ALPHA / 2) if np.isinf(df) else stats.t.ppf(1 - ALPHA / 2, df)
         t = params[j] / se[j] if se[j] > 0 else float("nan")
         p = 2 * (stats.norm.sf(abs(t)) if np.isinf(df) else stats.t.sf(abs(t), df))
         ci = (params[j] - crit * se[j], params[j] + crit * se[j])
@@ -324,10 +337,10 @@ def _tests(out: Fit, md: ModelData, params: np.ndarray, cov: np.ndarray, df: flo
                 )
             )
         else:
-            stat, p = _wald(params, cov, cols, df)
+            stat, p = _wald(params, cov, cols, float(dfs[cols[0]]))
             out.tests.append(TermTest(term, labels[term], len(cols), stat, p))
     holm, bh = adjust([t.p for t in out.tests])
     for t, h, b in zip(out.tests, holm, bh, strict=True):
         t.p_holm, t.p_bh = h, b
     hp_cols = [c for cols in md.term_columns.values() for c in cols]
-    out.f_pvalue = _wald(params, cov, hp_cols, df)[1] if hp_cols else None
+    out.f_pvalue = _wald(params, cov, hp_cols, float(dfs[hp_cols[0]]))[1] if hp_cols else None

@@ -41,7 +41,8 @@ class TermTest:
     """A term's test (Wald: t-test for one column, F-test for a factor's columns) with adjusted p-values.
 
     p_holm controls the family-wise error over the fit's hyperparameter terms, p_bh the false discovery rate;
-    `significant` uses p_holm."""
+    `significant` uses p_holm. p_family (fits of all trials, absolute) is Holm over the terms of every
+    metric's fit together: the findings use it."""
 
     term: str
     label: str  # in words
@@ -54,6 +55,7 @@ class TermTest:
     se: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+    p_family: float | None = None  # Holm over the findings family: every metric's fit of all trials
 
     @property
     def significant(self) -> bool:

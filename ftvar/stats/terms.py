@@ -291,12 +291,24 @@ def _codes(col: pd.Series) -> tuple[np.ndarray, list[Any]]:
 
 
 def build(
-    rows: pd.DataFrame, axes: tuple[Axis, ...], degree: int, factor_interactions: bool = False
+    rows: pd.DataFrame,
+    axes: tuple[Axis, ...],
+    degree: int,
+    factor_interactions: bool = False,
+    terms_only: list[tuple[str, ...]] | None = None,
+    raw: bool = False,
 ) -> ModelData:
-    """Predictors, identifiable terms and the model matrix for these rows (ok trials of one fit)."""
+    """Predictors, identifiable terms and the model matrix for these rows (ok trials of one fit).
+    `terms_only`: exactly these terms (monomials of the axes' short names) instead of the polynomial of
+    `degree`, those whose axes vary; `raw`: every numeric axis as given and not centred (a formula such as
+    `y ~ lr + bs + ep + bs:ep` on the settings themselves)."""
     rows = rows.reset_index(drop=True)
     notes: list[str] = []
     preds = predictors(rows, axes, notes)
+    if raw:
+        for p in preds:
+            if p.kind == "numeric":
+                p.transform, p.centre = "raw", 0.0
     by_name = {p.name: p for p in preds}
     seeds = seed_factors(rows, notes)
     for p in preds:
@@ -322,7 +334,20 @@ def build(
     terms: list[TermSpec] = []
     current = np.zeros((len(rows), 0))  # the accepted term columns, seeds and intercept absorbed
     current_rank = 0
-    for term in candidate_terms(preds, degree, factor_interactions):
+    candidates = candidate_terms(preds, degree, factor_interactions)
+    if terms_only is not None:
+        labels = {p.name: p.label for p in preds}
+        short = {p.axis.short: p.name for p in preds}
+        candidates = [
+            TermSpec(
+                _monomial(tuple(short[x] for x in parts)),
+                tuple(short[x] for x in parts),
+                _monomial_label(tuple(short[x] for x in parts), labels),
+            )
+            for parts in terms_only
+            if all(x in short for x in parts)
+        ]
+    for term in candidates:
         counts = Counter(term.parts)
         if any(by_name[v].kind == "numeric" and k >= len(by_name[v].values) for v, k in counts.items()):
             continue  # a power of an axis with too few values (noted above)

@@ -32,6 +32,7 @@ from ftvar.study.config import Study
 from ftvar.study.trial import Trial, expand
 
 BEFORE_AXES = ("trial_id", "kind", "status")
+TEST_METRICS = ("accuracy", "f1", "mcc", "eval_loss")  # the held-out split's metrics: columns test_<metric>
 # the axis columns (one per axis of the study, named like it, then init_seed and order_seed) come here
 AFTER_AXES = (
     "accuracy",
@@ -62,6 +63,9 @@ AFTER_AXES = (
     "error",
     "started_at",
     "finished_at",
+    "top_class_share",
+    "n_test",
+    *(f"test_{m}" for m in TEST_METRICS),
 )
 _DTYPES = {
     "batch_size": "Int64",
@@ -75,8 +79,19 @@ _DTYPES = {
     "requeues": "int64",
     "replicate": "int64",
     "degenerate": "boolean",
+    "n_test": "Int64",
 }
-FLOAT_COLUMNS = ("learning_rate", "accuracy", "f1", "mcc", "eval_loss", "train_loss", "majority_share")
+FLOAT_COLUMNS = (
+    "learning_rate",
+    "accuracy",
+    "f1",
+    "mcc",
+    "eval_loss",
+    "train_loss",
+    "majority_share",
+    "top_class_share",
+    *(f"test_{m}" for m in TEST_METRICS),
+)
 
 
 def axis_columns(study: Study) -> tuple[str, ...]:
@@ -126,6 +141,8 @@ class CollectResult:
     csv: Path
     counts: dict[str, int] = field(default_factory=dict)  # trials per status
     not_in_grid: list[Skipped] = field(default_factory=list)  # (file, why): kept, but in_grid is false
+    missing: list[str] = field(default_factory=list)  # the study's trial ids without an ok record (yet)
+    n_expected: int = 0  # the study's trials (baselines included)
 
     @property
     def n_trials(self) -> int:
@@ -134,9 +151,14 @@ class CollectResult:
     def summary(self) -> str:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "none"
         outside = f", {len(self.not_in_grid)} not in the grid" if self.not_in_grid else ""
+        missing = (
+            f"; {len(self.missing)} of the study's {self.n_expected} trials have no ok record yet"
+            if self.missing
+            else ""
+        )
         return (
             f"{self.n_files} record file(s): {self.n_trials} trial(s) ({statuses}{outside}), "
-            f"{len(self.skipped)} skipped, {self.n_superseded} superseded"
+            f"{len(self.skipped)} skipped, {self.n_superseded} superseded{missing}"
         )
 
 
@@ -144,6 +166,8 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
     """One validated record as a table row, in `columns` order (without in_grid and file)."""
     p, m, t, tp, env = r["params"], r["metrics"], r["timings"], r["throughput"], r["environment"]
     ev, engine, ran = r.get("eval") or {}, r.get("engine") or {}, r.get("ran") or {}
+    test = r.get("test") or {}
+    test_metrics = test.get("metrics") or {}
     return (
         r["trial_id"],
         r["kind"],
@@ -178,8 +202,18 @@ def _row(r: dict[str, Any], path: str, axes: tuple[str, ...]) -> Row:
         r["error"],
         r["started_at"],
         r["finished_at"],
+        _top_share(ev.get("pred_counts")),
+        test.get("n"),
+        *(test_metrics.get(m) for m in TEST_METRICS),
         path,
     )
+
+
+def _top_share(counts: Any) -> float | None:
+    """The share of the eval rows predicted as the most predicted class (near-degenerate runs: ≥ 0.95)."""
+    if not isinstance(counts, list) or not counts or sum(counts) <= 0:
+        return None
+    return float(max(counts) / sum(counts))
 
 
 def _read_chunk(
@@ -399,6 +433,9 @@ def collect(study: Study, out: Path, strict: bool = False, workers: int | None =
         counts={str(k): int(v) for k, v in table["status"].value_counts().items()},
         not_in_grid=outside,
     )
+    ok = set(table.loc[(table["status"] == "ok") & table["in_grid"], "trial_id"])
+    expected = [t.trial_id for t in expand(study)]
+    result.missing, result.n_expected = [tid for tid in expected if tid not in ok], len(expected)
     try:
         write_tables(table, result.parquet, result.csv)
     except OSError as exc:

@@ -7,21 +7,86 @@ the folder. A reader sees either the old file or the whole new one, never a part
 a `.part` file behind. The file gets the mode any normally created file would get, 0666 minus the umask
 (0644 under the usual umask 022), so collaborators on shared storage can read reports as they read records.
 `write_json` writes a JSON object that way; `load_json` reads one, giving None for what cannot be read.
+
+A write that fails (a full disk, a read-only file system, a permission, a name too long) raises `WriteFailed`:
+an FtvarError (one `ftvar: error:` line) and an OSError (with its errno), whose message names the path and
+the cause in words; nothing of the failed write is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-Content = str | bytes | Callable[[BinaryIO], object]  # text (UTF-8), bytes, or a function that writes
+from ftvar.errors import FtvarError
+
+Content = str | bytes | Callable[[Any], object]  # text (UTF-8), bytes, or a function that writes to a file
 _UMASK_LOCK = threading.Lock()
+
+
+CAUSES = {
+    errno.ENOSPC: "no space left on its file system",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.ENOENT: "its folder does not exist",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EIO: "an input/output error of the storage",
+    errno.ESTALE: "a stale network file handle (the storage went away)",
+}
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def cause(exc: OSError) -> str:
+    """An OSError's cause in words ("no space left on its file system", "the file system is read-only", …)."""
+    if isinstance(exc, WriteFailed):
+        return exc.cause
+    if exc.errno in CAUSES:
+        return CAUSES[exc.errno]
+    return exc.strerror or str(exc) or exc.__class__.__name__
+
+
+class WriteFailed(FtvarError, OSError):
+    """A write that failed: `cannot write PATH: CAUSE`. Both an FtvarError (the CLI prints it as one line)
+    and an OSError carrying the errno (`except OSError` still catches it)."""
+
+    def __init__(self, path: Path | str, exc: OSError, what: str = "write") -> None:
+        FtvarError.__init__(self)
+        self.errno = exc.errno
+        self.filename = str(path)
+        self.cause = cause(exc)
+        self.message = f"cannot {what} {path}: {self.cause}"
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def full(self) -> bool:
+        """The file system is full (no space, or the quota)."""
+        return self.errno in FULL
+
+
+def write_failed(path: Path | str, exc: OSError, what: str = "write") -> WriteFailed:
+    """`exc` as a WriteFailed about `path` (itself, when it already is one)."""
+    return exc if isinstance(exc, WriteFailed) else WriteFailed(path, exc, what)
+
+
+def tell(text: str) -> None:
+    """A message to stderr. In a task stderr is its log file in the study folder, on the storage whose full
+    disk may be what the message is about: a message that cannot be written is dropped, never raised."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def umask() -> int:
@@ -49,7 +114,15 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_atomic(path: Path, content: Content) -> None:
-    """Replace `path` with `content` atomically (see the module docstring); creates missing folders."""
+    """Replace `path` with `content` atomically (see the module docstring); creates missing folders.
+    Raises WriteFailed (the path and the cause) when the file system refuses; the temp file is removed."""
+    try:
+        _write_atomic(path, content)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+def _write_atomic(path: Path, content: Content) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -60,7 +133,13 @@ def write_atomic(path: Path, content: Content) -> None:
             elif isinstance(content, bytes):
                 fh.write(content)
             else:
-                content(fh)
+                writes = _Writes(fh)
+                try:
+                    content(writes)
+                except Exception:
+                    if writes.error is not None:  # the writer's own error for a refused write
+                        raise writes.error from None
+                    raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -68,6 +147,70 @@ def write_atomic(path: Path, content: Content) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+class _Writes:
+    """The file a writer function gets (torch.save, savefig, pyarrow), keeping the first OSError of its
+    writes: such writers report a refused write as an error of their own (torch: `RuntimeError: … unexpected
+    pos …`), which would hide the cause (a full disk) and be taken for a crash."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Overwrite a small existing file through its own blocks (no temp file): what still works on a full
+    disk, where `write_atomic` has no room for its temp file. Not atomic; only for files whose readers
+    tolerate a damaged copy (the attempt log)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, text.encode("utf-8"), 0)
+            os.ftruncate(fd, len(text.encode("utf-8")))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged user may still write on `folder`'s file system (its nearest existing folder),
+    or None when that cannot be told."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def can_write(folder: Path, size: int = 0) -> str | None:
+    """Why `folder` cannot take a file of `size` bytes now (in words, with the path), or None when it can:
+    a temp file is created there (root ignores permission bits, so only trying tells; O_TMPFILE, where it
+    exists, leaves nothing visible), `size` bytes are written into it and it is removed."""
+    try:
+        with tempfile.TemporaryFile(dir=folder) as fh:
+            if size:
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        return f"cannot write in {folder}: {cause(exc)}"
+    return None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -8,12 +8,11 @@ anything is added.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ftvar.errors import FtvarError
-from ftvar.store.files import read_json
+from ftvar.store.files import can_write, free_bytes, read_json
 from ftvar.store.launches import read_launches
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import read_status, study_hashes
@@ -68,27 +67,55 @@ def check_no_mixing(study: Study, paths: StudyPaths) -> None:
         )
 
 
-def check_out(out: Path, study_root: Path | None = None) -> None:
+RECORD_BYTES = 16 * 1024  # the room one more trial's files need: a record (3 to 5 KB), its attempt log
+
+
+def check_out(out: Path, study_root: Path | None = None, need_bytes: int = 0) -> None:
     """`--out` must be a folder this process can write in, or a new folder inside one; so must the study's
-    folder in it, when it exists."""
+    folder in it and every folder of it a launch writes in (records, checkpoints, submitit's files, the
+    data cache), when they exist; and its file system must have `need_bytes` free."""
     out = Path(out).expanduser()
     if study_root is not None and study_root.is_dir():
-        _probe(study_root, f"--out {out}")
-        return
-    if out.exists() and not out.is_dir():
-        raise FtvarError(f"--out {out} is a file, not a folder")
-    target = out if out.exists() else out.parent
-    if not out.exists() and not target.is_dir():
-        what = "is a file" if target.exists() else "does not exist"
-        raise FtvarError(f"--out {out}: its parent folder {target} {what}; create the folder first")
-    _probe(target, f"--out {out}")
+        for folder in (study_root, *(study_root / name for name in ("records", "ckpt", "submitit", "cache"))):
+            if folder.is_dir():
+                _probe(folder, f"--out {out}")
+    else:
+        if out.exists() and not out.is_dir():
+            raise FtvarError(f"--out {out} is a file, not a folder")
+        target = out if out.exists() else out.parent
+        if not out.exists() and not target.is_dir():
+            what = "is a file" if target.exists() else "does not exist"
+            raise FtvarError(f"--out {out}: its parent folder {target} {what}; create the folder first")
+        _probe(target, f"--out {out}")
+    free = free_bytes(study_root if study_root is not None else out)
+    if need_bytes and free is not None and free < need_bytes:
+        raise FtvarError(
+            f"--out {out}: its file system has {_size(free)} free and this launch writes about "
+            f"{_size(need_bytes)} (records, attempt logs, submitit's files, the data cache): free some space "
+            "or use another --out"
+        )
+
+
+def _size(n: int) -> str:
+    """Bytes in words: "812 bytes", "3.1 MB"."""
+    if n < 1000:
+        return f"{n} bytes"
+    scale, unit = next((s, u) for s, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")) if n >= s)
+    return f"{n / scale:.1f} {unit}"
 
 
 def _probe(folder: Path, what: str) -> None:
-    """Raise FtvarError unless a file can be created in `folder` (root ignores permission bits, so only
-    trying tells; O_TMPFILE, where it exists, leaves nothing visible)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise FtvarError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+    """Raise FtvarError unless a file can be created in `folder`."""
+    problem = can_write(folder)
+    if problem is not None:
+        raise FtvarError(f"{what}: {problem}")
+
+
+def store_problem(paths: StudyPaths) -> str | None:
+    """Why the study folder cannot take another trial's files now (in words, with the path): its records or
+    checkpoints folder is read-only, gone, or has no room for a record. None when it can."""
+    for folder in (paths.records, paths.ckpt):
+        problem = can_write(folder if folder.is_dir() else paths.root, RECORD_BYTES)
+        if problem is not None:
+            return problem
+    return None

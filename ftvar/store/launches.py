@@ -7,6 +7,8 @@ last submission, so two launches never submit the same trial.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftvar.errors import FtvarError
+from ftvar.store.files import write_failed
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import utc_now
 
@@ -26,12 +29,30 @@ LOCK_WAIT_S = 120.0  # a launch waits this long for another one of the same stud
 
 
 def append_launch(paths: StudyPaths, study_hash: str, entry: dict[str, Any]) -> None:
-    """Add one launch (executor, job or array ids, trial ids) to `launches.jsonl`, with the study hash."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with paths.launches.open("a") as fh:
-        fh.write(json.dumps({"at": utc_now(), "hash": study_hash, **entry}) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Add one launch (executor, job or array ids, trial ids) to `launches.jsonl`, with the study hash, as
+    one write of one whole line. A write the file system refuses raises WriteFailed and leaves the file as
+    it was: a part of a line is cut off again, a ledger this call created is removed."""
+    line = (json.dumps({"at": utc_now(), "hash": study_hash, **entry}) + "\n").encode()
+    path = paths.launches
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):  # a short write: the disk filled up under it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                if size == 0:
+                    path.unlink()
+            raise write_failed(path, exc) from None
+    finally:
+        os.close(fd)
 
 
 def read_launches(paths: StudyPaths) -> list[dict[str, Any]]:
@@ -63,9 +84,15 @@ def launch_lock(
     before writing anything else."""
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     created = [d for d in (paths.root.parent, paths.root) if not d.exists()]
-    paths.root.mkdir(parents=True, exist_ok=True)
     lock = paths.root / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise write_failed(lock, exc) from None
     try:
         deadline = time.monotonic() + wait_s
         while True:
@@ -84,8 +111,9 @@ def launch_lock(
                     on_wait(holder)
                     on_wait = None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
+        with contextlib.suppress(OSError):  # who holds it, for the messages only (a full disk may refuse)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
         try:
             yield
         except BaseException:

@@ -1,10 +1,12 @@
-"""The layout of a study's folder, `<out>/<study name>/`: records, data cache, checkpoints, submitit's files,
-the report and the launches ledger."""
+"""The layout of a study's folder, `<out>/<study name>/`: records, per-example predictions, data cache,
+checkpoints, submitit's files, the report and the launches ledger."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+TEXTS_FILE = "texts.json"  # in a cache folder: the eval (and test) rows' texts, in row order
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,15 @@ class StudyPaths:
 
     def record(self, tid: str) -> Path:
         return self.records / f"{tid}.json"
+
+    @property
+    def predictions(self) -> Path:
+        """Per-example predictions, one JSON sidecar per trial (ftvar.store.predictions); not records."""
+        return self.root / "predictions"
+
+    def prediction(self, tid: str) -> Path:
+        return self.predictions / f"{tid}.json"
+
+    def texts(self, key: str) -> Path:
+        """The eval and test texts of the cache with this data key."""
+        return self.cache_for(key) / TEXTS_FILE

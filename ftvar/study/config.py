@@ -28,6 +28,7 @@ from ftvar.study.typed import build
 
 BUILTIN_STUDIES = ("smoke", "paper", "rte", "mrpc", "cola")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_NAME = 100  # a study's name names its folder (file names stop at 255 bytes), its temp files and its jobs
 FORMATS = ("tsv", "csv", "jsonl", "parquet")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
@@ -41,7 +42,9 @@ PRIMARY_METRICS = ("accuracy", "f1", "mcc")  # analysis.metric: what the report 
 # Hub tasks (id, config) whose own metric is not accuracy: the primary metric unless analysis.metric is set
 TASK_METRICS: dict[tuple[str, str | None], str] = {("glue", "cola"): "mcc", ("nyu-mll/glue", "cola"): "mcc"}
 # keys whose string values are file system paths (resolved against the study file's folder or the cwd)
-PATH_KEYS = ("data.train", "data.eval", "model.name_or_path", "model.tokenizer")
+PATH_KEYS = ("data.train", "data.eval", "data.test", "model.name_or_path", "model.tokenizer")
+# [data] keys of the held-out test split: in the study hash only when set (a study without one keeps its hash)
+TEST_KEYS = ("test", "test_split", "test_fraction")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,15 @@ class DataConfig:
     train_limit: int = 0  # 0 = all rows; n = a seeded random subsample of n rows
     eval_limit: int = 0
     data_seed: int = 0
+    # a held-out test split for the final number (at most one): a local file in data.train's format, a Hub
+    # split, or this share of the eval rows (0 < f < 1), drawn with data_seed after eval_limit
+    test: str | None = None
+    test_split: str | None = None
+    test_fraction: float | None = None
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None or self.test_split is not None or self.test_fraction is not None
 
     def __post_init__(self) -> None:
         """A one-column list is that column (so that `["sentence"]` and `"sentence"` are one study)."""
@@ -156,6 +168,7 @@ class AnalysisConfig:
     factor_interactions: bool = False  # factor × numeric-axis interactions in the fits
     expected_max_by: str | None = None  # the expected-max curves' axis; default: batch size, else a factor
     metric: str | None = None  # accuracy | f1 | mcc: what the report leads with; default: by the data
+    near_degenerate: float = 0.95  # flag runs predicting one class for at least this share of the eval rows
 
 
 @dataclass(frozen=True)
@@ -314,7 +327,7 @@ class Study:
         model = {k: getattr(self.model, k) for k in HASHED_MODEL if f"model.{k}" not in axes}
         if model.get("tiny") is not None:
             model["tiny"] = dataclasses.asdict(self.model.tiny)  # type: ignore[arg-type]
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
+        data = _hashed_data(self.data, axes)
         train = {k: getattr(self.train, k) for k in HASHED_TRAIN if f"train.{k}" not in axes}
         default = TrainConfig()
         for k in REMEDIES:  # only where they differ from the defaults: older studies keep their hashes
@@ -329,7 +342,7 @@ class Study:
         """What a tokenized cache depends on beside the axes: the data (file contents) and a trained
         tokenizer's vocabulary size — not the model or the training settings (ftvar.study.trial.data_key)."""
         axes = {name for name, _ in self.grid.axes}
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if f"data.{k}" not in axes}
+        data = _hashed_data(self.data, axes)
         return study_hash({"vocab_size": self.model.vocab_size}, data, {}, training=None)
 
     @functools.cached_property
@@ -370,6 +383,16 @@ class Study:
                 return c[name]  # type: ignore[return-value]  # validated against AXIS_CODINGS
             return default_coding(name, values, "log")
         return default_coding(name, values, c)
+
+
+def _hashed_data(data: DataConfig, axes: set[str]) -> dict[str, Any]:
+    """The [data] table as the hashes see it: without the settings that are axes, and without the test split's
+    keys while they are unset (so that adding them left every existing study's hash as it was)."""
+    return {
+        k: v
+        for k, v in dataclasses.asdict(data).items()
+        if f"data.{k}" not in axes and not (k in TEST_KEYS and v is None)
+    }
 
 
 def _distinct(values: Any) -> tuple[Any, ...]:
@@ -519,6 +542,11 @@ def validate(study: Study) -> None:
         raise StudyError(
             f"study name {study.name!r} may only use letters, digits, '_', '.', '-' (no '/' or '..')"
         )
+    if len(study.name) > MAX_NAME:
+        raise StudyError(
+            f"study name {study.name[:20]}… is {len(study.name)} characters long: at most {MAX_NAME} (it "
+            "names the study's folder, its files and its SLURM jobs)"
+        )
     _validate_train(study.train)
     _validate_model(study.model)
     _validate_data(study.data)
@@ -586,6 +614,11 @@ def _validate_analysis(study: Study) -> None:
         raise StudyError(f"analysis.bootstrap must be ≥ 0 (0 turns the bootstrap off), got {a.bootstrap}")
     if a.metric is not None:
         _check_choice(a.metric, PRIMARY_METRICS, "analysis.metric")
+    if not 0.5 < a.near_degenerate <= 1:
+        raise StudyError(
+            f"analysis.near_degenerate = {a.near_degenerate:g}: give the share of eval rows predicted as one "
+            "class from which a run is flagged near-degenerate, above 0.5 and at most 1 (default 0.95)"
+        )
     if a.expected_max_by is not None and a.expected_max_by not in names:
         raise StudyError(
             f"analysis.expected_max_by = {a.expected_max_by!r} is not an axis of this study; axes: "
@@ -727,6 +760,45 @@ def _validate_data(d: DataConfig) -> None:
             raise StudyError(f"data.{key} must be a 0-based index when data.header = false, got {col!r}")
     if d.max_length < 8 or d.train_limit < 0 or d.eval_limit < 0:
         raise StudyError("data.max_length must be ≥ 8 and data.train_limit/eval_limit ≥ 0")
+    _validate_test(d)
+
+
+def _validate_test(d: DataConfig) -> None:
+    """The held-out test split: data.test (a file), data.test_split (a Hub split) or data.test_fraction."""
+    given = [f"data.{k}" for k in TEST_KEYS if getattr(d, k) is not None]
+    if len(given) > 1:
+        raise StudyError(
+            f"{' and '.join(given)} are both set: give one test split (a file, a Hub split or a fraction)"
+        )
+    if d.test is not None:
+        if d.source != "files":
+            raise StudyError(
+                "data.test is a file beside data.train and data.eval: "
+                + (
+                    "use data.test_split for a Hub split"
+                    if d.source == "hub"
+                    else "use data.test_fraction with synthetic data"
+                )
+            )
+        if not Path(d.test).is_file():
+            raise StudyError(f"data.test: file {d.test} does not exist")
+        d.file_format(d.test)
+        if Path(d.test).resolve() in (Path(d.eval or "").resolve(), Path(d.train or "").resolve()):
+            raise StudyError("data.test is the eval or train file itself: a test split must be held out")
+    if d.test_split is not None:
+        if d.source != "hub":
+            raise StudyError(
+                "data.test_split names a Hub split: with local files give data.test, else data.test_fraction"
+            )
+        if d.test_split in (d.train_split, d.eval_split):
+            raise StudyError(
+                f"data.test_split = {d.test_split!r} is the train or eval split: a test split is held out"
+            )
+    if d.test_fraction is not None and not 0 < d.test_fraction < 1:
+        raise StudyError(
+            f"data.test_fraction = {d.test_fraction:g}: give a share of the eval rows strictly between 0 and "
+            "1 (e.g. 0.5), or leave it out for no test split"
+        )
 
 
 def is_local_path(value: str) -> bool:

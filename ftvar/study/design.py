@@ -2,9 +2,13 @@
 
 `grid` runs the full product of the axes' lists. `sobol` and `lhs` draw `n` space-filling points (scrambled
 Sobol' or Latin hypercube, `scipy.stats.qmc`, seeded) over axes given as ranges `{min, max, scale, round}`;
-an axis given as a list is sampled over its values. `ccd` is a central composite design over the range axes:
-the 2^k factorial corners, 2k axial points at ±alpha and `center` centre points (coded units: the range's
-ends are ±1), crossed with every list axis. Values are rounded as asked (integers for integer settings).
+an axis given as a list is sampled over its values. `random` is random search: `n` independent draws from
+each axis' prior (a range with `scale = "log"` is log-uniform, `"linear"` uniform; a list is a uniform choice
+of its values), seeded; a point drawn twice is run twice (a centre-repeat's own seeds), so the trials are the
+independent draws that expected max (Dodge et al. 2019) assumes. `ccd` is a central composite design over
+the range axes: the 2^k factorial corners, 2k axial points at ±alpha and `center` centre points (coded units:
+the range's ends are ±1), crossed with every list axis. Values are rounded as asked (integers for integer
+settings).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from ftvar.errors import StudyError
 
-KINDS = ("grid", "sobol", "lhs", "ccd")
+KINDS = ("grid", "sobol", "lhs", "ccd", "random")
 SCALES = ("linear", "log")
 ALPHAS = ("face", "rotatable")
 
@@ -36,9 +40,9 @@ class Range:
 
 @dataclass(frozen=True)
 class DesignConfig:
-    kind: str = "grid"  # grid | sobol | lhs | ccd
-    n: int | None = None  # sobol, lhs: number of points
-    seed: int = 0  # sobol, lhs: the sampler's seed
+    kind: str = "grid"  # grid | sobol | lhs | ccd | random
+    n: int | None = None  # sobol, lhs, random: number of points
+    seed: int = 0  # sobol, lhs, random: the sampler's seed
     center: int = 1  # ccd: centre points (each centre repeat runs with its own seeds)
     alpha: str | float = "face"  # ccd: face (axial points on the range's ends) | rotatable | a number
 
@@ -118,12 +122,36 @@ def points(axes: dict[str, Spec], design: DesignConfig, integer_axes: set[str]) 
         for name in names:
             spec = axes[name]
             if isinstance(spec, Range):
-                raise StudyError("ranges need [design] kind = sobol, lhs or ccd")  # validate_design says more
+                # (validate_design says more)
+                raise StudyError("ranges need [design] kind = sobol, lhs, ccd or random")
             lists.append(spec)
         return [Point(tuple(zip(names, combo, strict=True))) for combo in itertools.product(*lists)]
     if design.kind in ("sobol", "lhs"):
         return _dedupe(_sampled(axes, design, integer_axes))
+    if design.kind == "random":
+        return _random(axes, design, integer_axes)
     return _dedupe(_ccd(axes, design, integer_axes))
+
+
+def _random(axes: dict[str, Spec], design: DesignConfig, integer_axes: set[str]) -> list[Point]:
+    """`n` independent draws from the axes' priors; the r-th repeat of a point is its replicate r (its own
+    seeds), so every draw is a trial of its own."""
+    assert design.n is not None  # validated: a random design needs n
+    rng = np.random.default_rng(design.seed)
+    seen: dict[tuple[tuple[str, Any], ...], int] = {}
+    out = []
+    for _ in range(design.n):
+        values = []
+        for name, spec in axes.items():
+            if isinstance(spec, Range):
+                value = _round(_from_unit(float(rng.random()), spec), spec, name in integer_axes)
+            else:
+                value = spec[int(rng.integers(len(spec)))] if len(spec) > 1 else spec[0]
+            values.append((name, value))
+        key = tuple(values)
+        out.append(Point(key, seen.get(key, 0)))
+        seen[key] = seen.get(key, 0) + 1
+    return out
 
 
 def _sampled(axes: dict[str, Spec], design: DesignConfig, integer_axes: set[str]) -> list[Point]:
@@ -198,13 +226,19 @@ def validate_design(axes: dict[str, Spec], design: DesignConfig, n_params: int) 
         if ranges:
             raise StudyError(
                 f"grid.{ranges[0]} is a range {{min, max}}, which the full grid cannot run: give a list of "
-                "values, or set [design] kind = sobol, lhs or ccd"
+                "values, or set [design] kind = sobol, lhs, ccd or random"
             )
         return
-    if design.kind in ("sobol", "lhs"):
+    if design.kind in ("sobol", "lhs", "random"):
         if design.n is None or design.n < 1:
             raise StudyError(f"design.kind = {design.kind!r} needs design.n, the number of points")
         varying = [n for n, s in axes.items() if isinstance(s, Range) or len(s) > 1]
+        if not varying and design.kind == "random":
+            raise StudyError(
+                "a random design draws every point from the axes' priors, and no axis has one: give an axis "
+                "as a range { min, max, scale = 'log' } (log-uniform; 'linear': uniform) or as a list of "
+                "values (a uniform choice)"
+            )
         if not varying:
             raise StudyError(f"a {design.kind} design needs at least one axis with a range or several values")
         if design.n < n_params:
@@ -246,6 +280,8 @@ def describe(axes: dict[str, Spec], design: DesignConfig, n_points: int, n_seeds
         )
         if len(lists) and math.prod(lists) > 1:
             head += f", × {math.prod(lists)} list combinations"
+    elif design.kind == "random":
+        head = f"design: random search from the axes' priors (seed {design.seed}), n = {design.n} draws"
     else:
         head = f"design: {design.kind} (seed {design.seed}), n = {design.n}"
     return (

@@ -123,7 +123,7 @@ def study_hash(
         m["name_or_path"] = None if m.get("tiny") is not None else model_identity(m["name_or_path"])
     m["tokenizer"] = model_identity(m.get("tokenizer"))
     d = dict(data)
-    for key in ("train", "eval"):
+    for key in ("train", "eval", "test"):
         if d.get(key) is not None:
             d[key] = {"name": Path(d[key]).name, "sha256": file_digest(d[key])}
     if d.get("synthetic") is not None:

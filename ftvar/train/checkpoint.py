@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from ftvar.store.attempts import AttemptLog, checkpoint_info, write_checkpoint_info
-from ftvar.store.files import write_atomic
+from ftvar.store.files import tell, write_atomic
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -116,19 +115,28 @@ class Resumable:
     last_save: float = field(default_factory=time.monotonic)
     saved_step: int | None = None
     signalled: bool = False  # a signal saved the state and no step has run since
+    failed_write: str | None = None  # why the last checkpoint could not be written
 
     def save(self, reason: str = "SIGUSR2 (time limit or preemption)") -> bool:
         """Checkpoint now because the task is being stopped (a signal handler calls this): the attempt ends
-        as interrupted. Returns False when training has not started yet (nothing to save). A second signal
-        before the next step (the SIGTERM of the requeue that a SIGUSR2 asked for) keeps the first one's
-        checkpoint and reason: the attempt says why it stopped, not how its requeue ended it."""
+        as interrupted. Returns False when training has not started yet (nothing to save) or the checkpoint
+        could not be written. A second signal before the next step (the SIGTERM of the requeue that a SIGUSR2
+        asked for) keeps the first one's checkpoint and reason: the attempt says why it stopped, not how its
+        requeue ended it."""
         if self.signalled:
             return self.saved_step is not None
         self.signalled = True
+        self.failed_write = None
         saved = self._write(reason)
         if self.attempts is not None:
-            where = f"checkpoint at step {self.saved_step}" if saved else "no checkpoint (not training yet)"
-            self.attempts.update("interrupted", f"{reason}: {where}", self.saved_step)
+            if saved:
+                where = f"checkpoint at step {self.saved_step}"
+            elif self.failed_write is not None:
+                where = f"no checkpoint: {self.failed_write}"
+                where += f"; the last one is at step {self.saved_step}" if self.saved_step is not None else ""
+            else:
+                where = "no checkpoint (not training yet)"
+            _log_attempt(self.attempts, "interrupted", f"{reason}: {where}", self.saved_step)
         return saved
 
     def at_step_boundary(self, force: bool = False) -> bool:
@@ -143,7 +151,7 @@ class Resumable:
             return False
         saved = self._write("periodic")
         if saved and self.attempts is not None:
-            self.attempts.update(step=self.saved_step)
+            _log_attempt(self.attempts, step=self.saved_step)
         return saved
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
@@ -152,11 +160,29 @@ class Resumable:
         self.last_save = time.monotonic()
 
     def _write(self, reason: str) -> bool:
-        step = save(self.folder, self.snapshot, reason)
+        """Save now; a checkpoint the storage refuses (a full disk) is reported and training goes on: the
+        trial then resumes from its previous checkpoint, if any."""
+        try:
+            step = save(self.folder, self.snapshot, reason)
+        except OSError as exc:
+            self.failed_write = str(exc)
+            self.last_save = time.monotonic()  # not again at every step: at the next period
+            tell(f"ftvar: checkpoint not saved ({reason}): {exc}")
+            return False
         if step is None:
             return False
         self.saved_step, self.last_save = step, time.monotonic()
         return True
+
+
+def _log_attempt(
+    attempts: AttemptLog, state: str | None = None, reason: str | None = None, step: int | None = None
+) -> None:
+    """Update the attempt log; a log the storage refuses is reported, never an end of training."""
+    try:
+        attempts.update(state, reason, step)
+    except OSError as exc:
+        tell(f"ftvar: attempt not recorded ({state or 'progress'}): {exc}")
 
 
 def rng_state() -> dict[str, Any]:
@@ -196,8 +222,8 @@ def save(folder: Path, snapshot: Snapshot | None, reason: str = "signal") -> int
     state = {**snapshot(), "rng": rng_state()}
     write_atomic(folder / "state.pt", lambda fh: torch.save(state, fh))
     step = int(state["step"])
-    write_checkpoint_info(folder, step, reason)
-    print(f"ftvar: checkpoint at step {step} saved to {folder} ({reason})", file=sys.stderr, flush=True)
+    write_checkpoint_info(folder, step, reason, (folder / "state.pt").stat().st_size)
+    tell(f"ftvar: checkpoint at step {step} saved to {folder} ({reason})")
     return step
 
 
@@ -211,10 +237,8 @@ def load(folder: Path) -> dict[str, Any] | None:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a checkpoint that cannot be read must not stop the trial: start over
         why = (str(exc).splitlines() or [""])[0]
-        print(
-            f"ftvar: ignoring checkpoint {path} ({exc.__class__.__name__}: {why}); training starts at step 0",
-            file=sys.stderr,
-            flush=True,
+        tell(
+            f"ftvar: ignoring checkpoint {path} ({exc.__class__.__name__}: {why}); training starts at step 0"
         )
         return None
     return state

@@ -45,6 +45,7 @@ class FitJob:
     guard: Gate | None = None  # every optimizer step runs inside it (checkpoints wait for a boundary)
     resume_state: dict[str, Any] | None = None  # a loaded checkpoint to continue from
     after_step: Callable[[], None] | None = None  # called at each optimizer-step boundary (periodic saves)
+    test: Split | None = None  # the held-out test split (when the study has one), evaluated after eval
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FitResult:
     engine: dict[str, Any] = field(default_factory=dict)  # the record's `engine` block (name, graphs, …)
     curve: list[dict[str, Any]] | None = None  # the learning curve's points (None: train.eval_every = 0)
     curve_time: float = 0.0  # seconds spent evaluating during training (in eval_time, not in train_time)
+    evaluated: dict[str, EvalResult] = field(default_factory=dict)  # "eval" and "test": per-row predictions
 
 
 class Engine(Protocol):
@@ -191,6 +193,9 @@ class EvalResult:
     metrics: dict[str, float | None]
     label_counts: list[int]
     pred_counts: list[int]
+    labels: np.ndarray | None = None  # per row, in the split's order: the gold label,
+    predicted: np.ndarray | None = None  # the predicted label,
+    probabilities: np.ndarray | None = None  # and the probability of each class (rows × classes, float32)
 
     def counts(self) -> dict[str, Any]:
         """The record's `eval` block: counts, the majority share, and whether the model is degenerate
@@ -241,7 +246,7 @@ def evaluate(
 ) -> EvalResult:
     """The model's metrics on `split`, batch by batch in file order."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, probs, loss_sum = [], [], 0.0
     for idx in batches(len(split), batch_size):
         batch = collate(split, idx, device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -249,18 +254,34 @@ def evaluate(
         logits = logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
+        probs.append(torch.softmax(logits, -1).cpu())
     y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    return scores(split.labels, y_pred, loss_sum, num_labels)
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, num_labels), dtype=np.float32)
+    return with_rows(scores(split.labels, y_pred, loss_sum, num_labels), split.labels, y_pred, p)
+
+
+def with_rows(result: EvalResult, labels: np.ndarray, predicted: np.ndarray, probs: np.ndarray) -> EvalResult:
+    """An evaluation's metrics with its per-row outputs (the trial's predictions sidecar)."""
+    result.labels = np.asarray(labels, dtype=np.int64)
+    result.predicted = np.asarray(predicted, dtype=np.int64)
+    result.probabilities = np.asarray(probs, dtype=np.float32)
+    return result
 
 
 def evaluated_into(
-    result: FitResult, evaluated: EvalResult, losses: list[float], seconds: float
+    result: FitResult,
+    evaluated: EvalResult,
+    losses: list[float],
+    seconds: float,
+    test: EvalResult | None = None,
 ) -> FitResult:
     """A trained trial's result with its evaluation: the metrics, the last epoch's mean training loss and the
-    class counts; a non-finite evaluation loss makes it diverged."""
+    class counts, the per-row outputs (and the test split's); a non-finite evaluation loss makes it
+    diverged."""
     result.eval_time = seconds
     result.metrics = {**evaluated.metrics, "train_loss": sum(losses) / len(losses) if losses else None}
     result.eval_counts = evaluated.counts()
+    result.evaluated = {"eval": evaluated, **({"test": test} if test is not None else {})}
     if result.metrics["eval_loss"] is None:
         result.diverged = "non-finite evaluation loss"
     return result

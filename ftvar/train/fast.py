@@ -48,6 +48,7 @@ from ftvar.train.engine import (
     set_learning_rate,
     steps_per_epoch,
     warmup_steps,
+    with_rows,
 )
 from ftvar.train.noise import DrawCheck, ensure
 
@@ -360,7 +361,12 @@ class FastEngine:
         evaluated = evaluate_fast(
             model, job.eval, s.eval_batch_size, job.device, job.num_labels, stepper.dtype, eval_data
         )
-        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        test = None
+        if job.test is not None:
+            test = evaluate_fast(
+                model, job.test, s.eval_batch_size, job.device, job.num_labels, stepper.dtype
+            )
+        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1, test)
         return finish_curve(result, state, per_epoch, bool(s.eval_every))
 
 
@@ -497,12 +503,13 @@ def evaluate_fast(
     dtype: torch.dtype | None,
     data: DeviceSplit | None = None,
 ) -> Any:
-    """Metrics on `split` with rows sorted by length (little padding), results gathered on the device and read
-    once; `data`: the split already on the device."""
+    """Metrics and per-row outputs on `split` with rows sorted by length (little padding), results gathered on
+    the device and read once; `data`: the split already on the device."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")
     data = data if data is not None else DeviceSplit.of(split, device)
     preds = torch.empty(len(split), dtype=torch.long, device=device)
+    probs = torch.empty((len(split), num_labels), dtype=torch.float32, device=device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -515,4 +522,7 @@ def evaluate_fast(
             logits = model(**data.tokens(idx, width), attention_mask=mask).logits.float()
         loss_sum += F.cross_entropy(logits, data.labels.index_select(0, idx), reduction="sum")
         preds[idx] = logits.argmax(-1)
-    return scores(split.labels, preds.cpu().numpy(), float(loss_sum), num_labels)
+        probs[idx] = torch.softmax(logits, -1)
+    y_pred = preds.cpu().numpy()
+    evaluated = scores(split.labels, y_pred, float(loss_sum), num_labels)
+    return with_rows(evaluated, split.labels, y_pred, probs.cpu().numpy())

@@ -37,6 +37,9 @@ from typing import Any
 import torch
 
 from ftvar.data.cache import Prepared, cache_folder, load_prepared
+from ftvar.store.attempts import TrialBusy
+from ftvar.store.files import WriteFailed, tell
+from ftvar.store.folder import store_problem
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import read_status
 from ftvar.study.config import Study
@@ -68,6 +71,7 @@ class Pack:
     gate: Gate = field(default_factory=Gate)
     running: dict[str, Resumable] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: str | None = None  # why the pack starts no more trials (the study folder takes no records)
 
     def save_all(self, reason: str = "SIGUSR2 (time limit or preemption)") -> int:
         """Hold every lane at a step boundary and save each running trial's state. Returns how many saved."""
@@ -102,11 +106,63 @@ def run_pack(
 ) -> dict[str, str]:
     """Run the trials that have no ok record yet, `lanes` at a time, each to its record; with `stack`, in one
     lane, compatible trials trained together in stacks of up to `lanes` (ftvar.train.stack). Returns trial
-    id → status. `holder.pack` is set to the running Pack (submitit's checkpoint() saves through it)."""
+    id → status. `holder.pack` is set to the running Pack (submitit's checkpoint() saves through it).
+
+    A trial another live process is running is skipped ("running elsewhere"). A write the storage refuses
+    fails that trial only (its attempt says why); when the study folder cannot take another record at all
+    (full, read-only, gone), the pack starts nothing more: the trials left are the next launch's
+    ("not run: …"), the running ones end as they can."""
     statuses = {t.trial_id: "ok" for t in trials if read_status(paths.record(t.trial_id)) == "ok"}
     todo = sorted((t for t in trials if t.trial_id not in statuses), key=heaviness)
     if not todo:
         return statuses
+    pack = Pack()
+    if holder is not None:
+        holder.pack = pack
+    handlers = _stop_on_signals(pack)  # first: a stop while this task starts up must not be missed
+    try:
+        return _run(pack, study, todo, paths, lanes, stack, statuses)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _stop_on_signals(pack: Pack) -> dict[int, Any]:
+    """In the main thread: SIGTERM (a cancel, a requeue, a preemption, a stopped local launch) and SIGINT
+    save every running trial's state at a step boundary, end its attempt as interrupted at that step, and
+    end the process (SystemExit 143; KeyboardInterrupt for SIGINT). A second signal while saving is
+    ignored: it must not cut the checkpoints short. Returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    executor = os.environ.get("SUBMITIT_EXECUTOR")
+    reasons: dict[int, str] = {
+        signal.SIGTERM: "SIGTERM (scancel, requeue, preemption or the time limit)"
+        if executor == "slurm"
+        else "SIGTERM (`ftvar launch` was interrupted or stopped)",
+        signal.SIGINT: "SIGINT (Ctrl-C)",
+    }
+
+    def on_signal(signum: int, frame: Any) -> None:
+        for sig in reasons:
+            signal.signal(sig, signal.SIG_IGN)
+        saved = pack.save_all(reasons[signum])
+        log.info("signal %d: saved %d checkpoint(s) at a step boundary; exiting", signum, saved)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, on_signal) for sig in reasons}
+
+
+def _run(
+    pack: Pack,
+    study: Study,
+    todo: list[Trial],
+    paths: StudyPaths,
+    lanes: int | None,
+    stack: bool,
+    statuses: dict[str, str],
+) -> dict[str, str]:
     log_to_stderr()
     set_offline()
     preload(list(dict.fromkeys(m for t in todo for m in model_modules(settings(study, t)))))
@@ -123,9 +179,6 @@ def run_pack(
         queue = collections.deque(plan_stacks(study, todo, want, step_of))
         want = 1  # the stack is the concurrency
     torch.set_num_threads(threads_per_lane(want))
-    pack = Pack()
-    if holder is not None:
-        holder.pack = pack
     data: dict[str, Prepared] = {}
     data_lock = threading.Lock()
 
@@ -138,16 +191,51 @@ def run_pack(
 
     running_lanes: list[Lane] = []
 
-    def lane_main(lane: Lane) -> None:
-        try:
-            while True:
-                with pack.lock:
-                    if not queue:
-                        return
-                    item = queue.popleft()
+    def next_item() -> tuple[list[Trial], list[Resumable]] | None:
+        """The next trials to run, less those another process finished meanwhile (another launch's process
+        may share them; one running them now holds their lock: `begin` waits for it, then gives up); None
+        when nothing is left or the pack stopped."""
+        with pack.lock:
+            while queue and pack.stopped is None:
+                item = []
+                for t in queue.popleft():
+                    if read_status(paths.record(t.trial_id)) == "ok":
+                        statuses[t.trial_id] = "ok"
+                    else:
+                        item.append(t)
+                if item:
                     resumables = [Resumable(paths.ckpt / t.trial_id, guard=pack.gate) for t in item]
                     for t, r in zip(item, resumables, strict=True):
                         pack.running[t.trial_id] = r
+                    return item, resumables
+            return None
+
+    def write_failed(trials: list[Trial], exc: WriteFailed) -> None:
+        """A write the storage refused: the trials without a record failed; the pack stops when the study
+        folder cannot take another record."""
+        for t in trials:
+            statuses[t.trial_id] = read_status(paths.record(t.trial_id)) or "failed"
+        problem = store_problem(paths)
+        if problem is None:
+            log.warning("%s; the other trials go on", exc)
+            return
+        with pack.lock:
+            if pack.stopped is not None:
+                return
+            pack.stopped = problem
+            left = [t for item in queue for t in item]
+            queue.clear()
+            for t in left:
+                statuses[t.trial_id] = f"not run: {problem}"
+        log.error("%s: %d trial(s) not started, left to the next launch", problem, len(left))
+
+    def lane_main(lane: Lane) -> None:
+        try:
+            while True:
+                got = next_item()
+                if got is None:
+                    return
+                item, resumables = got
                 steps = 0
 
                 def after_step() -> None:
@@ -175,6 +263,13 @@ def run_pack(
                             packing=lambda: Packing("lanes", len(running_lanes)) if want > 1 else ALONE,
                             reraise=lambda exc: _out_of_memory(exc) and _others_alive(running_lanes, lane),
                         )
+                except TrialBusy as exc:
+                    log.warning("%s", exc)
+                    statuses[trial.trial_id] = "running elsewhere"
+                    continue
+                except WriteFailed as exc:
+                    write_failed([trial], exc)
+                    continue
                 except torch.cuda.OutOfMemoryError:
                     log.warning(
                         "lane %d ran out of GPU memory: %s goes back to the queue, the lane stops",
@@ -182,11 +277,11 @@ def run_pack(
                         trial.trial_id,
                     )
                     with pack.lock:
-                        pack.running.pop(trial.trial_id, None)
                         queue.append([trial])
                     return
-                with pack.lock:
-                    pack.running.pop(trial.trial_id, None)
+                finally:
+                    with pack.lock:
+                        pack.running.pop(trial.trial_id, None)
                 statuses[trial.trial_id] = str(record["status"])
                 lane.ready.set()
         except BaseException as exc:  # raised again in the main thread
@@ -207,6 +302,15 @@ def run_pack(
             with pack.lock:
                 queue.extendleft(reversed(parts))
             return
+        except TrialBusy as exc:  # a member started elsewhere a moment ago: the others train without it
+            log.warning("%s", exc)
+            statuses[exc.trial_id] = "running elsewhere"
+            with pack.lock:
+                queue.appendleft([t for t in item if t.trial_id != exc.trial_id])
+            return
+        except WriteFailed as exc:
+            write_failed(item, exc)
+            return
         finally:
             with pack.lock:
                 for t in item:
@@ -222,15 +326,9 @@ def run_pack(
         running_lanes.append(lane)
         lane.thread.start()
 
-    def on_term(signum: int, frame: Any) -> None:
-        saved = pack.save_all("SIGTERM (scancel, requeue, preemption or the time limit)")
-        log.info("signal %d: saved %d checkpoint(s) at a step boundary; exiting", signum, saved)
-        raise SystemExit(128 + signum)
-
-    in_main = threading.current_thread() is threading.main_thread()
-    handlers = {}
     stopped: list[BaseException] = []  # submitit gave up at the time limit ("timed-out too many times")
-    if in_main:
+    usr2: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
         submitit_usr2 = signal.getsignal(signal.SIGUSR2)
 
         def on_usr2(signum: int, frame: Any) -> None:
@@ -244,9 +342,8 @@ def run_pack(
             except Exception as exc:
                 stopped.append(exc)
 
-        handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
         if callable(submitit_usr2):
-            handlers[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
+            usr2[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
     if want > 1:
         log.info("%d trial(s) in up to %d lanes on %s", len(todo), want, device)
     try:
@@ -289,8 +386,10 @@ def run_pack(
                 if lane.error is not None and lane.error is not stopped[0]:
                     log.error("lane %d could not record the time limit: %r", lane.index, lane.error)
     finally:
-        for sig, handler in handlers.items():
+        for sig, handler in usr2.items():
             signal.signal(sig, handler)
+    if pack.stopped is not None:
+        tell(f"ftvar: stopped: {pack.stopped}")
     return statuses
 
 

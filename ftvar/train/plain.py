@@ -98,7 +98,10 @@ class PlainEngine:
             return finish_curve(result, state, per_epoch, curve)
         t1 = time.perf_counter()
         evaluated = evaluate(model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
-        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+        test = None
+        if job.test is not None:
+            test = evaluate(model, job.test, s.eval_batch_size, job.device, job.num_labels, dtype)
+        evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1, test)
         return finish_curve(result, state, per_epoch, curve)
 
     def _train(

@@ -1,4 +1,5 @@
-"""Run one trial: load the study's cache, build the model, fit with the engine, write the JSON record."""
+"""Run one trial: load the study's cache, build the model, fit with the engine, write its per-example
+predictions (a sidecar) and then the JSON record."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import torch
 
 from ftvar.data.cache import Prepared, load_prepared
 from ftvar.errors import FtvarError
-from ftvar.store.attempts import AttemptLog
+from ftvar.store.attempts import AttemptLog, RunningLock
 from ftvar.store.environment import environment
+from ftvar.store.files import tell, write_failed
 from ftvar.store.paths import StudyPaths
+from ftvar.store.predictions import sidecar, write_predictions
 from ftvar.store.record import finite_or_none, utc_now, write_record
 from ftvar.store.schema import SCHEMA_VERSION
 from ftvar.study.config import Study
@@ -236,6 +239,14 @@ def _record(
     }
     if result and result.eval_counts:
         record["eval"] = result.eval_counts
+    test = result.evaluated.get("test") if result else None
+    if test is not None:  # the held-out split's metrics: the report reads them for the chosen configuration
+        record["test"] = {
+            "n": sum(test.label_counts),
+            "metrics": {k: finite_or_none(v) for k, v in test.metrics.items()},
+            "label_counts": test.label_counts,
+            "pred_counts": test.pred_counts,
+        }
     if result and result.engine:
         record["engine"] = result.engine
     if result and result.curve is not None:
@@ -268,11 +279,16 @@ def _fit(
             model.to(device)
             split = for_model(prepared.eval, model)
             evaluated = evaluate(model, split, s.train.eval_batch_size, device, num_labels, dtype)
+            test = None
+            if prepared.test is not None:
+                held_out = for_model(prepared.test, model)
+                test = evaluate(model, held_out, s.train.eval_batch_size, device, num_labels, dtype)
         result = FitResult(
             metrics={**evaluated.metrics, "train_loss": None},
             eval_time=time.perf_counter() - t0,
             eval_counts=evaluated.counts(),
             engine={"name": "eval", "cuda_graphs": None, "fallback": None, "head": head},
+            evaluated={"eval": evaluated, **({"test": test} if test is not None else {})},
         )
     else:
         engine = registry.make(s.train.engine, device)
@@ -323,6 +339,7 @@ def fit_job(
         pad_id=prepared.pad_token_id,
         num_labels=len(prepared.label_names),
         after_step=after_step,
+        test=for_model(prepared.test, model) if prepared.test is not None else None,
     )
     if resumable is not None:
         job.guard, job.on_checkpointable = resumable.guard, resumable.set_snapshot
@@ -394,6 +411,7 @@ class TrialRun:
     timings: dict[str, float]
     record_path: Path
     attempts: AttemptLog
+    lock: RunningLock
 
     @property
     def folder(self) -> Path:
@@ -408,7 +426,9 @@ def begin(
     prepared: Prepared | None = None,
     prepare_if_missing: bool = False,
 ) -> TrialRun:
-    """Start a trial's attempt: its data (read unless given), device, checkpointing and attempt log."""
+    """Start a trial's attempt: its data (read unless given), device, checkpointing and attempt log, holding
+    the trial's running lock (TrialBusy when a live process runs it; release it with `finish` or
+    `run.lock.release()`)."""
     set_offline()
     started, t0 = utc_now(), time.perf_counter()
     if prepare_if_missing:
@@ -423,9 +443,14 @@ def begin(
         resumable = Resumable(folder)
     resumable.every_s = trial_settings.train.checkpoint_minutes * 60
     record_path = paths.record(trial.trial_id)
-    attempts = resumable.attempts = AttemptLog.begin(folder, record_path)
+    lock = RunningLock.acquire(folder)
+    try:
+        attempts = resumable.attempts = AttemptLog.begin(folder, record_path)
+    except BaseException:
+        lock.release()
+        raise
     timings = {"load": time.perf_counter() - t0, "train": 0.0, "eval": 0.0, "total": 0.0}
-    return TrialRun(trial, prepared, device, resumable, started, t0, timings, record_path, attempts)
+    return TrialRun(trial, prepared, device, resumable, started, t0, timings, record_path, attempts, lock)
 
 
 def fitted(run: TrialRun, result: FitResult) -> tuple[str, str | None]:
@@ -441,7 +466,7 @@ def fitted(run: TrialRun, result: FitResult) -> tuple[str, str | None]:
 
 def crashed(run: TrialRun, exc: Exception) -> tuple[str, str]:
     """A crash inside training: the whole traceback to the task's log, the reason to the record."""
-    traceback.print_exc()
+    tell(traceback.format_exc().rstrip())
     return "failed", time_limit_message(exc, run.folder) or f"{exc.__class__.__name__}: {exc}"
 
 
@@ -473,18 +498,67 @@ def finish(
     error: str | None,
     packing: Packing = ALONE,
 ) -> dict[str, Any]:
-    """Write the trial's record (and end its attempt); drop its checkpoint once it is ok or diverged."""
-    run.timings["total"] = time.perf_counter() - run.t0
-    device = device_name(run.device)
-    record = _record(study, run.trial, run.prepared, result, status, error, run.timings, device, run.started)
-    record["ran"] = how_it_ran(study, run, result, packing)
-    status, error = _outcome(status, error, record)
-    run.attempts.update(status, error, result.steps if result else run.resumable.saved_step)
-    record.update(status=status, error=error, attempts=run.attempts.attempts)
-    record = write_record(run.record_path, record)
-    if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
-        checkpoint.remove(run.folder)
-    return record
+    """Write the trial's record, then end its attempt as the record says (an attempt is `ok` only once its
+    record is on disk); drop its checkpoint once it is ok or diverged; release the trial's lock. A record the
+    storage refuses raises WriteFailed, the attempt ended `failed` with the path and the cause."""
+    try:
+        run.timings["total"] = time.perf_counter() - run.t0
+        device = device_name(run.device)
+        record = _record(
+            study, run.trial, run.prepared, result, status, error, run.timings, device, run.started
+        )
+        record["ran"] = how_it_ran(study, run, result, packing)
+        status, error = _outcome(status, error, record)
+        step = result.steps if result else run.resumable.saved_step
+        run.attempts.update(status, error, step, save=False)
+        record.update(status=status, error=error, attempts=run.attempts.attempts)
+        try:
+            if status == "ok" and result is not None:  # first: a record's predictions are complete
+                write_trial_predictions(study, run, result)
+            record = write_record(run.record_path, record)
+        except OSError as exc:
+            failure = write_failed(run.record_path, exc)
+            kept = "; its checkpoint is kept" if checkpoint.saved_step(run.folder) is not None else ""
+            log.error("%s: %s", run.trial.trial_id, failure)
+            _end_attempt(run, "failed", f"{status} after training, but {failure}{kept}", step)
+            raise failure from None
+        _end_attempt(run, status, error, step)
+        if status in ("ok", "diverged"):  # a failed trial keeps its checkpoint: the next launch resumes it
+            checkpoint.remove(run.folder)
+        return record
+    finally:
+        run.lock.release()
+
+
+def _end_attempt(run: TrialRun, state: str, reason: str | None, step: int | None) -> None:
+    """The attempt's end in its log; a log the storage refuses is reported (the record, when written,
+    carries the attempts too)."""
+    try:
+        run.attempts.update(state, reason, step)
+    except OSError as exc:
+        log.error("%s: attempt not recorded (%s): %s", run.trial.trial_id, state, exc)
+
+
+def write_trial_predictions(study: Study, run: TrialRun, result: FitResult) -> None:
+    """The trial's per-example predictions (ftvar.store.predictions), when its evaluation kept them."""
+    splits = {}
+    for name, evaluated in result.evaluated.items():
+        if evaluated.labels is None or evaluated.predicted is None or evaluated.probabilities is None:
+            return
+        if not np.isfinite(evaluated.probabilities).all():
+            return  # a model whose outputs are not finite has no probabilities to keep
+        splits[name] = (evaluated.labels, evaluated.predicted, evaluated.probabilities)
+    if "eval" not in splits:
+        return
+    paths = StudyPaths(run.record_path.parents[1])  # <out>/<study>/records/<id>.json
+    data = sidecar(
+        run.trial.trial_id,
+        {"name": study.name, "hash": study.hash},
+        run.prepared.folder.name,
+        run.prepared.label_names,
+        splits,
+    )
+    write_predictions(paths.prediction(run.trial.trial_id), data)
 
 
 def run_trial(
@@ -510,20 +584,24 @@ def run_trial(
     read (`prepared`), a hook for every step boundary, and how the trial shares its process (`packing`,
     asked when the record is written)."""
     run = begin(study, trial, paths, resumable, prepared, prepare_if_missing)
-    attempts = run.attempts
     result: FitResult | None = None
     try:
         packed = packing is not None and packing().mode != "alone"
         result = _fit(study, trial, run.prepared, run.device, run.resumable, after_step, packed)
         status, error = fitted(run, result)
     except FtvarError as exc:
-        attempts.update("failed", str(exc))
+        _end_attempt(run, "failed", str(exc), None)
+        run.lock.release()
         raise
-    except KeyboardInterrupt:  # Ctrl-C of a local or debug launch: no step-boundary checkpoint here
-        attempts.update("interrupted", "interrupted (Ctrl-C); resumes from the last checkpoint")
+    except KeyboardInterrupt:  # Ctrl-C of a debug launch: no step-boundary checkpoint here
+        step = run.resumable.saved_step
+        where = f"resumes from its checkpoint at step {step}" if step is not None else "no checkpoint yet"
+        _end_attempt(run, "interrupted", f"interrupted (Ctrl-C); {where}", None)
+        run.lock.release()
         raise
-    except Exception as exc:  # a crash inside training: keep the evidence in the record
-        if reraise is not None and reraise(exc):
+    except BaseException as exc:  # a crash inside training: keep the evidence in the record
+        if not isinstance(exc, Exception) or (reraise is not None and reraise(exc)):
+            run.lock.release()
             raise
         status, error = crashed(run, exc)
     return finish(study, run, result, status, error, packing() if packing is not None else ALONE)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ftvar.data.cache import Prepared
 from ftvar.errors import FtvarError
+from ftvar.store.files import WriteFailed
 from ftvar.store.paths import StudyPaths
 from ftvar.study.config import Study
 from ftvar.study.trial import Trial
@@ -372,8 +373,13 @@ class StackEngine:
             evaluated = evaluate_fast(
                 job.model, job.eval, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
             )
+            test = None
+            if job.test is not None:
+                test = evaluate_fast(
+                    job.model, job.test, job.settings.eval_batch_size, device, job.num_labels, stepper.dtype
+                )
             job.model.to("cpu")
-            evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1)
+            evaluated_into(result, evaluated, state.epoch_losses, time.perf_counter() - t1, test)
             finish_curve(result, state, per_epoch, curve_on)
         return results
 
@@ -455,7 +461,15 @@ def run_stack(
     """Train `trials` as one stack and write each one's record. Raises StackFailed, with each trial's attempt
     ended, when the stack itself failed (a model that vmap cannot run, out of memory): the caller then runs
     the trials in smaller stacks or alone. A time limit ends each member as it ends a trial run alone."""
-    runs = [begin(study, t, paths, r, prepared) for t, r in zip(trials, resumables, strict=True)]
+    members = Packing("stack", 1, tuple(t.trial_id for t in trials))
+    runs: list[TrialRun] = []
+    try:
+        for t, r in zip(trials, resumables, strict=True):
+            runs.append(begin(study, t, paths, r, prepared))
+    except BaseException:  # a member another process runs (TrialBusy), or an attempt log not written
+        for run in runs:
+            _end_attempt(run, "failed", "not trained: another member of its stack could not start")
+        raise
     device = runs[0].device
     try:
         jobs = []
@@ -483,19 +497,34 @@ def run_stack(
             for run in runs:
                 _end_attempt(run, "failed", f"stacked training failed ({failure}); the trial runs again")
             raise failure from exc
-        records = []
-        for run in runs:  # the time limit: each member records it, its checkpoint kept
-            failed, why = crashed(run, exc)
-            records.append(finish(study, run, None, failed, why))
-        return records
+        # the time limit: each member records it, its checkpoint kept
+        return _finish_all(study, [(run, None, *crashed(run, exc)) for run in runs], members)
+    except BaseException:  # the process is going away (SystemExit from a signal handler): free its trials
+        for run in runs:
+            run.lock.release()
+        raise
     peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
-    members = Packing("stack", 1, tuple(t.trial_id for t in trials))
-    records = []
+    ends: list[tuple[TrialRun, FitResult | None, str, str | None]] = []
     for run, result in zip(runs, results, strict=True):
         if peak is not None:
             result.engine["peak_gpu_memory_mb"] = peak  # the whole stack's
-        status, error = fitted(run, result)
-        records.append(finish(study, run, result, status, error, members))
+        ends.append((run, result, *fitted(run, result)))
+    return _finish_all(study, ends, members)
+
+
+def _finish_all(
+    study: Study, ends: list[tuple[TrialRun, FitResult | None, str, str | None]], packing: Packing
+) -> list[dict[str, Any]]:
+    """Each member's record; one the storage refuses does not keep the others from theirs: the first such
+    failure (WriteFailed) is raised once every member has ended."""
+    records, failure = [], None
+    for run, result, status, error in ends:
+        try:
+            records.append(finish(study, run, result, status, error, packing))
+        except WriteFailed as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     return records
 
 
@@ -514,4 +543,10 @@ def _together(resumables: list[Resumable], then: Callable[[], None] | None) -> C
 
 
 def _end_attempt(run: TrialRun, state: str, reason: str) -> None:
-    run.attempts.update(state, reason)
+    """End a member's attempt without a record, and release its lock."""
+    try:
+        run.attempts.update(state, reason)
+    except OSError as exc:
+        log.error("%s: attempt not recorded (%s): %s", run.trial.trial_id, state, exc)
+    finally:
+        run.lock.release()

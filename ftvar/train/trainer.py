@@ -191,9 +191,13 @@ class TrainerEngine:
         t1 = time.perf_counter()
         with MATMUL.hold(s.precision, job.device):
             evaluated = evaluate(job.model, job.eval, s.eval_batch_size, job.device, job.num_labels, dtype)
+            test = None
+            if job.test is not None:
+                test = evaluate(job.model, job.test, s.eval_batch_size, job.device, job.num_labels, dtype)
         result.eval_time = time.perf_counter() - t1 + curve_time[0]
         result.metrics = {**evaluated.metrics, "train_loss": train_loss}
         result.eval_counts = evaluated.counts()
+        result.evaluated = {"eval": evaluated, **({"test": test} if test is not None else {})}
         if curve and curve[-1]["step"] == total:  # the last point: the final evaluation
             curve[-1] = point(total, per_epoch, curve[-1]["train_loss"], evaluated.metrics)
         return result
