@@ -376,7 +376,7 @@ def test_a_task_in_the_image_reads_a_hub_model_from_the_mounted_hf_cache(
     assert watch.returncode == 0, watch.stdout[-3000:] + "".join(
         log_of(paths, task_of(paths).split("_")[0] + f"_{i}")[-2000:] for i in range(2)
     )
-    monkeypatch.setenv("HF_HOME", str(hf))  # the study hash names the Hub revision this cache resolves `main` to
+    monkeypatch.setenv("HF_HOME", str(hf))  # the study hash holds the revision `main` resolves to here
     study = load_study(str(study_file))
     for trial in expand(study):  # the baseline and one fine-tuned trial, both from the mounted cache
         rec = record.read_record(paths.record(trial.trial_id))
