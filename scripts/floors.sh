@@ -13,15 +13,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 V=${FTVAR_FLOORS_VENV:-${TMPDIR:-/tmp}/ftvar-floors}
-"$PY" -m venv --clear "$V"
-"$PY" scripts/floors.py >"$V/floors.txt"
-"$V/bin/python" -m pip install --quiet -r "$V/floors.txt"
-"$V/bin/python" -m pip install --quiet --no-deps -e .
-echo "floors: $(tr '\n' ' ' <"$V/floors.txt")"
-echo "installed: $("$V/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE \
-    '^(torch|transformers|datasets|tokenizers|huggingface.hub|accelerate|numpy|scipy|click)=' | tr '\n' ' ')"
+# FTVAR_FLOORS_STEP: install | test | all (default). scripts/test.sh installs while the main tests run (pip
+# mostly waits on the network and the disk), then tests.
+STEP=${FTVAR_FLOORS_STEP:-all}
+if [ "$STEP" != test ]; then
+    "$PY" -m venv --clear "$V"
+    "$PY" scripts/floors.py >"$V/floors.txt"
+    "$V/bin/python" -m pip install --quiet -r "$V/floors.txt"
+    "$V/bin/python" -m pip install --quiet --no-deps -e .
+    echo "floors: $(tr '\n' ' ' <"$V/floors.txt")"
+    echo "installed: $("$V/bin/python" -m pip list --format=freeze 2>/dev/null | grep -iE \
+        '^(torch|transformers|datasets|tokenizers|huggingface.hub|accelerate|numpy|scipy|click)=' | tr '\n' ' ')"
+fi
+[ "$STEP" = install ] && exit 0
 if [ $# -eq 0 ]; then
-    set -- -q tests/test_cli.py tests/test_record.py tests/test_junk_records.py tests/test_collect.py \
-        tests/test_engines.py tests/test_stack.py tests/test_train.py tests/test_launch.py tests/test_plots.py
+    set -- -q -n 2 --dist loadgroup tests/test_cli.py tests/test_record.py tests/test_junk_records.py \
+        tests/test_collect.py tests/test_engines.py tests/test_stack.py tests/test_train.py tests/test_launch.py \
+        tests/test_plots.py
 fi
 "$V/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -17,6 +17,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the Hub
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ftvar-test-hf-")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["FTVAR_CACHE"] = tempfile.mkdtemp(prefix="ftvar-test-cache-")  # model digests (the study hash)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs the suite): the tests that use the
+    SLURM dev cluster or the podman image run one after another in one worker (they share the cluster's queue
+    and time it), every other test file in one worker of its own (its module fixtures are built once)."""
+    for item in items:
+        shared = (
+            "cluster" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("slurm")
+            or item.get_closest_marker("container")
+        )
+        item.add_marker(pytest.mark.xdist_group("cluster" if shared else item.path.stem))
 
 
 @pytest.fixture
