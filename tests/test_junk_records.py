@@ -203,6 +203,11 @@ def test_edge_cases_give_a_report_or_one_line(tmp_path: Path, scenario: str) -> 
     if out.returncode == 0:
         text = (tmp_path / "out" / "synth" / "report" / "report.json").read_text()
         json.loads(text, parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+    if scenario == "identical_metrics":  # nothing to recommend: the report says so instead of naming a tie
+        md = (tmp_path / "out" / "synth" / "report" / "report.md").read_text()
+        lead = md.split("## What matters", 1)[1].split("\n## ", 1)[0]
+        assert "**accuracy**: every trial scored 0.5: nothing separates the configurations" in lead
+        assert "**accuracy**: run " not in md
 
 
 def test_junk_in_the_study_folder_never_gives_a_traceback(

@@ -774,6 +774,12 @@ def sections(analysis: Analysis, collected: CollectResult, study: Study, plots: 
     ordered = sorted(analysis.variance, key=lambda d: d.metric != analysis.lead)
     what: list[Block] = [variance_sentence(d, short=i > 0) for i, d in enumerate(ordered)]
     what += [best_sentence(b, grid) for b in analysis.best if b.metric == analysis.lead]
+    if analysis.lead in analysis.constant:
+        only = fmt(analysis.constant[analysis.lead])
+        what.append(
+            f"**{METRIC_LABELS[analysis.lead]}**: every trial scored {only}: nothing separates the "
+            "configurations, so there is no setting to recommend."
+        )
     if analysis.held_out is not None:
         what.append(held_out_sentence(analysis.held_out))
     elif study.data.has_test:

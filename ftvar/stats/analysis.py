@@ -119,6 +119,7 @@ class Analysis:
     held_out: HeldOut | None = None  # the chosen configuration on the test split
     paper_fits: list[Fit] = field(default_factory=list)
     expected_max_random: bool = False  # the design is random search: the estimator's assumption holds
+    constant: dict[str, float] = field(default_factory=dict)  # metric → the value every ok trial has
 
     @property
     def lead(self) -> str:
@@ -280,6 +281,7 @@ class _MetricPart:
     seed_model_why: str = ""
     model_notes: list[str] = field(default_factory=list)  # about the model matrix (said once, by the first)
     paper_fits: list[Fit] = field(default_factory=list)  # the paper's terms, raw (ftvar.stats.paper)
+    constant: float | None = None  # the value every ok trial has, when they all have the same
 
 
 def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
@@ -353,7 +355,13 @@ def _metric_part(job: _MetricJob, i: int) -> _MetricPart:
     )
     degree = sel.chosen if sel is not None and sel.chosen is not None else a.degree
     md_best = md if degree == a.degree else build(rows, study.axes, degree, a.factor_interactions)
-    if md_best.predictors and md_best.n > md_best.X.shape[1]:
+    if len(y) and float(np.ptp(y)) == 0.0:  # every trial alike (all degenerate, say): no best to name
+        part.constant = float(y[0])
+        notes.append(
+            f"every trial has {METRIC_LABELS[metric]} {y[0]:.4g}: nothing separates the configurations, "
+            "so no setting is recommended for it"
+        )
+    elif md_best.predictors and md_best.n > md_best.X.shape[1]:
         maximise = HIGHER_IS_BETTER[metric]
         noise = _guard(notes, "the noise estimates", None, partial(_noise, md_best, y))
         compute = partial(
@@ -511,6 +519,7 @@ def analyze(
     variance = [d for part in parts for d in part.variance]
     selection = [part.selection for part in parts if part.selection is not None]
     bests = [part.best for part in parts if part.best is not None]
+    constant = {part.metric: part.constant for part in parts if part.constant is not None}
     relative_note = next((part.relative_note for part in parts if part.relative_note), None)
     fitted = next((part for part in parts if part.seed_model), None)  # the first metric that was fitted
     seed_model, seed_model_why = (fitted.seed_model, fitted.seed_model_why) if fitted else ("none", "")
@@ -597,6 +606,7 @@ def analyze(
         variance=variance,
         selection=selection,
         best=bests,
+        constant=constant,
         expected_max=em,
         expected_max_by=by.name if by else None,
         degenerate=degenerate,
