@@ -3,6 +3,7 @@ trial ends exactly where an uninterrupted one does."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -77,14 +78,19 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_resume_is_exact(
 
     killed = run_child(tmp_path / "b", KILL_AT)
     assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-3000:]
-    assert f"checkpoint at step {KILL_AT} saved" in killed.stderr
+    # the step in flight ends first; the handler runs in the main thread, so on a loaded machine the lane may
+    # end one more step before it sees the stop (found in CI: step 41). Always a step boundary, never before.
+    saved = re.search(r"checkpoint at step (\d+) saved", killed.stderr)
+    assert saved, killed.stderr[-3000:]
+    at = int(saved.group(1))
+    assert KILL_AT <= at < 50  # 50: the end of the second epoch
     assert not paths.record(trial.trial_id).exists()
     state = torch.load(paths.ckpt / trial.trial_id / "state.pt", weights_only=False)
-    assert state["step"] == KILL_AT and len(state["loop"]["epoch_losses"]) == KILL_AT - 25
+    assert state["step"] == at and len(state["loop"]["epoch_losses"]) == at - 25
 
     assert run_child(tmp_path / "b", 0).returncode == 0
     rec = record.read_record(paths.record(trial.trial_id))
-    assert rec["resume"]["resumed_from_step"] == KILL_AT
+    assert rec["resume"]["resumed_from_step"] == at
     assert rec["steps"] == uninterrupted["steps"] == 75
     assert rec["metrics"] == uninterrupted["metrics"]  # bit for bit: weights, optimizer, schedule and RNG
     assert not (paths.ckpt / trial.trial_id).exists()  # deleted once the record is written
