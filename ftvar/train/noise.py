@@ -12,8 +12,8 @@ from the start of each row; padding only appends positions).
 
 Hand-written because torch has no random function of tensor-valued seeds and counters that vmap and CUDA
 graphs accept (`torch.rand(generator=…)` is neither batched per member nor independent of the padded shape).
-The hash is Thomas Mueller's 32-bit integer hash, computed in int64 so that no product overflows; a mask
-costs about as much as torch's own dropout on the hidden states, somewhat more on attention probabilities
+The hash is Thomas Mueller's 32-bit integer hash, computed in int64 so that no product overflows; with the
+key-free parts of a mask kept per shape on a CPU, the fast engine trains as fast as with torch's dropout
 (docs/benchmarks.md).
 
 What it cannot own it reports: `draws_elsewhere` runs one training step under a dispatch mode that sees every
@@ -73,15 +73,37 @@ def keep_mask(shape: torch.Size, key: torch.Tensor, p: float, device: torch.devi
     """Which elements of a tensor of `shape` dropout keeps (bool), from the site's key: a function of each
     element's coordinates only, so a row's mask does not depend on how far it is padded."""
     *lead, width = shape
+    rows, columns = _coordinates(tuple(lead), width, device)
+    h = _mix(rows ^ key)[..., None] ^ columns
+    h.mul_(SPREAD).bitwise_and_(M32)  # in place: the big tensor's passes are most of a mask's cost on a CPU
+    h ^= h >> 15
+    return h.bitwise_and_(0xFFFFFF) >= int(p * (1 << 24))
+
+
+_COORDINATES: dict[tuple[tuple[int, ...], int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _coordinates(
+    lead: tuple[int, ...], width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The key-free parts of a mask of shape (*lead, width): each row's coordinates hashed, and each column's.
+    They depend on the shape alone, so on a CPU they are kept (a few hundred shapes at most: the batches'
+    lengths), which makes a mask cost what torch's dropout costs (docs/benchmarks.md). Not on a GPU: a CUDA
+    graph reads the memory it was captured with, which a kept tensor dropped from here would give back."""
+    found = _COORDINATES.get((lead, width, device))
+    if found is not None:
+        return found
     row = torch.zeros((), dtype=torch.int64, device=device)
     for i, n in enumerate(lead):
         coordinate = torch.arange(n, dtype=torch.int64, device=device).view(n, *([1] * (len(lead) - i - 1)))
         row = (row << POSITION_BITS) + coordinate  # rows < 2**16 per leading dim: at most 3 leading dims fit
-    row = _mix(_mix((row & M32) ^ (row >> 32)) ^ key)
-    column = _mix(torch.arange(width, dtype=torch.int64, device=device) + 0x7F4A7C15)
-    h = ((row[..., None] ^ column) * SPREAD) & M32
-    h = (h >> 15) ^ h
-    return (h & 0xFFFFFF) >= int(p * (1 << 24))
+    column = torch.arange(width, dtype=torch.int64, device=device) + 0x7F4A7C15
+    made = (_mix((row & M32) ^ (row >> 32)), _mix(column))
+    if device.type == "cpu":
+        if len(_COORDINATES) >= 512:
+            _COORDINATES.clear()
+        _COORDINATES[(lead, width, device)] = made
+    return made
 
 
 def drop(x: torch.Tensor, p: float, noise: NoiseState, site: int) -> torch.Tensor:
@@ -91,7 +113,7 @@ def drop(x: torch.Tensor, p: float, noise: NoiseState, site: int) -> torch.Tenso
     if p >= 1.0:
         return torch.zeros_like(x)
     keep = keep_mask(x.shape, noise.key(site), p, x.device)
-    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+    return x * keep * (1.0 / (1.0 - p))
 
 
 class OwnedDropout(nn.Module):
