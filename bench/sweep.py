@@ -50,6 +50,7 @@ def run(args: argparse.Namespace, bs: int, lanes: int, epochs: int) -> dict[str,
         f"grid.epochs=[{epochs}]",
         f"grid.seed=[{','.join(str(s) for s in range(lanes))}]",
         f"data.train_limit={args.rows}",
+        "train.eval_every=0",  # no curve: the 3-epoch run's evaluations would count as training time
     )
     paths = common.ensure_cache(study, args.out)
     if args.prepare_only:
