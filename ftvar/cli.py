@@ -34,7 +34,9 @@ console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-StudyArg = Annotated[str, typer.Argument(help="A study TOML file, or a built-in study: smoke, paper.")]
+StudyArg = Annotated[
+    str, typer.Argument(help="A study TOML file, or a built-in study: smoke, paper, rte, mrpc, cola.")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
