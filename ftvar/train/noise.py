@@ -81,15 +81,17 @@ def keep_mask(shape: torch.Size, key: torch.Tensor, p: float, device: torch.devi
 
 
 _COORDINATES: dict[tuple[tuple[int, ...], int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+_KEPT_BYTES: list[int] = []  # the kept tensors' sizes
+KEPT_BYTES_MAX = 64 << 20  # at most 64 MiB kept (an attention mask's rows at bs 32, 12 heads, 128: 0.4 MiB)
 
 
 def _coordinates(
     lead: tuple[int, ...], width: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The key-free parts of a mask of shape (*lead, width): each row's coordinates hashed, and each column's.
-    They depend on the shape alone, so on a CPU they are kept (a few hundred shapes at most: the batches'
-    lengths), which makes a mask cost what torch's dropout costs (docs/benchmarks.md). Not on a GPU: a CUDA
-    graph reads the memory it was captured with, which a kept tensor dropped from here would give back."""
+    They depend on the shape alone, so on a CPU they are kept (up to KEPT_BYTES_MAX: an entry per batch size
+    and length), which makes a mask cost what torch's dropout costs (docs/benchmarks.md). Not on a GPU: a
+    CUDA graph reads the memory it was captured with, which a kept tensor dropped here would give back."""
     found = _COORDINATES.get((lead, width, device))
     if found is not None:
         return found
@@ -100,9 +102,12 @@ def _coordinates(
     column = torch.arange(width, dtype=torch.int64, device=device) + 0x7F4A7C15
     made = (_mix((row & M32) ^ (row >> 32)), _mix(column))
     if device.type == "cpu":
-        if len(_COORDINATES) >= 512:
+        size = sum(t.numel() * t.element_size() for t in made)
+        if sum(_KEPT_BYTES) + size > KEPT_BYTES_MAX:  # many lengths of a large model: start again
             _COORDINATES.clear()
+            _KEPT_BYTES.clear()
         _COORDINATES[(lead, width, device)] = made
+        _KEPT_BYTES.append(size)
     return made
 
 
