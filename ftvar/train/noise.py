@@ -81,7 +81,6 @@ def keep_mask(shape: torch.Size, key: torch.Tensor, p: float, device: torch.devi
 
 
 _COORDINATES: dict[tuple[tuple[int, ...], int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-_KEPT_BYTES: list[int] = []  # the kept tensors' sizes
 KEPT_BYTES_MAX = 64 << 20  # at most 64 MiB kept (an attention mask's rows at bs 32, 12 heads, 128: 0.4 MiB)
 
 
@@ -102,13 +101,14 @@ def _coordinates(
     column = torch.arange(width, dtype=torch.int64, device=device) + 0x7F4A7C15
     made = (_mix((row & M32) ^ (row >> 32)), _mix(column))
     if device.type == "cpu":
-        size = sum(t.numel() * t.element_size() for t in made)
-        if sum(_KEPT_BYTES) + size > KEPT_BYTES_MAX:  # many lengths of a large model: start again
+        if _bytes(made, *_COORDINATES.values()) > KEPT_BYTES_MAX:  # over the budget: start over
             _COORDINATES.clear()
-            _KEPT_BYTES.clear()
         _COORDINATES[(lead, width, device)] = made
-        _KEPT_BYTES.append(size)
     return made
+
+
+def _bytes(*kept: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for pair in kept for t in pair)
 
 
 def drop(x: torch.Tensor, p: float, noise: NoiseState, site: int) -> torch.Tensor:
