@@ -141,19 +141,25 @@ def shares(studies: int, b: int, rng: np.random.Generator) -> list[dict[str, Any
                 est.setdefault(name, []).append(c.share - value)
         for name, h in hits.items():
             out.append(
-                {
-                    "setting": label,
-                    "quantity": f"95% interval of the {name} share",
-                    "coverage": h / studies,
-                    "mc se": mc_se(h / studies, studies),
-                    "mean error of the share": float(np.mean(est[name])),
-                }
+                coverage(
+                    label,
+                    f"95% interval of the {name} share",
+                    h,
+                    studies,
+                    **{"mean error of the share": float(np.mean(est[name]))},
+                )
             )
     return out
 
 
 def mc_se(p: float, n: int) -> float:
     return float(np.sqrt(max(p * (1 - p), 0.0) / max(n, 1)))
+
+
+def coverage(setting: str, quantity: str, hits: float, n: int, **more: Any) -> dict[str, Any]:
+    """A table row: how often (`hits` of `n` studies) the interval held, with its Monte Carlo SE."""
+    rate = hits / n
+    return {"setting": setting, "quantity": quantity, "coverage": rate, "mc se": mc_se(rate, n), **more}
 
 
 def best_value(studies: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -194,19 +200,14 @@ def best_value(studies: int, rng: np.random.Generator) -> list[dict[str, Any]]:
             corrected.append(b.corrected - truth)
         setting = f"{label}, 4×4×3 grid × 3 seeds"
         out += [
-            {
-                "setting": setting,
-                "quantity": "95% interval of the recommended configuration's value (its true mean)",
-                "coverage": hit / studies,
-                "mc se": mc_se(hit / studies, studies),
-                "picks": f"median bias: naive {np.median(naive):+.4f}, corrected {np.median(corrected):+.4f}",
-            },
-            {
-                "setting": setting,
-                "quantity": "same interval, covering the best true mean on the grid",
-                "coverage": hit_best / studies,
-                "mc se": mc_se(hit_best / studies, studies),
-            },
+            coverage(
+                setting,
+                "95% interval of the recommended configuration's value (its true mean)",
+                hit,
+                studies,
+                picks=f"median bias: naive {np.median(naive):+.4f}, corrected {np.median(corrected):+.4f}",
+            ),
+            coverage(setting, "same interval, covering the best true mean on the grid", hit_best, studies),
         ]
     return out
 
@@ -237,19 +238,14 @@ def failure_slope(studies: int, rng: np.random.Generator) -> list[dict[str, Any]
         n = max(1, len(estimates))
         setting = f"failure model, true slope {slope:g} per decade, 16 configurations × 5 seeds"
         out += [
-            {
-                "setting": setting,
-                "quantity": "95% Wald interval of the slope (Firth)",
-                "coverage": hits / n,
-                "mc se": mc_se(hits / n, n),
-                "picks": f"mean estimate {np.mean(estimates):+.3f} ({n} studies fitted)",
-            },
-            {
-                "setting": setting,
-                "quantity": "penalised LR test rejects at 0.05",
-                "coverage": rejects / n,
-                "mc se": mc_se(rejects / n, n),
-            },
+            coverage(
+                setting,
+                "95% Wald interval of the slope (Firth)",
+                hits,
+                n,
+                picks=f"mean estimate {np.mean(estimates):+.3f} ({n} studies fitted)",
+            ),
+            coverage(setting, "penalised LR test rejects at 0.05", rejects, n),
         ]
     return out
 
@@ -280,13 +276,13 @@ def expected_max_random(studies: int, rng: np.random.Generator) -> list[dict[str
             assert curve.band_low is not None and curve.band_high is not None
             hits[n] += curve.band_low[n - 1] <= truth[n] <= curve.band_high[n - 1]
     return [
-        {
-            "setting": f"random design, {n_trials} draws from log-uniform learning rates, budget n = {n}",
-            "quantity": "95% band of expected max contains the closed form",
-            "coverage": hits[n] / studies,
-            "mc se": mc_se(hits[n] / studies, studies),
-            "picks": f"closed form {truth[n]:.4f}, mean error {np.mean(errors[n]):+.4f}",
-        }
+        coverage(
+            f"random design, {n_trials} draws from log-uniform learning rates, budget n = {n}",
+            "95% band of expected max contains the closed form",
+            hits[n],
+            studies,
+            picks=f"closed form {truth[n]:.4f}, mean error {np.mean(errors[n]):+.4f}",
+        )
         for n in budgets
     ]
 
