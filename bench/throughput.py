@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 from ftvar.data.cache import Split, load_prepared
-from ftvar.study.trial import expand, settings
+from ftvar.study.trial import Trial, expand, settings
 from ftvar.train import registry
 from ftvar.train.engine import FitJob
 from ftvar.train.noise import NoiseState
@@ -66,18 +66,24 @@ def subset(split: Split, rows: int, seed: int = 0) -> Split:
     return Split(split.ids[idx], split.lengths[idx], split.labels[idx], types)
 
 
-def measure(
-    args: argparse.Namespace, engine: str, precision: str, bs: int, torch_dropout: bool = False
-) -> dict[str, Any]:
-    study = common.study(
-        args, f"grid.batch_size=[{bs}]", f"train.engine={engine}", f"train.precision={precision}"
-    )
+def one_trial(args: argparse.Namespace, *overrides: str) -> tuple[Trial, Any, Any, torch.device, Any]:
+    """The benchmark study's one trial (with `--set`-style overrides): its settings, its prepared data, the
+    device and a freshly built model."""
+    study = common.study(args, *overrides)
     paths = common.ensure_cache(study, args.out)
     (trial,) = expand(study)
     s = settings(study, trial)
     prepared = load_prepared(study, paths, trial)
-    device = torch.device(args.device)
     model, _ = build_model(study, s, prepared, 0)
+    return trial, s, prepared, torch.device(args.device), model
+
+
+def measure(
+    args: argparse.Namespace, engine: str, precision: str, bs: int, torch_dropout: bool = False
+) -> dict[str, Any]:
+    trial, s, prepared, device, model = one_trial(
+        args, f"grid.batch_size=[{bs}]", f"train.engine={engine}", f"train.precision={precision}"
+    )
     if torch_dropout:  # a counter the engines find: they then leave torch's dropout modules in place
         model.add_module("ftvar_noise", NoiseState(0))
     marks: dict[str, float] = {}
@@ -126,15 +132,9 @@ def measure(
 
 def measure_curve(args: argparse.Namespace, engine: str, bs: int, eval_every: float) -> dict[str, Any]:
     """One whole trial (all its epochs and its final evaluation) with or without a learning curve."""
-    study = common.study(
+    trial, s, prepared, device, model = one_trial(
         args, f"grid.batch_size=[{bs}]", f"grid.epochs=[{args.curve_epochs}]", f"train.engine={engine}"
     )
-    paths = common.ensure_cache(study, args.out)
-    (trial,) = expand(study)
-    s = settings(study, trial)
-    prepared = load_prepared(study, paths, trial)
-    device = torch.device(args.device)
-    model, _ = build_model(study, s, prepared, 0)
     rows = bs * args.steps
     job = FitJob(
         model=model,
