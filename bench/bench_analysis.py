@@ -29,7 +29,7 @@ import statsmodels.api as sm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from records_factory import make_study, simulate, study_with
+from records_factory import crossed_seeds_study, make_study, simulate, study_with
 
 from ftvar.stats.analysis import _noise, search_space
 from ftvar.stats.expected_max import curves
@@ -291,16 +291,7 @@ def henderson(studies: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     """Crossed 4 × 4 seeds over 4 configurations with 40% of the trials missing: the mean of the init- and
     order-seed variance estimates against the truth (the unbalanced case Henderson's method III must get
     right)."""
-    study = study_with(
-        {
-            "learning_rate": [1e-5, 1e-4],
-            "batch_size": [16, 32],
-            "epochs": [1],
-            "init_seed": list(range(4)),
-            "order_seed": list(range(4)),
-        },
-        bootstrap=0,
-    )
+    study = crossed_seeds_study()
     init_sd, order_sd = 0.02, 0.01
     init, order = [], []
     for _ in range(studies):

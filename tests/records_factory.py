@@ -62,6 +62,21 @@ def study_with(
     return study
 
 
+def crossed_seeds_study() -> Study:
+    """Crossed 4 × 4 init and order seeds over 2 learning rates × 2 batch sizes: the design on which, with
+    trials missing, Henderson's method III must be exact (tests/test_simulation.py, bench_analysis.py)."""
+    return study_with(
+        {
+            "learning_rate": [1e-5, 1e-4],
+            "batch_size": [16, 32],
+            "epochs": [1],
+            "init_seed": list(range(4)),
+            "order_seed": list(range(4)),
+        },
+        bootstrap=0,
+    )
+
+
 def find(study: Study, learning_rate: float | None, batch_size: int | None, epochs: int, seed: int) -> Trial:
     """The study's trial with these params (a baseline: the one of this init seed, or the only one); a trial
     outside the study gets an id of its own."""

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from records_factory import make_study, simulate, study_with
+from records_factory import crossed_seeds_study, make_study, simulate, study_with
 
 from ftvar.stats.expected_max import curves, expected_max
 from ftvar.stats.optimum import best
@@ -117,16 +117,7 @@ def test_henderson_iii_is_exact_for_unbalanced_crossed_seeds() -> None:
     """The coefficient of each seed variance in its sum of squares, tr((P_full − P_without f) Z_f Z_f'),
     against dense projections on a crossed 4 × 4 seed design with 40% of the trials missing (the closed form
     for balanced designs gave 41.2 for 40.0 on such a design)."""
-    study = study_with(
-        {
-            "learning_rate": [1e-5, 1e-4],
-            "batch_size": [16, 32],
-            "epochs": [1],
-            "init_seed": list(range(4)),
-            "order_seed": list(range(4)),
-        },
-        bootstrap=0,
-    )
+    study = crossed_seeds_study()
     rng = np.random.default_rng(0)
     rows = _trials(simulate(study, lambda r: np.full(len(r), 0.8), init_sd=0.02, noise=0.01, rng=rng))
     rows = rows[rng.random(len(rows)) > 0.4].reset_index(drop=True)
