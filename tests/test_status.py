@@ -61,11 +61,27 @@ def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path, list[str]]:
     )
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+def answer(states: Path, text: str) -> None:
+    """What the stand-in sacct answers from now on, replaced at once (a poll never reads a half-written file,
+    which it would take for tasks sacct does not know)."""
+    part = states.with_suffix(".part")
+    part.write_text(text)
+    part.replace(states)
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """One line of the child's stdout, read from the pipe a byte at a time: a buffered readline may take in
+    the lines after it too, where neither select() nor communicate() (which reads the pipe) sees them."""
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"no line within {timeout} s"
-    return proc.stdout.readline()
+    fd, line = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no line within {timeout} s (so far {line!r})"
+        byte = os.read(fd, 1)
+        assert byte, f"stdout ended within a line (so far {line!r})"
+        line += byte
+    return line.decode()
 
 
 def test_without_a_terminal_each_change_is_one_plain_line(
@@ -76,20 +92,21 @@ def test_without_a_terminal_each_change_is_one_plain_line(
         [sys.executable, "-m", "ftvar", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,
         env=env,
     )
     try:
         first = read_line(proc, 30)
         assert first.rstrip().endswith("smoke: 2 trial(s): 2 pending"), first
         time.sleep(2)  # four polls without a change: no new line
-        states.write_text("777_0|RUNNING\n777_1|PENDING\n")
+        answer(states, "777_0|RUNNING\n777_1|PENDING\n")
         second = read_line(proc, 10)
         assert second.rstrip().endswith("smoke: 2 trial(s): 1 pending, 1 running"), second
-        states.write_text("777_0|COMPLETED\n777_1|FAILED\n")
+        answer(states, "777_0|COMPLETED\n777_1|FAILED\n")
         third = read_line(proc, 10)
         assert third.rstrip().endswith("smoke: 2 trial(s): 2 failed")
-        rest, err = proc.communicate(timeout=30)
+        out, err_bytes = proc.communicate(timeout=30)
+        rest, err = out.decode(), err_bytes.decode()
     finally:
         proc.kill()
     assert proc.returncode == 1, err
