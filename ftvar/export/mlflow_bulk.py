@@ -158,4 +158,8 @@ def writer(uri: str, experiment_id: str, artifact_location: str) -> BulkRuns | N
         engine = sqlalchemy.create_engine(uri)
     except Exception:  # a URI SQLAlchemy cannot open: the client has answered it, so let the client write
         return None
-    return BulkRuns(engine, tables, experiment_id, artifact_location)
+    try:
+        return BulkRuns(engine, tables, experiment_id, artifact_location)
+    except ImportError:  # an MLflow without the validation or URI helpers this was checked with
+        engine.dispose()
+        return None
