@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -18,6 +20,8 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ftvar-test-hf-")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["FTVAR_CACHE"] = tempfile.mkdtemp(prefix="ftvar-test-cache-")  # model digests (the study hash)
+for _folder in (os.environ["HF_HOME"], os.environ["FTVAR_CACHE"]):  # this process's, gone when it ends
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
