@@ -13,20 +13,26 @@ trial never trains twice at once, and an attempt still marked running without a 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import re
 import socket
-import time
 import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ftvar.errors import FtvarError
-from ftvar.store.files import WriteFailed, load_json, rewrite_in_place, write_atomic, write_failed
+from ftvar.store.files import (
+    WriteFailed,
+    flock_waiting,
+    load_json,
+    rewrite_in_place,
+    write_atomic,
+    write_failed,
+    write_holder,
+)
 from ftvar.store.record import utc_now
 
 ATTEMPTS_FILE = "attempts.json"
@@ -120,20 +126,10 @@ class RunningLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise write_failed(path, exc) from None
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise TrialBusy(folder.name, _holder(path)) from None
-                time.sleep(0.1)
-        with contextlib.suppress(OSError):  # who holds it: for the messages only (a full disk may refuse)
-            text = holder_text().encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text, 0)
+        if not flock_waiting(fd, wait_s, 0.1):
+            os.close(fd)
+            raise TrialBusy(folder.name, _holder(path))
+        write_holder(fd, holder_text())
         return cls(fd)
 
     def release(self) -> None:

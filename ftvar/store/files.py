@@ -7,6 +7,7 @@ the folder. A reader sees either the old file or the whole new one, never a part
 a `.part` file behind. The file gets the mode any normally created file would get, 0666 minus the umask
 (0644 under the usual umask 022), so collaborators on shared storage can read reports as they read records.
 `write_json` writes a JSON object that way; `load_json` reads one, giving None for what cannot be read.
+`flock_waiting` takes a process's lock on an open file within a wait, and `write_holder` says who holds it.
 
 A write that fails (a full disk, a read-only file system, a permission, a name too long) raises `WriteFailed`:
 an FtvarError (one `ftvar: error:` line) and an OSError (with its errno), whose message names the path and
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -231,3 +234,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from a file, or None when it is missing, unreadable or not an object."""
     data = load_json(path)
     return data if isinstance(data, dict) else None
+
+
+def flock_waiting(
+    fd: int, wait_s: float, poll_s: float, while_busy: Callable[[], None] | None = None
+) -> bool:
+    """Lock the open file `fd` (flock, exclusive: it goes with the process, so a killed holder never leaves
+    a stale lock), trying every `poll_s` for up to `wait_s`; False when another process still holds it then.
+    `while_busy` is called before each wait."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            if while_busy is not None:
+                while_busy()
+            time.sleep(poll_s)
+
+
+def write_holder(fd: int, text: str) -> None:
+    """Write who holds the lock on `fd` into its file, for messages only (a full disk may refuse: ignored)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode(), 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ftvar.errors import FtvarError
-from ftvar.store.files import write_failed
+from ftvar.store.files import flock_waiting, write_failed, write_holder
 from ftvar.store.paths import StudyPaths
 from ftvar.store.record import utc_now
 
@@ -94,26 +93,22 @@ def launch_lock(
                 folder.rmdir()
         raise write_failed(lock, exc) from None
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _lock_holder(lock)
-                if time.monotonic() >= deadline:
-                    raise FtvarError(
-                        f"another `ftvar launch` of this study is running ({holder}; lock {lock}); waited "
-                        f"{wait_s:.0f} s. Run this launch again once it has finished"
-                    ) from None
-                starting = holder == "a launch that is starting"  # it holds the lock, not yet its name
-                if on_wait is not None and (not starting or time.monotonic() > deadline - wait_s + 2):
-                    on_wait(holder)
-                    on_wait = None
-                time.sleep(0.2)
-        with contextlib.suppress(OSError):  # who holds it, for the messages only (a full disk may refuse)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
+        start = time.monotonic()
+
+        def busy() -> None:  # say once whom it waits for
+            nonlocal on_wait
+            holder = _lock_holder(lock)
+            starting = holder == "a launch that is starting"  # it holds the lock, not yet its name
+            if on_wait is not None and (not starting or time.monotonic() > start + 2):
+                on_wait(holder)
+                on_wait = None
+
+        if not flock_waiting(fd, wait_s, 0.2, busy):
+            raise FtvarError(
+                f"another `ftvar launch` of this study is running ({_lock_holder(lock)}; lock {lock}); "
+                f"waited {wait_s:.0f} s. Run this launch again once it has finished"
+            )
+        write_holder(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}")
         try:
             yield
         except BaseException:
